@@ -1,0 +1,38 @@
+// Package telemetry defines the egress telemetry Event, its wire decoders (the native JSON
+// contract, AWS VPC Flow Logs v2, OCSF Network Activity) and the sources that feed the
+// pipeline: a JetStream durable pull consumer, a core NATS subscription and NDJSON files.
+//
+// Every message that does not decode or validate is sent to a dead-letter subject with
+// the reason and counted; it never stops the pipeline and is never retried forever.
+package telemetry
+
+import "time"
+
+// Event is one egress observation: some bytes a vendor (optionally through one of its
+// credentials) sent to a destination at a point in event time.
+//
+// Strings in an Event produced by a Decoder may be shared with other events (they are
+// interned); treat them as immutable.
+type Event struct {
+	// Time is the event time (when the bytes moved), not the time it was received.
+	Time time.Time
+	// Vendor names the vendor the traffic is attributed to. Required.
+	Vendor string
+	// Credential names the credential used, as it appears in the vendor inventory.
+	// Empty when the sensor cannot attribute traffic to a credential.
+	Credential string
+	// Dst is the destination address or host name.
+	Dst string
+	// DstPort is the destination port, 0 when unknown.
+	DstPort uint16
+	// Bytes is the number of bytes sent; never negative.
+	Bytes int64
+	// Records is the number of records (rows, objects, messages) sent, 0 when unknown.
+	Records int64
+	// Src is the source address, if known.
+	Src string
+	// Protocol is the transport or application protocol, if known.
+	Protocol string
+	// Sensor names the sensor that observed the traffic.
+	Sensor string
+}
