@@ -1,0 +1,137 @@
+// Package ledger keeps the audit trail of Killswitch and the incidents it is about.
+//
+// The ledger is append-only and hash-chained: every record names the hash of the one
+// before it, so removing, reordering or editing any record breaks the chain at that
+// point, and Verify reports the first broken record. Records are written to a JetStream
+// stream (one writer appends at a time, enforced by the expected-last-sequence check) or,
+// for replay and tests, kept in memory; both chain the same way.
+//
+// Intent is written before an action is applied and the outcome after; when the ledger
+// cannot be written, nothing is applied (the caller gets the error).
+package ledger
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// RecordType says what a record is about.
+type RecordType string
+
+// The record types.
+const (
+	// TypeDetection records a detection.
+	TypeDetection RecordType = "detection"
+	// TypeIncident records an incident being opened, updated or closed.
+	TypeIncident RecordType = "incident"
+	// TypeDecision records a playbook decision (or escalation).
+	TypeDecision RecordType = "decision"
+	// TypeAction records a guard outcome, an intent, an attempt, an application or a
+	// verification of one action.
+	TypeAction RecordType = "action"
+	// TypeControl records an operator's control: pause, resume, approval, rejection,
+	// breaker reset.
+	TypeControl RecordType = "control"
+)
+
+// Genesis is the Prev of the first record of a chain.
+const Genesis = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// ErrBroken is wrapped by every chain verification failure.
+var ErrBroken = errors.New("ledger chain broken")
+
+// ErrUnavailable is wrapped when the ledger cannot be written; callers must not apply
+// anything whose intent could not be recorded.
+var ErrUnavailable = errors.New("ledger unavailable")
+
+// Entry is what a caller appends: the chain fields are filled in by the ledger.
+type Entry struct {
+	// Type says what the record is about.
+	Type RecordType `json:"type"`
+	// ID identifies the recorded fact deterministically (e.g. a detection ID, or
+	// decision ID + "/intent"); appending the same ID twice records it once.
+	ID string `json:"id"`
+	// Incident is the incident the record belongs to, if any.
+	Incident string `json:"incident,omitempty"`
+	// Time is when the fact happened (from the injected clock; event time in replay).
+	Time time.Time `json:"time"`
+	// Payload is the fact itself as JSON.
+	Payload json.RawMessage `json:"payload"`
+}
+
+// Record is one link of the chain.
+type Record struct {
+	Entry
+	// Seq is the position in the chain, starting at 1.
+	Seq uint64 `json:"seq"`
+	// Prev is the hash of the previous record (Genesis for the first).
+	Prev string `json:"prev"`
+	// Hash is the hex SHA-256 over Seq, Prev and the entry's fields.
+	Hash string `json:"hash"`
+}
+
+// computeHash returns the hash of r's content and chain position (r.Hash is ignored).
+// Each variable-length field is length-prefixed so no two records share an encoding.
+func computeHash(r *Record) string {
+	h := sha256.New()
+	var n [8]byte
+	put := func(b []byte) {
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	binary.BigEndian.PutUint64(n[:], r.Seq)
+	h.Write(n[:])
+	put([]byte(r.Prev))
+	put([]byte(r.Type))
+	put([]byte(r.ID))
+	put([]byte(r.Incident))
+	binary.BigEndian.PutUint64(n[:], uint64(r.Time.UnixNano()))
+	h.Write(n[:])
+	put(r.Payload)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// link fills in r's chain fields so it follows the record with sequence seq and hash prev.
+func link(e Entry, seq uint64, prev string) Record {
+	r := Record{Entry: e, Seq: seq + 1, Prev: prev}
+	r.Time = r.Time.UTC()
+	r.Hash = computeHash(&r)
+	return r
+}
+
+// Check verifies that r is intact and follows a record with sequence seq and hash prev.
+func (r *Record) Check(seq uint64, prev string) error {
+	switch {
+	case r.Seq != seq+1:
+		return fmt.Errorf("%w at record %d: sequence %d does not follow %d", ErrBroken, r.Seq, r.Seq, seq)
+	case r.Prev != prev:
+		return fmt.Errorf("%w at record %d: prev %.12s… does not match the previous record's hash %.12s…", ErrBroken, r.Seq, r.Prev, prev)
+	case computeHash(r) != r.Hash:
+		return fmt.Errorf("%w at record %d: content does not match its hash (edited)", ErrBroken, r.Seq)
+	}
+	return nil
+}
+
+// DecodeRecord parses one stored record, strictly.
+func DecodeRecord(b []byte) (Record, error) {
+	var r Record
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return Record{}, fmt.Errorf("%w: record does not decode: %w", ErrBroken, err)
+	}
+	if dec.More() {
+		return Record{}, fmt.Errorf("%w: trailing data after record", ErrBroken)
+	}
+	if len(r.Hash) != 64 || len(r.Prev) != 64 {
+		return Record{}, fmt.Errorf("%w at record %d: malformed hash fields", ErrBroken, r.Seq)
+	}
+	return r, nil
+}
