@@ -1,0 +1,91 @@
+package scenario
+
+import (
+	"hash/fnv"
+	"testing"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/telemetry"
+)
+
+func digest(s *Scenario) (uint64, int) {
+	h := fnv.New64a()
+	n := 0
+	var last time.Time
+	s.Events(func(e *telemetry.Event) bool {
+		n++
+		if e.Time.Before(last) {
+			panic("event time went backwards")
+		}
+		last = e.Time
+		h.Write([]byte(e.Time.Format(time.RFC3339Nano) + e.Vendor + e.Credential + e.Dst))
+		var b [8]byte
+		for i := range b {
+			b[i] = byte(e.Bytes >> (8 * i))
+		}
+		h.Write(b[:])
+		return true
+	})
+	return h.Sum64(), n
+}
+
+func TestDeterministicBySeed(t *testing.T) {
+	cfg := Config{Seed: 7, Days: 3, Vendors: 3}
+	a, n := digest(New(cfg))
+	b, m := digest(New(cfg))
+	if a != b || n != m || n == 0 {
+		t.Fatalf("same seed: digests %x/%x, counts %d/%d", a, b, n, m)
+	}
+	cfg.Seed = 8
+	if c, _ := digest(New(cfg)); c == a {
+		t.Fatal("different seeds gave the same scenario")
+	}
+}
+
+func TestAttacksAreLabelledAndInjected(t *testing.T) {
+	s := New(Config{Seed: 3, Days: 12})
+	attacks := s.Attacks()
+	if len(attacks) != len(AttackKinds) {
+		t.Fatalf("%d attacks, want one of each of %d kinds", len(attacks), len(AttackKinds))
+	}
+	sent := make([]int64, len(attacks))
+	s.Events(func(e *telemetry.Event) bool {
+		for i, a := range attacks {
+			if e.Vendor == a.Vendor && e.Credential == a.Credential && e.Dst == a.Destination &&
+				!e.Time.Before(a.Start) && e.Time.Before(a.End) {
+				sent[i] += e.Bytes
+			}
+		}
+		return true
+	})
+	for i, a := range attacks {
+		if a.Start.Before(s.Start().Add(6*24*time.Hour)) || !a.End.Before(s.End()) {
+			t.Errorf("%s attack at %s..%s is outside the second half", a.Kind, a.Start, a.End)
+		}
+		// The labelled bytes (plus whatever normal traffic shares the destination) went out.
+		if sent[i] < a.Bytes*8/10 {
+			t.Errorf("%s attack: %d bytes sent in its window, labelled %d", a.Kind, sent[i], a.Bytes)
+		}
+	}
+}
+
+func TestSeasonality(t *testing.T) {
+	s := New(Config{Seed: 1, Days: 7, Vendors: 2, Attacks: -1})
+	var byHour [24]int64
+	var weekday, weekend int64
+	s.Events(func(e *telemetry.Event) bool {
+		byHour[e.Time.Hour()] += e.Bytes
+		if wd := e.Time.Weekday(); wd == time.Saturday || wd == time.Sunday {
+			weekend += e.Bytes
+		} else {
+			weekday += e.Bytes
+		}
+		return true
+	})
+	if byHour[13] < 3*byHour[23] {
+		t.Errorf("afternoon %d not well above late evening %d", byHour[13], byHour[23])
+	}
+	if weekday/5 < weekend/2*3/2 {
+		t.Errorf("weekday mean %d not above weekend mean %d", weekday/5, weekend/2)
+	}
+}
