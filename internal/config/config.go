@@ -31,6 +31,8 @@ type Config struct {
 	Detectors Detectors `yaml:"detectors"`
 	// Vendors is the vendor inventory, keyed by vendor name as it appears in telemetry.
 	Vendors map[string]Vendor `yaml:"vendors"`
+	// Service configures `killswitch run`: NATS, Vault and the HTTP API.
+	Service Service `yaml:"service"`
 }
 
 // Detectors configures the streaming detectors. Zero values mean the documented default.
@@ -234,6 +236,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	checkKinds("detectors.disable", d.Disable)
+	c.Service.validate(bad)
 	names := make([]string, 0, len(c.Vendors))
 	for name := range c.Vendors {
 		names = append(names, name)
