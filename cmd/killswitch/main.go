@@ -25,7 +25,8 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"ledger": {"verify the hash-chained audit ledger", runLedger},
+		"generate": {"generate labelled telemetry to a file or NATS", runGenerate},
+		"ledger":   {"verify the hash-chained audit ledger", runLedger},
 		"version": {"print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "killswitch", version)
 			return 0

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/internal/natsconn"
+	"github.com/killswitch-dev/killswitch/internal/pace"
+	"github.com/killswitch-dev/killswitch/internal/scenario"
+	"github.com/killswitch-dev/killswitch/telemetry"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// runGenerate implements `killswitch generate`: realistic labelled telemetry, to a file
+// or published to NATS.
+func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: killswitch generate [--out FILE.ndjson[.gz] | --nats URL] [flags]\n\n"+
+			"Generates days of egress telemetry for many vendors with daily and weekly seasonality,\n"+
+			"nightly batches and noise, with labelled attacks injected; deterministic by --seed.\n")
+		fs.PrintDefaults()
+	}
+	var (
+		cfg    scenario.Config
+		nopts  natsconn.Options
+		out    = fs.String("out", "", "write NDJSON to this file (gzip when it ends in .gz; - for stdout)")
+		labels = fs.String("labels", "", "write the labelled attacks as JSON to this file")
+		start  = fs.String("start", "", `first instant, RFC 3339, or "now" to end the scenario now (default 2026-02-02T00:00:00Z)`)
+		speed  = fs.Float64("speed", 0, "with --nats: publish at N times real time (0: as fast as possible)")
+		stream = fs.String("stream", "EGRESS", "with --nats: the telemetry stream to create if missing")
+	)
+	fs.Uint64Var(&cfg.Seed, "seed", 1, "random seed")
+	fs.IntVar(&cfg.Days, "days", 14, "days of telemetry")
+	fs.IntVar(&cfg.Vendors, "vendors", 8, "number of vendors")
+	fs.IntVar(&cfg.CredentialsPerVendor, "credentials", 2, "active credentials per vendor")
+	fs.Float64Var(&cfg.EventsPerMinute, "rate", 6, "events per minute per credential at the daily peak")
+	fs.IntVar(&cfg.Attacks, "attacks", 1, "attacks of each kind to inject (-1: none)")
+	nopts.RegisterFlags(fs, "")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if (*out == "") == (nopts.URL == "") {
+		fmt.Fprintln(stderr, "killswitch generate: give exactly one of --out and --nats")
+		return 2
+	}
+	switch *start {
+	case "":
+	case "now":
+		cfg.Start = time.Now().UTC().Add(-time.Duration(cfg.Days) * 24 * time.Hour)
+	default:
+		t, err := time.Parse(time.RFC3339, *start)
+		if err != nil {
+			fmt.Fprintf(stderr, "killswitch generate: --start: %v\n", err)
+			return 2
+		}
+		cfg.Start = t
+	}
+	sc := scenario.New(cfg)
+	if *labels != "" {
+		b, _ := json.MarshalIndent(sc.Attacks(), "", "  ")
+		if err := os.WriteFile(*labels, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintln(stderr, "killswitch generate:", err)
+			return 1
+		}
+	}
+	began := time.Now()
+	var n int
+	var err error
+	if *out != "" {
+		n, err = generateFile(sc, *out, stdout)
+	} else {
+		n, err = generatePublish(ctx, sc, nopts, *stream, *speed)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "killswitch generate:", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "generated %d events (%s .. %s, %d attacks) in %s\n",
+		n, sc.Start().Format(time.RFC3339), sc.End().Format(time.RFC3339), len(sc.Attacks()), time.Since(began).Round(time.Millisecond))
+	return 0
+}
+
+func generateFile(sc *scenario.Scenario, path string, stdout io.Writer) (int, error) {
+	if path == "-" {
+		return sc.WriteNDJSON(stdout, false)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	n, err := sc.WriteNDJSON(f, strings.HasSuffix(path, ".gz"))
+	return n, errors.Join(err, f.Close())
+}
+
+func generatePublish(ctx context.Context, sc *scenario.Scenario, nopts natsconn.Options, stream string, speed float64) (int, error) {
+	nopts.Name = "killswitch-generate"
+	nc, err := nopts.Connect(zap.NewNop())
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, err
+	}
+	// Make sure the events have a stream to land in even before the service created it.
+	if _, err := js.Stream(ctx, stream); errors.Is(err, jetstream.ErrStreamNotFound) {
+		_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{telemetry.DefaultSubjectPrefix + ".>"}, Storage: jetstream.FileStorage})
+		if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return 0, fmt.Errorf("create stream %s: %w", stream, err)
+		}
+	} else if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	pub, err := telemetry.NewPublisher(nc, telemetry.PublisherOptions{MsgID: telemetry.ContentMsgID})
+	if err != nil {
+		return 0, err
+	}
+	var p *pace.Pacer
+	if speed > 0 {
+		p = pace.New(speed)
+	}
+	return sc.Publish(ctx, pub, p)
+}
