@@ -111,6 +111,14 @@ type Detection struct {
 // DetectionID returns the deterministic ID of a detection of kind k for key in the
 // window starting at windowStart: a hex SHA-256 prefix over the three.
 func DetectionID(k Kind, key Key, windowStart time.Time) string {
+	return DetectionIDFor(k, key, "", windowStart)
+}
+
+// DetectionIDFor is DetectionID with a discriminator for detectors that can fire more
+// than once for the same key and window start: the destination of a new_destination
+// detection, the sensor of a sensor-silence detection. An empty sub gives exactly
+// DetectionID.
+func DetectionIDFor(k Kind, key Key, sub string, windowStart time.Time) string {
 	h := sha256.New()
 	h.Write([]byte(k))
 	h.Write([]byte{0})
@@ -121,6 +129,10 @@ func DetectionID(k Kind, key Key, windowStart time.Time) string {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], uint64(windowStart.UnixNano()))
 	h.Write(b[:])
+	if sub != "" {
+		h.Write([]byte{0})
+		h.Write([]byte(sub))
+	}
 	var sum [sha256.Size]byte
 	return "det-" + hex.EncodeToString(h.Sum(sum[:0])[:12])
 }

@@ -27,7 +27,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: killswitch generate [--out FILE.ndjson[.gz] | --nats URL] [flags]\n\n"+
 			"Generates days of egress telemetry for many vendors with daily and weekly seasonality,\n"+
-			"nightly batches and noise, with labelled attacks injected; deterministic by --seed.\n")
+			"nightly batches and noise, with labelled attacks injected; deterministic by --seed.")
 		fs.PrintDefaults()
 	}
 	var (
