@@ -1,0 +1,90 @@
+package detectors
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/telemetry"
+)
+
+// The dormant-credential detector. A credential that moved no data for DormantAfter
+// (measured in event time from its last data-moving event) and then moves data fires
+// on that event; a credential marked ExpectedIdle in the inventory fires on any data
+// it moves. The episode (one usage session) ends once the credential has moved nothing
+// for SilenceAfter; only then can it fire again (for a credential that is not
+// ExpectedIdle, only after another DormantAfter of idleness). A credential first seen
+// in telemetry has no history and does not fire unless it is ExpectedIdle.
+func (e *Engine) dormant(v *vendorState, k *keyState, t int64, ev *telemetry.Event, emit func(Detection)) {
+	if ev.Bytes <= 0 {
+		return
+	}
+	sec := unixSeconds(t)
+	prev := int64(k.lastData) * int64(time.Second)
+	seen := k.has(flagDataSeen)
+	if sec > k.lastData || !seen {
+		k.lastData = sec
+		k.flags |= flagDataSeen
+	}
+	if v.cfg.disabled.has(KindDormant) {
+		return
+	}
+	idle := time.Duration(t - prev)
+	if k.has(flagDormant) {
+		if seen && idle >= e.set.silenceAfter {
+			k.flags &^= flagDormant // the previous session ended
+		} else {
+			return
+		}
+	}
+	expected := k.has(flagExpectedIdle)
+	if !expected && (!seen || idle < e.set.dormantAfter) {
+		return
+	}
+	k.flags |= flagDormant
+	key := e.key(v, k)
+	score := 1.0
+	reason := fmt.Sprintf("credential %s, marked as normally idle in the inventory, moved %s to %s", key, formatBytes(float64(ev.Bytes)), orUnknown(ev.Dst))
+	win := Window{Start: utc(t), End: utc(t)}
+	if seen {
+		win.Start = utc(prev)
+	}
+	if !expected {
+		score = ratioScore(idle.Hours(), e.set.dormantAfter.Hours())
+		reason = fmt.Sprintf("credential %s moved %s to %s after %s without moving any data (dormant after %s)",
+			key, formatBytes(float64(ev.Bytes)), orUnknown(ev.Dst), idle.Round(time.Minute), e.set.dormantAfter)
+	}
+	observed := 0.0
+	if seen {
+		observed = idle.Hours()
+	}
+	e.emit(emit, Detection{
+		ID:               DetectionID(KindDormant, key, utc(t)),
+		Detector:         KindDormant,
+		Key:              key,
+		Severity:         severity(KindDormant, true, 0),
+		Score:            score,
+		Observed:         observed,
+		Expected:         Band{Low: 0, High: e.set.dormantAfter.Hours()},
+		Unit:             "hours idle",
+		Window:           win,
+		FirstAnomalousAt: utc(t),
+		DetectedAt:       utc(t),
+		AnomalousBytes:   ev.Bytes,
+		Destination:      ev.Dst,
+		Sensor:           ev.Sensor,
+		Reason:           reason,
+	})
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "an unknown destination"
+	}
+	return s
+}
+
+// unixSeconds returns event time t (ns) as a Unix second, clamped to uint32.
+func unixSeconds(t int64) uint32 {
+	return uint32(min(max(floorDiv(t, int64(time.Second)), 0), math.MaxUint32))
+}

@@ -1,0 +1,238 @@
+package detectors
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/internal/config"
+)
+
+// Defaults applied when a config field is zero (they match internal/config's docs).
+const (
+	// DefaultInterval is the bucket width of the volume detectors.
+	DefaultInterval = 5 * time.Minute
+	// DefaultAllowedLateness is how far behind its vendor's newest event an event may
+	// arrive and still be counted in its own bucket.
+	DefaultAllowedLateness = time.Minute
+	// DefaultLearningPeriod is how long a key (or vendor) is observed before the spike,
+	// sustained, new-destination and silence detectors may fire for it.
+	DefaultLearningPeriod = 24 * time.Hour
+	// DefaultDormantAfter is how long a credential must be idle to count as dormant.
+	DefaultDormantAfter = 168 * time.Hour
+	// DefaultSilenceAfter is how long a regular source may send nothing before a
+	// silence alert.
+	DefaultSilenceAfter = 30 * time.Minute
+	// DefaultMinBytes is the smallest bucket volume a spike may be raised for.
+	DefaultMinBytes = 1 << 20
+)
+
+// kindMask is a set of detector kinds.
+type kindMask uint8
+
+func kindBit(k Kind) kindMask {
+	for i, kk := range Kinds {
+		if kk == k {
+			return 1 << i
+		}
+	}
+	return 0
+}
+
+func (m kindMask) has(k Kind) bool { return m&kindBit(k) != 0 }
+
+func maskOf(kinds []string) (kindMask, error) {
+	var m kindMask
+	for _, s := range kinds {
+		b := kindBit(Kind(s))
+		if b == 0 {
+			return 0, fmt.Errorf("%w: unknown detector kind %q", ErrConfig, s)
+		}
+		m |= b
+	}
+	return m, nil
+}
+
+// settings are the engine-wide settings, resolved from config.Detectors with defaults.
+type settings struct {
+	interval     time.Duration
+	lateness     time.Duration
+	learning     time.Duration
+	dormantAfter time.Duration
+	silenceAfter time.Duration
+	minBytes     int64
+	sensitivity  float64
+	disabled     kindMask
+	// gapFill is the most zero-volume buckets fed to a model after a key was idle.
+	gapFill int
+	// decayEvery is how many buckets (a week) pass between two decrements of the hour
+	// envelopes.
+	decayEvery int
+}
+
+func resolveSettings(d config.Detectors) (settings, error) {
+	s := settings{
+		interval: d.Interval, lateness: d.AllowedLateness, learning: d.LearningPeriod,
+		dormantAfter: d.DormantAfter, silenceAfter: d.SilenceAfter,
+		minBytes: int64(d.MinBytes), sensitivity: d.Sensitivity,
+	}
+	if s.interval == 0 {
+		s.interval = DefaultInterval
+	}
+	if s.interval < time.Second {
+		return s, fmt.Errorf("%w: interval %s is below 1s", ErrConfig, s.interval)
+	}
+	if s.lateness == 0 {
+		s.lateness = DefaultAllowedLateness
+	}
+	// Per-key state keeps two open buckets, so lateness is at most one interval.
+	s.lateness = min(max(s.lateness, 0), s.interval)
+	if s.learning <= 0 {
+		s.learning = DefaultLearningPeriod
+	}
+	if s.dormantAfter <= 0 {
+		s.dormantAfter = DefaultDormantAfter
+	}
+	if s.silenceAfter <= 0 {
+		s.silenceAfter = DefaultSilenceAfter
+	}
+	if s.minBytes <= 0 {
+		s.minBytes = DefaultMinBytes
+	}
+	if s.sensitivity <= 0 {
+		s.sensitivity = 1
+	}
+	var err error
+	if s.disabled, err = maskOf(d.Disable); err != nil {
+		return s, err
+	}
+	s.gapFill = int(min(24*time.Hour/s.interval, 4096))
+	s.decayEvery = int(max(1, 7*24*time.Hour/s.interval))
+	return s, nil
+}
+
+// warmupBuckets is the learning period in buckets.
+func (s *settings) warmupBuckets() int {
+	return int(max(1, s.learning/s.interval))
+}
+
+// vendorConfig is one vendor's resolved configuration. Vendors absent from the
+// configuration share a default vendorConfig.
+type vendorConfig struct {
+	disabled kindMask
+	params   ModelParams // volume model parameters with this vendor's sensitivity
+	// hourMargin is how far (log2 units) above the most seen at an hour of the day a
+	// spike must be: 1 (twice the volume) divided by the sensitivity.
+	hourMargin float64
+	caps       []capSpec
+	allow      *allowList          // nil: destinations are learned
+	idle       map[string]struct{} // credentials marked ExpectedIdle
+}
+
+type capSpec struct {
+	credential string
+	bytes      int64
+	records    int64
+	per        time.Duration
+}
+
+func newVendorConfig(s *settings, base ModelParams, v *config.Vendor) (*vendorConfig, error) {
+	vc := &vendorConfig{disabled: s.disabled}
+	sens := s.sensitivity
+	if v != nil && v.Sensitivity > 0 {
+		sens = v.Sensitivity
+	}
+	vc.params = base.WithSensitivity(sens)
+	vc.hourMargin = 1 / sens
+	vc.params.Warmup = s.warmupBuckets()
+	if v == nil {
+		return vc, nil
+	}
+	m, err := maskOf(v.Disable)
+	if err != nil {
+		return nil, err
+	}
+	vc.disabled |= m
+	for i, c := range v.Caps {
+		if c.Per <= 0 || (c.Bytes <= 0 && c.Records <= 0) || c.Bytes < 0 || c.Records < 0 {
+			return nil, fmt.Errorf("%w: caps[%d]: want a positive per and a byte or record limit", ErrConfig, i)
+		}
+		vc.caps = append(vc.caps, capSpec{credential: c.Credential, bytes: int64(c.Bytes), records: c.Records, per: c.Per})
+	}
+	if len(v.AllowedDestinations) > 0 {
+		if vc.allow, err = parseAllowList(v.AllowedDestinations); err != nil {
+			return nil, err
+		}
+	}
+	for name, c := range v.Credentials {
+		if c.ExpectedIdle {
+			if vc.idle == nil {
+				vc.idle = make(map[string]struct{})
+			}
+			vc.idle[name] = struct{}{}
+		}
+	}
+	return vc, nil
+}
+
+// allowList is a vendor's allowed destinations, parsed once: addresses, CIDR
+// prefixes, host names (case-insensitive) and "*.domain" suffixes.
+type allowList struct {
+	addrs    map[netip.Addr]struct{}
+	prefixes []netip.Prefix
+	hosts    map[string]struct{}
+	suffixes []string // ".example.com"
+}
+
+func parseAllowList(entries []string) (*allowList, error) {
+	a := &allowList{addrs: map[netip.Addr]struct{}{}, hosts: map[string]struct{}{}}
+	for i, e := range entries {
+		e = strings.TrimSpace(e)
+		switch {
+		case e == "":
+			return nil, fmt.Errorf("%w: allowed_destinations[%d] is empty", ErrConfig, i)
+		case strings.Contains(e, "/"):
+			p, err := netip.ParsePrefix(e)
+			if err != nil {
+				return nil, fmt.Errorf("%w: allowed_destinations[%d]: %q is not a CIDR prefix: %v", ErrConfig, i, e, err)
+			}
+			a.prefixes = append(a.prefixes, p.Masked())
+		case strings.HasPrefix(e, "*."):
+			a.suffixes = append(a.suffixes, strings.ToLower(e[1:]))
+		default:
+			if ip, err := netip.ParseAddr(e); err == nil {
+				a.addrs[ip.Unmap()] = struct{}{}
+			} else {
+				a.hosts[strings.ToLower(strings.TrimSuffix(e, "."))] = struct{}{}
+			}
+		}
+	}
+	return a, nil
+}
+
+// allowed reports whether dst is on the list.
+func (a *allowList) allowed(dst string) bool {
+	if ip, err := netip.ParseAddr(dst); err == nil {
+		ip = ip.Unmap()
+		if _, ok := a.addrs[ip]; ok {
+			return true
+		}
+		for _, p := range a.prefixes {
+			if p.Contains(ip) {
+				return true
+			}
+		}
+		return false
+	}
+	h := strings.ToLower(strings.TrimSuffix(dst, "."))
+	if _, ok := a.hosts[h]; ok {
+		return true
+	}
+	for _, s := range a.suffixes {
+		if strings.HasSuffix(h, s) {
+			return true
+		}
+	}
+	return false
+}

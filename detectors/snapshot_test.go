@@ -1,0 +1,185 @@
+package detectors
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch/internal/scenario"
+	"github.com/killswitch-dev/killswitch/telemetry"
+)
+
+// snapshotConfig exercises every part of the state: caps, an allow-list, an
+// expected-idle credential.
+var snapshotConfig = config.Config{Vendors: map[string]config.Vendor{
+	"mailer": {
+		Caps: []config.Cap{{Bytes: 200 << 20, Per: time.Hour}, {Credential: "mailer-key-1", Records: 5000, Per: 10 * time.Minute}},
+		Credentials: map[string]config.Credential{
+			"mailer-key-1": {Kind: config.CredTokenAccessor, Accessor: "a1"},
+			"mailer-key-2": {Kind: config.CredTokenAccessor, Accessor: "a2", ExpectedIdle: true},
+		},
+	},
+	"crm": {AllowedDestinations: []string{"198.51.0.0/16"}},
+}}
+
+func scenarioEvents(t testing.TB, seed uint64, days int) []telemetry.Event {
+	t.Helper()
+	var evs []telemetry.Event
+	scenario.New(scenario.Config{Seed: seed, Days: days}).Events(func(ev *telemetry.Event) bool {
+		evs = append(evs, *ev)
+		return true
+	})
+	return evs
+}
+
+func detect(e *Engine, evs []telemetry.Event) []Detection {
+	var out []Detection
+	for i := range evs {
+		e.Process(&evs[i], func(d Detection) { out = append(out, d) })
+	}
+	return out
+}
+
+func snapshotBytes(t testing.TB, e *Engine) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := e.Snapshot(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// TestSnapshotRoundTrip: an engine restored from a snapshot taken mid-stream behaves
+// exactly like one that never stopped: the same detections for the same events, and
+// in the end a byte-identical snapshot.
+func TestSnapshotRoundTrip(t *testing.T) {
+	evs := scenarioEvents(t, 1, 14)
+	half := len(evs) * 6 / 10 // in the middle of the attacks
+
+	never := mustEngine(t, snapshotConfig)
+	want := detect(never, evs)
+	if len(want) == 0 {
+		t.Fatal("the scenario raised no detections")
+	}
+
+	first := mustEngine(t, snapshotConfig)
+	got := detect(first, evs[:half])
+	snap := snapshotBytes(t, first)
+
+	restored := mustEngine(t, snapshotConfig)
+	if err := restored.Restore(bytes.NewReader(snap)); err != nil {
+		t.Fatal(err)
+	}
+	if c1, c2 := first.Counters(), restored.Counters(); c1 != c2 {
+		t.Fatalf("counters after restore %+v, want %+v", c2, c1)
+	}
+	got = append(got, detect(restored, evs[half:])...)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("restored engine: %d detections, never-stopped engine: %d; they differ", len(got), len(want))
+	}
+	if !bytes.Equal(snapshotBytes(t, restored), snapshotBytes(t, never)) {
+		t.Fatal("final snapshots differ")
+	}
+	t.Logf("snapshot of %d keys: %d bytes", first.Counters().Keys, len(snap))
+}
+
+func TestSnapshotDeterministicIDs(t *testing.T) {
+	evs := scenarioEvents(t, 2, 12)
+	a := detect(mustEngine(t, snapshotConfig), evs)
+	b := detect(mustEngine(t, snapshotConfig), evs)
+	if len(a) == 0 || !reflect.DeepEqual(a, b) {
+		t.Fatalf("two runs over the same events differ (%d vs %d detections)", len(a), len(b))
+	}
+	seen := map[string]bool{}
+	for _, d := range a {
+		if seen[d.ID] {
+			t.Errorf("duplicate ID %s", d.ID)
+		}
+		seen[d.ID] = true
+	}
+}
+
+// resum rewrites the CRC of a (possibly edited) snapshot.
+func resum(b []byte) []byte {
+	b = bytes.Clone(b)
+	binary.LittleEndian.PutUint32(b[len(b)-4:], crc32.Checksum(b[:len(b)-4], crcTable))
+	return b
+}
+
+func TestRestoreRejectsBadInput(t *testing.T) {
+	src := mustEngine(t, snapshotConfig)
+	detect(src, scenarioEvents(t, 3, 2))
+	good := snapshotBytes(t, src)
+	flipped := bytes.Clone(good)
+	flipped[len(flipped)/2] ^= 0x40
+	badVersion := bytes.Clone(good)
+	badVersion[4] = 9
+	trailing := resum(append(bytes.Clone(good[:len(good)-4]), 0, 0, 0, 0, 0))
+	cases := []struct {
+		name string
+		data []byte
+		cfg  config.Config
+	}{
+		{"empty", nil, snapshotConfig},
+		{"short", good[:7], snapshotConfig},
+		{"bad magic", append([]byte("XXXX"), good[4:]...), snapshotConfig},
+		{"unknown version", resum(badVersion), snapshotConfig},
+		{"flipped bit", flipped, snapshotConfig},
+		{"truncated", good[:len(good)-100], snapshotConfig},
+		{"truncated with a valid checksum", resum(good[:len(good)-100]), snapshotConfig},
+		{"trailing bytes", trailing, snapshotConfig},
+		{"another interval", good, config.Config{Detectors: config.Detectors{Interval: time.Minute}}},
+		{"a sharded snapshot", append([]byte("KSSH"), good[4:]...), snapshotConfig},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := mustEngine(t, tc.cfg)
+			detect(e, scenarioEvents(t, 4, 1)[:1000])
+			before := snapshotBytes(t, e)
+			err := e.Restore(bytes.NewReader(tc.data))
+			if !errors.Is(err, ErrSnapshot) {
+				t.Fatalf("Restore: %v, want an error wrapping ErrSnapshot", err)
+			}
+			t.Log(err)
+			if !bytes.Equal(snapshotBytes(t, e), before) {
+				t.Fatal("a failed Restore changed the engine")
+			}
+		})
+	}
+}
+
+// FuzzRestore feeds arbitrary bytes to Restore, both as they are and with a valid
+// checksum (so the parser itself is exercised): it must return an error wrapping
+// ErrSnapshot or a usable engine, never panic.
+func FuzzRestore(f *testing.F) {
+	small := mustEngine(f, snapshotConfig)
+	evs := scenarioEvents(f, 5, 2)
+	detect(small, evs[:3000])
+	f.Add(snapshotBytes(f, small), false)
+	f.Add(snapshotBytes(f, mustEngine(f, config.Config{})), false)
+	f.Add([]byte("KSDS\x01\x00\x00\x00"), true)
+	f.Fuzz(func(t *testing.T, data []byte, fix bool) {
+		if fix && len(data) >= 12 {
+			data = resum(data)
+		}
+		e := mustEngine(t, snapshotConfig)
+		err := e.Restore(bytes.NewReader(data))
+		if err != nil {
+			if !errors.Is(err, ErrSnapshot) {
+				t.Fatalf("error %v does not wrap ErrSnapshot", err)
+			}
+			return
+		}
+		// a restored engine must keep working
+		detect(e, evs[3000:3200])
+		var b bytes.Buffer
+		if err := e.Snapshot(&b); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -1,0 +1,321 @@
+package detectors
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// The spike and sustained detectors share one volume model per key. An observation is
+// the byte volume of one bucket (Interval wide, aligned to the epoch), on a log scale:
+// x = log2(1 + bytes/u) with u = MinBytes/16, so that volumes well below MinBytes (the
+// smallest volume a spike may be raised for) are all close to zero and sparse traffic
+// (buckets alternating between nothing and a few hundred kilobytes) does not look like
+// a series of huge jumps. The running sum of the current bucket is checked on every event
+// against the bucket's triggers (the volumes at which the model's upward scores reach
+// 0.5), so a detection fires on the event that crosses the line. A bucket is learned
+// when the watermark passes its end; buckets without events are learned as zero.
+
+func (e *Engine) volumeX(bytes int64) float64 {
+	return math.Log2(1 + float64(max(bytes, 0))/e.unitBytes)
+}
+
+func (e *Engine) volumeBytes(x float64) float64 {
+	if math.IsInf(x, 1) || x > 1000 {
+		return math.Inf(1)
+	}
+	return (math.Exp2(x) - 1) * e.unitBytes
+}
+
+// volume counts bytes at event time t (ns) for key k and runs spike and sustained.
+func (e *Engine) volume(v *vendorState, k *keyState, t, bytes int64, emit func(Detection)) {
+	b := e.bucketOf(t)
+	off := uint32(min(max(t-e.bucketStart(b), 0)/int64(time.Millisecond), math.MaxUint32-1))
+	if !k.has(flagStarted) {
+		k.flags |= flagStarted
+		k.cur, k.curBytes, k.curFirst, k.anomAt = b, 0, math.MaxUint32, math.MaxUint32
+		e.triggers(v, k)
+	} else {
+		e.advance(v, k, b)
+	}
+	switch {
+	case b >= k.cur: // b > cur cannot happen after advance
+		k.curBytes += bytes
+		k.curFirst = min(k.curFirst, off)
+		if k.anomAt == math.MaxUint32 && float64(k.curBytes) > e.hourBytes[k.hourHi[e.slotOfBucket(k.cur).Hour]] {
+			k.anomAt = off
+		}
+	case k.cur > 0 && b == k.cur-1 && (k.has(flagPrevOpen) || e.bucketEnd(b) > v.maxT-int64(e.set.lateness)):
+		// out of order within the allowed lateness: counted in its own bucket
+		k.flags |= flagPrevOpen
+		k.prvBytes += float32(bytes)
+		e.checkBucket(v, k, b, int64(k.prvBytes), t, off, emit)
+		return
+	default: // late (the caller maps late events to the current time), or defensive
+		k.curBytes += bytes
+		if k.anomAt == math.MaxUint32 && float64(k.curBytes) > e.hourBytes[k.hourHi[e.slotOfBucket(k.cur).Hour]] {
+			k.anomAt = k.curFirst
+		}
+	}
+	e.checkCurrent(v, k, t, emit)
+}
+
+// checkCurrent compares the current bucket's running sum with its triggers.
+func (e *Engine) checkCurrent(v *vendorState, k *keyState, t int64, emit func(Detection)) {
+	x := float64(k.curBytes)
+	if x >= float64(k.spikeTrig) && !k.has(flagSpike) {
+		first := k.anomAt
+		if first == math.MaxUint32 {
+			first = k.curFirst
+		}
+		e.fireSpike(v, k, k.cur, k.curBytes, t, first, emit)
+	}
+	if x >= float64(k.sustTrig) && !k.has(flagSust) && int64(k.cusBytes)+k.curBytes >= e.set.minBytes {
+		e.fireSustained(v, k, k.cur, k.curBytes, t, k.curFirst, emit)
+	}
+}
+
+// checkBucket scores an open bucket other than the current one (the previous bucket,
+// reached by an out-of-order event) directly against the model.
+func (e *Engine) checkBucket(v *vendorState, k *keyState, b uint32, bytes, t int64, off uint32, emit func(Detection)) {
+	p := &v.cfg.params
+	x, slot := e.volumeX(bytes), e.slotOfBucket(b)
+	sc := k.model.Score(p, x, slot)
+	if e.spikeFires(v, k, sc, x, bytes, slot) && !k.has(flagSpike) {
+		e.fireSpike(v, k, b, bytes, t, off, emit)
+	}
+	if !v.cfg.disabled.has(KindSustained) && sc.SustainedUp >= 0.5 && !k.has(flagSust) && int64(k.cusBytes)+bytes >= e.set.minBytes {
+		e.fireSustained(v, k, b, bytes, t, off, emit)
+	}
+}
+
+// advance moves key k to bucket b: it learns every bucket the watermark has passed
+// (feeding idle buckets as zero volume, at most a day's worth) and recomputes the
+// triggers of the current bucket when the model changed.
+func (e *Engine) advance(v *vendorState, k *keyState, b uint32) {
+	wm := v.maxT - int64(e.set.lateness)
+	changed := false
+	if k.has(flagPrevOpen) && (e.bucketEnd(k.cur-1) <= wm || b > k.cur) {
+		e.learn(v, k, k.cur-1, int64(k.prvBytes))
+		k.flags &^= flagPrevOpen
+		k.prvBytes = 0
+		changed = true
+	}
+	if b > k.cur {
+		if b == k.cur+1 && e.bucketEnd(k.cur) > wm {
+			k.flags |= flagPrevOpen // cur stays open for late events
+			k.prvBytes = float32(k.curBytes)
+		} else {
+			e.learn(v, k, k.cur, k.curBytes)
+		}
+		if gap := int64(b) - int64(k.cur) - 1; gap > 0 {
+			last := b - 1
+			lastOpen := e.bucketEnd(last) > wm
+			n := gap
+			if lastOpen {
+				n--
+			}
+			// learn the idle buckets cur+1 .. cur+n (only the last gapFill of them)
+			from := int64(k.cur) + 1
+			if skip := n - int64(e.set.gapFill); skip > 0 {
+				from += skip
+			}
+			for i := from; i <= int64(k.cur)+n; i++ {
+				e.learn(v, k, uint32(i), 0)
+			}
+			if lastOpen {
+				k.flags |= flagPrevOpen
+				k.prvBytes = 0
+			}
+		}
+		k.cur, k.curBytes, k.curFirst, k.anomAt = b, 0, math.MaxUint32, math.MaxUint32
+		changed = true
+	}
+	if changed {
+		e.triggers(v, k)
+	}
+}
+
+// learn closes bucket b of key k with the given volume: episode bookkeeping, the model
+// update and the CUSUM run tracking.
+func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
+	p := &v.cfg.params
+	x := e.volumeX(bytes)
+	slot := e.slotOfBucket(b)
+	sc := k.model.Score(p, x, slot)
+	spiked := e.spikeFires(v, k, sc, x, bytes, slot)
+	if k.has(flagSpike) || k.has(flagSust) {
+		ep := k.spikeEpisode()
+		ep.observe(spiked, p.Quiet)
+		k.setSpikeEpisode(ep)
+		ep = k.sustEpisode()
+		ep.observe(sc.SustainedUp >= 0.5, p.Quiet)
+		k.setSustEpisode(ep)
+	}
+	before := k.model.cusUp
+	k.model.Update(p, x, slot)
+	switch {
+	case k.model.cusUp <= 0:
+		k.cusBytes = 0
+	case before <= 0:
+		k.cusStart, k.cusBytes = b, float32(bytes)
+	default:
+		k.cusBytes += float32(bytes)
+	}
+	// the hour envelope learns the volume, only half of the excess of a spike
+	q := uint8(min(math.Ceil(x*hourQ), math.MaxUint8))
+	if h := slot.Hour % 24; q > k.hourHi[h] {
+		if spiked {
+			k.hourHi[h] += (q - k.hourHi[h] + 1) / 2
+		} else {
+			k.hourHi[h] = q
+		}
+	}
+	if k.model.n%uint32(e.set.decayEvery) == 0 {
+		for h := range k.hourHi {
+			if k.hourHi[h] > 0 {
+				k.hourHi[h]--
+			}
+		}
+	}
+}
+
+// hourQ is the resolution of the hour envelopes: eighths of the log2 volume scale.
+const hourQ = 8
+
+// hourLine is the volume (model scale) the hour envelope lets through: the most seen at
+// this hour times 2^hourMargin (2× by default).
+func (k *keyState) hourLine(v *vendorState, h uint8) float64 {
+	return float64(k.hourHi[h%24])/hourQ + v.cfg.hourMargin
+}
+
+// spikeFires says whether a bucket of the given volume fires the spike detector. The
+// volume must be at least MinBytes and above the hour line (twice the most the key has
+// sent at this hour of the day), and either the volume model's upward score reaches
+// 0.5 or the volume is far above the hour line (8× the most seen at this hour): the
+// model alone has learned every jump it has seen, at any hour (a nightly batch), and the
+// hour envelope alone knows nothing of level shifts, drift or volatility.
+func (e *Engine) spikeFires(v *vendorState, k *keyState, sc Score, x float64, bytes int64, s Slot) bool {
+	if v.cfg.disabled.has(KindSpike) || bytes < e.set.minBytes || k.model.N() < v.cfg.params.Warmup {
+		return false
+	}
+	line := k.hourLine(v, s.Hour)
+	return x >= line && (sc.SpikeUp >= 0.5 || x >= line+2*v.cfg.hourMargin)
+}
+
+// triggers computes the current bucket's spike and sustained lines in bytes.
+func (e *Engine) triggers(v *vendorState, k *keyState) {
+	inf := float32(math.Inf(1))
+	k.spikeTrig, k.sustTrig = inf, inf
+	p := &v.cfg.params
+	slot := e.slotOfBucket(k.cur)
+	spike, sust := k.model.Triggers(p, slot)
+	if !v.cfg.disabled.has(KindSpike) && !math.IsInf(spike, 1) { // +Inf while learning
+		line := k.hourLine(v, slot.Hour)
+		spike = math.Min(math.Max(spike, line), line+2*v.cfg.hourMargin)
+		k.spikeTrig = float32(math.Max(e.volumeBytes(spike), float64(e.set.minBytes)))
+	}
+	if !v.cfg.disabled.has(KindSustained) {
+		k.sustTrig = float32(math.Max(e.volumeBytes(sust), 1))
+	}
+	// float32 rounding must never move a line below the model's own 0.5 point
+	if k.spikeTrig != inf {
+		k.spikeTrig = math.Nextafter32(k.spikeTrig, inf)
+	}
+	if k.sustTrig != inf {
+		k.sustTrig = math.Nextafter32(k.sustTrig, inf)
+	}
+}
+
+func (e *Engine) fireSpike(v *vendorState, k *keyState, b uint32, bytes, t int64, off uint32, emit func(Detection)) {
+	ep := k.spikeEpisode()
+	if !ep.start() {
+		return
+	}
+	k.setSpikeEpisode(ep)
+	p := &v.cfg.params
+	sc := k.model.Score(p, e.volumeX(bytes), e.slotOfBucket(b))
+	slot := e.slotOfBucket(b)
+	spikeX, _ := k.model.Triggers(p, slot)
+	line := k.hourLine(v, slot.Hour)
+	seen := line - v.cfg.hourMargin
+	high := math.Max(e.volumeBytes(math.Min(math.Max(spikeX, line), line+2*v.cfg.hourMargin)), float64(e.set.minBytes))
+	typical := math.Max(e.volumeBytes(sc.Expected), 0)
+	key := e.key(v, k)
+	start := e.bucketStart(b)
+	first := t
+	if off != math.MaxUint32 {
+		first = min(t, start+int64(off)*int64(time.Millisecond))
+	}
+	mag := float64(bytes) / math.Max(typical, 1)
+	e.emit(emit, Detection{
+		ID:               DetectionID(KindSpike, key, utc(start)),
+		Detector:         KindSpike,
+		Key:              key,
+		Severity:         severity(KindSpike, key.Credential != "", mag),
+		Score:            math.Max(sc.SpikeUp, 0.5),
+		Observed:         float64(bytes),
+		Expected:         Band{Low: typical, High: high},
+		Unit:             e.unit,
+		Window:           Window{Start: utc(start), End: utc(e.bucketEnd(b))},
+		FirstAnomalousAt: utc(first),
+		DetectedAt:       utc(t),
+		AnomalousBytes:   bytes,
+		Reason: fmt.Sprintf("%s sent %s in the %s bucket starting %s: above the line of %s (typical %s, at most %s seen at this hour; %s feature)",
+			key, formatBytes(float64(bytes)), shortDuration(e.set.interval), utc(start).Format(time.RFC3339),
+			formatBytes(high), formatBytes(typical), formatBytes(e.volumeBytes(seen)), sc.UpFeature),
+	})
+}
+
+func (e *Engine) fireSustained(v *vendorState, k *keyState, b uint32, bytes, t int64, off uint32, emit func(Detection)) {
+	ep := k.sustEpisode()
+	if !ep.start() {
+		return
+	}
+	k.setSustEpisode(ep)
+	p := &v.cfg.params
+	sc := k.model.Score(p, e.volumeX(bytes), e.slotOfBucket(b))
+	_, sustX := k.model.Triggers(p, e.slotOfBucket(b))
+	startB := b
+	total := bytes
+	if k.model.cusUp > 0 && k.cusStart < b {
+		startB = k.cusStart
+		total += int64(k.cusBytes)
+	}
+	key := e.key(v, k)
+	start := e.bucketStart(startB)
+	first := start
+	if startB == b && off != math.MaxUint32 {
+		first = min(t, start+int64(off)*int64(time.Millisecond))
+	}
+	typical := math.Max(e.volumeBytes(sc.Expected), 0)
+	e.emit(emit, Detection{
+		ID:               DetectionID(KindSustained, key, utc(start)),
+		Detector:         KindSustained,
+		Key:              key,
+		Severity:         severity(KindSustained, key.Credential != "", 0),
+		Score:            math.Max(sc.SustainedUp, 0.5),
+		Observed:         float64(bytes),
+		Expected:         Band{Low: typical, High: e.volumeBytes(sustX)},
+		Unit:             e.unit,
+		Window:           Window{Start: utc(start), End: utc(e.bucketEnd(b))},
+		FirstAnomalousAt: utc(first),
+		DetectedAt:       utc(t),
+		AnomalousBytes:   total,
+		Reason: fmt.Sprintf("%s has sent more than its learned baseline (typical %s per %s) for %s in a row; %s in total since %s",
+			key, formatBytes(typical), shortDuration(e.set.interval),
+			time.Duration(e.bucketEnd(b)-start).String(), formatBytes(float64(total)), utc(start).Format(time.RFC3339)),
+	})
+}
+
+// shortDuration renders 5m0s as 5m and 1h0m0s as 1h.
+func shortDuration(d time.Duration) string {
+	switch {
+	case d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	default:
+		return d.String()
+	}
+}
