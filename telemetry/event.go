@@ -1,9 +1,18 @@
 // Package telemetry defines the egress telemetry Event, its wire decoders (the native JSON
-// contract, AWS VPC Flow Logs v2, OCSF Network Activity) and the sources that feed the
-// pipeline: a JetStream durable pull consumer, a core NATS subscription and NDJSON files.
+// contract, AWS VPC Flow Logs v2, OCSF Network Activity, Zeek conn.log JSON) and the
+// sources that feed the pipeline: a JetStream durable pull consumer, a core NATS
+// subscription and NDJSON files (plain or gzip).
+//
+// Decoders implement Decoder and turn one message into an Event, or fail with an *Error
+// carrying a machine-readable Reason: ErrInvalid for messages to dead-letter,
+// ErrSkipped for records that carry no event. Sources implement Source and deliver
+// batches of events to a Handler under an explicit acknowledgement contract: a message
+// is acknowledged only after the handler returned for its event (see Handler).
 //
 // Every message that does not decode or validate is sent to a dead-letter subject with
 // the reason and counted; it never stops the pipeline and is never retried forever.
+// AppendJSON and Publisher write the native contract, for tests, the demo and
+// generators.
 package telemetry
 
 import "time"

@@ -1,0 +1,81 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Handler receives decoded events from a Source, in batches, in the order the source
+// read them.
+//
+// The ack contract: when Handle returns nil, every event of the batch counts as handed
+// on (its detections were durably passed to the next stage) and the source may
+// acknowledge the messages that carried them. When it returns an error, none of the
+// batch is acknowledged, unless the error is a *PartialError, which says how many
+// leading events were handed on; the others are then treated according to its Err.
+//
+// Errors are retryable unless they wrap ErrPermanent (see Permanent). A retryable error
+// means "later": a JetStream source redelivers the events not handed on after a delay.
+// A permanent error means "never": wrapped in a *PartialError it condemns only the
+// event at index Handled (a poison event, dead-lettered with ReasonHandlerFailed), and
+// the events after it are offered to the handler again at once; returned on its own it
+// condemns the whole batch. Sources that cannot redeliver say what they do instead:
+// a CoreSource drops the events (at most once), Read stops and reports the line.
+//
+// The batch slice and the Event values in it are reused once Handle returns: copy what
+// must be kept. Strings in the events are immutable and may be kept. Handle is never
+// called concurrently by one source. It should return promptly when ctx is done.
+type Handler interface {
+	Handle(ctx context.Context, batch []Event) error
+}
+
+// HandlerFunc adapts a function to the Handler interface.
+type HandlerFunc func(ctx context.Context, batch []Event) error
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, batch []Event) error { return f(ctx, batch) }
+
+// PartialError is returned by a Handler that handed on the first Handled events of a
+// batch and then failed with Err on the event at index Handled.
+type PartialError struct {
+	// Handled is how many leading events of the batch were handed on.
+	Handled int
+	// Err is why the event at index Handled was not; wrap ErrPermanent to make it
+	// permanent.
+	Err error
+}
+
+// Error describes the partial failure.
+func (e *PartialError) Error() string {
+	return fmt.Sprintf("handled %d events, then: %v", e.Handled, e.Err)
+}
+
+// Unwrap returns Err.
+func (e *PartialError) Unwrap() error { return e.Err }
+
+// handledCount returns how many leading events of a batch of n the handler's result
+// err says were handed on.
+func handledCount(err error, n int) int {
+	if err == nil {
+		return n
+	}
+	var pe *PartialError
+	if errors.As(err, &pe) {
+		return max(0, min(pe.Handled, n))
+	}
+	return 0
+}
+
+// Source delivers events to a Handler until ctx is done or a fatal error occurs. Run
+// returns nil when it stopped because ctx was done.
+type Source interface {
+	Run(ctx context.Context, h Handler) error
+}
+
+// poisonEvent reports whether err condemns exactly one event, the one at index
+// handledCount(err, n): a *PartialError wrapping ErrPermanent.
+func poisonEvent(err error) bool {
+	var pe *PartialError
+	return errors.As(err, &pe) && IsPermanent(pe.Err)
+}
