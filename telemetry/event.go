@@ -44,4 +44,7 @@ type Event struct {
 	Protocol string
 	// Sensor names the sensor that observed the traffic.
 	Sensor string
+	// Seq is the JetStream stream sequence the event was read from, 0 when it came from
+	// another source. It lets a consumer checkpoint its state against a stream position.
+	Seq uint64
 }

@@ -457,6 +457,7 @@ func (p *jsProcessor) process(ctx context.Context, batch []jetstream.Msg) {
 		p.events = append(p.events, Event{})
 		err := p.dec.Decode(m.Data(), &p.events[len(p.events)-1])
 		if err == nil {
+			p.events[len(p.events)-1].Seq = it.meta.streamSeq
 			p.evItems = append(p.evItems, it)
 			continue
 		}
@@ -730,6 +731,7 @@ func (p *jsProcessor) processFetched(ctx context.Context, m *jetstream.RawStream
 		p.deadLetterFetched(ctx, l, attempt)
 		return
 	}
+	e.Seq = seq
 	p.events = append(p.events[:0], e)
 	err = p.h.Handle(ctx, p.events)
 	if handledCount(err, 1) == 1 {
