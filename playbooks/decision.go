@@ -80,6 +80,13 @@ type Action struct {
 	Webhook string `json:"webhook,omitempty"`
 	// Message is free text for notify.
 	Message string `json:"message,omitempty"`
+	// Mode is set by the engine, never by a playbook: the mode of the playbooks that asked
+	// for the action (enforce when any of them enforces, else shadow, else dry-run). The
+	// guard rails honour it.
+	Mode Mode `json:"mode,omitempty"`
+	// Playbooks is set by the engine, never by a playbook: the playbooks (package paths)
+	// that asked for the action, sorted.
+	Playbooks []string `json:"playbooks,omitempty"`
 }
 
 // Decision is what the playbooks decide for one detection: a closed schema.

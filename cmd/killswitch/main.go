@@ -27,6 +27,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"generate": {"generate labelled telemetry to a file or NATS", runGenerate},
 		"ledger":   {"verify the hash-chained audit ledger", runLedger},
+		"playbook": {"test, evaluate and check the Rego playbooks", runPlaybook},
 		"version": {"print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "killswitch", version)
 			return 0

@@ -1,0 +1,340 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/detectors"
+	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch/playbooks"
+)
+
+const playbookUsage = `usage:
+  killswitch playbook test  [--shipped] [--run REGEX] [--min-coverage PCT] [--json] [DIR ...]
+  killswitch playbook eval  --input FILE [--config FILE] [--trace] [--shipped] [DIR ...]
+  killswitch playbook check [--shipped] [--json] [DIR ...]
+
+Without DIR the shipped library is used; with DIRs only those, plus the shipped library
+when --shipped is given.
+exit status: 0 ok; 1 a test failed, the playbooks do not compile, a check failed or the
+decision escalated; 2 bad usage or input.`
+
+// runPlaybook implements `killswitch playbook {test,eval,check}`.
+func runPlaybook(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, playbookUsage)
+		return 2
+	}
+	switch args[0] {
+	case "test":
+		return playbookTest(ctx, args[1:], stdout, stderr)
+	case "eval":
+		return playbookEval(ctx, args[1:], stdout, stderr)
+	case "check":
+		return playbookCheck(ctx, args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprintln(stdout, playbookUsage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "killswitch playbook: unknown subcommand %q\n%s\n", args[0], playbookUsage)
+	return 2
+}
+
+// parseInterspersed parses flags that may come before or after the positional arguments.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// playbookSources turns DIR arguments into sources.
+func playbookSources(dirs []string, shipped bool) ([]playbooks.Source, error) {
+	var srcs []playbooks.Source
+	if len(dirs) == 0 || shipped {
+		srcs = append(srcs, playbooks.Shipped())
+	}
+	for _, d := range dirs {
+		st, err := os.Stat(d)
+		if err != nil {
+			return nil, err
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("%s is not a directory", d)
+		}
+		srcs = append(srcs, playbooks.DirSource(d))
+	}
+	return srcs, nil
+}
+
+func printCompileError(w io.Writer, cmd string, err error) {
+	var ce *playbooks.CompileError
+	if errors.As(err, &ce) {
+		fmt.Fprintf(w, "killswitch %s: playbooks do not compile:\n", cmd)
+		for _, p := range ce.Problems {
+			fmt.Fprintln(w, "  "+p.String())
+		}
+		return
+	}
+	fmt.Fprintf(w, "killswitch %s: %v\n", cmd, err)
+}
+
+func playbookTest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("playbook test", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	shipped := fs.Bool("shipped", false, "also load the shipped library when DIRs are given")
+	run := fs.String("run", "", "run only the tests whose name matches this regular expression")
+	minCov := fs.Float64("min-coverage", 0, "fail when the coverage of the playbooks is below this percentage")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	timeout := fs.Duration("timeout", 5*time.Second, "deadline of each test")
+	dirs, err := parseInterspersed(fs, args)
+	if err != nil {
+		return 2
+	}
+	srcs, err := playbookSources(dirs, *shipped)
+	if err != nil {
+		fmt.Fprintln(stderr, "killswitch playbook test:", err)
+		return 2
+	}
+	rep, err := playbooks.Test(ctx, srcs, playbooks.TestOptions{Run: *run, Timeout: *timeout})
+	if err != nil {
+		printCompileError(stderr, "playbook test", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintln(stderr, "killswitch playbook test:", err)
+			return 1
+		}
+	} else {
+		for _, r := range rep.Results {
+			status := "PASS"
+			switch {
+			case r.Skip:
+				status = "SKIP"
+			case !r.Pass:
+				status = "FAIL"
+			}
+			fmt.Fprintf(stdout, "%s  %s  (%s:%d, %s)\n", status, r.Name, r.File, r.Line, r.Duration.Round(time.Microsecond))
+			if !r.Pass && !r.Skip {
+				if r.Error != "" {
+					fmt.Fprintf(stdout, "      error: %s\n", r.Error)
+				}
+				if r.Output != "" {
+					fmt.Fprintf(stdout, "      output: %s\n", strings.ReplaceAll(strings.TrimSpace(r.Output), "\n", "\n              "))
+				}
+			}
+		}
+		fmt.Fprintf(stdout, "\n%d passed, %d failed, %d skipped\n", rep.Passed, rep.Failed, rep.Skipped)
+		c := rep.Coverage
+		fmt.Fprintf(stdout, "coverage: %.1f%% of %d policy lines (_test.rego files excluded)\n", c.Percent, c.Covered+c.NotCovered)
+		for _, f := range c.Files {
+			fmt.Fprintf(stdout, "  %6.1f%%  %s", f.Percent, f.File)
+			if len(f.NotCoveredLines) > 0 {
+				fmt.Fprintf(stdout, "  not covered: %s", lineRanges(f.NotCoveredLines))
+			}
+			fmt.Fprintln(stdout)
+		}
+	}
+	switch {
+	case !rep.OK():
+		if rep.Passed+rep.Failed == 0 {
+			fmt.Fprintln(stderr, "killswitch playbook test: no test ran")
+		}
+		return 1
+	case rep.Coverage.Percent < *minCov:
+		fmt.Fprintf(stderr, "killswitch playbook test: coverage %.1f%% is below --min-coverage %.1f%%\n", rep.Coverage.Percent, *minCov)
+		return 1
+	}
+	return 0
+}
+
+// lineRanges renders sorted line numbers as "3, 7-9".
+func lineRanges(lines []int) string {
+	var parts []string
+	for i := 0; i < len(lines); {
+		j := i
+		for j+1 < len(lines) && lines[j+1] == lines[j]+1 {
+			j++
+		}
+		if i == j {
+			parts = append(parts, fmt.Sprint(lines[i]))
+		} else {
+			parts = append(parts, fmt.Sprintf("%d-%d", lines[i], lines[j]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ", ")
+}
+
+func playbookEval(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("playbook eval", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	inputPath := fs.String("input", "", "input document, or a bare detection, as JSON (- for stdin)")
+	configPath := fs.String("config", "", "configuration file whose vendor inventory completes a bare detection")
+	trace := fs.Bool("trace", false, "write OPA's evaluation trace to stderr")
+	shipped := fs.Bool("shipped", false, "also load the shipped library when DIRs are given")
+	timeout := fs.Duration("timeout", playbooks.DefaultTimeout, "evaluation deadline")
+	remaining := fs.Int("budget-remaining", 10, "revocation budget left, for a bare detection")
+	limit := fs.Int("budget-limit", 10, "revocation budget per window, for a bare detection")
+	window := fs.Duration("budget-window", time.Hour, "revocation budget window, for a bare detection")
+	dirs, err := parseInterspersed(fs, args)
+	if err != nil {
+		return 2
+	}
+	if *inputPath == "" {
+		fmt.Fprintln(stderr, "killswitch playbook eval: --input is required")
+		return 2
+	}
+	var raw []byte
+	if *inputPath == "-" {
+		raw, err = io.ReadAll(io.LimitReader(os.Stdin, playbooks.MaxInputBytes+1))
+	} else {
+		raw, err = os.ReadFile(*inputPath)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "killswitch playbook eval:", err)
+		return 2
+	}
+	in, err := readEvalInput(raw, *configPath, playbooks.Budget{
+		Remaining: *remaining, Limit: *limit, Window: window.String(),
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "killswitch playbook eval: %s: %v\n", *inputPath, err)
+		return 2
+	}
+	srcs, err := playbookSources(dirs, *shipped)
+	if err != nil {
+		fmt.Fprintln(stderr, "killswitch playbook eval:", err)
+		return 2
+	}
+	e, err := playbooks.New(ctx, playbooks.Options{Sources: srcs, Timeout: *timeout})
+	if err != nil {
+		printCompileError(stderr, "playbook eval", err)
+		return 1
+	}
+	var opts []playbooks.EvalOption
+	if *trace {
+		opts = append(opts, playbooks.WithTrace(stderr))
+	}
+	res := e.Evaluate(ctx, in, opts...)
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(res); err != nil {
+		fmt.Fprintln(stderr, "killswitch playbook eval:", err)
+		return 1
+	}
+	if res.Escalated {
+		fmt.Fprintf(stderr, "killswitch playbook eval: escalated (%s)\n", res.Escalation)
+		return 1
+	}
+	return 0
+}
+
+// readEvalInput reads a full input document or, when the JSON has no "detection" key, a
+// bare detection completed from the configuration's vendor inventory.
+func readEvalInput(raw []byte, configPath string, budget playbooks.Budget) (playbooks.Input, error) {
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &probe); err != nil {
+		return playbooks.Input{}, fmt.Errorf("%w: %w", playbooks.ErrInvalidInput, err)
+	}
+	if _, full := probe["detection"]; full {
+		if configPath != "" {
+			return playbooks.Input{}, errors.New("--config completes a bare detection; this is a full input document")
+		}
+		return playbooks.DecodeInput(bytes.NewReader(raw))
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	var d detectors.Detection
+	if err := dec.Decode(&d); err != nil {
+		return playbooks.Input{}, fmt.Errorf("%w: a bare detection: %w", playbooks.ErrInvalidInput, err)
+	}
+	view := playbooks.NewVendorView(d.Vendor, nil)
+	if configPath != "" {
+		cfg, err := config.Load(configPath)
+		if err != nil {
+			return playbooks.Input{}, err
+		}
+		if v, ok := cfg.Vendors[d.Vendor]; ok {
+			view = playbooks.NewVendorView(d.Vendor, &v)
+		}
+	}
+	in := playbooks.NewInput(d, view, budget)
+	if err := in.Validate(); err != nil {
+		return playbooks.Input{}, err
+	}
+	return in, nil
+}
+
+func playbookCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("playbook check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	shipped := fs.Bool("shipped", false, "also load the shipped library when DIRs are given")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	dirs, err := parseInterspersed(fs, args)
+	if err != nil {
+		return 2
+	}
+	srcs, err := playbookSources(dirs, *shipped)
+	if err != nil {
+		fmt.Fprintln(stderr, "killswitch playbook check:", err)
+		return 2
+	}
+	rep, err := playbooks.Check(ctx, srcs, playbooks.Options{})
+	if err != nil {
+		printCompileError(stderr, "playbook check", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintln(stderr, "killswitch playbook check:", err)
+			return 1
+		}
+	} else {
+		fmt.Fprintf(stdout, "compiled (strict): revision %s\n\nplaybooks:\n", rep.Revision)
+		for _, p := range rep.Playbooks {
+			fmt.Fprintf(stdout, "  %-8s %s  %q  (%s:%d)\n", p.Mode, p.Name, p.Title, p.File, p.Line)
+		}
+		fmt.Fprintln(stdout, "\ninputs:")
+		if len(rep.Inputs) == 0 {
+			fmt.Fprintln(stdout, "  none (put example input documents in inputs/NAME.json to check decisions)")
+		}
+		for _, in := range rep.Inputs {
+			status := "ok  "
+			if len(in.Problems) > 0 {
+				status = "FAIL"
+			}
+			d := in.Result.Decision
+			fmt.Fprintf(stdout, "  %s  %-30s actions %d, approval %v, severity %s, matched %s\n",
+				status, in.Name, len(d.Actions), d.RequiresApproval, d.Severity, strings.Join(in.Result.Matched, " "))
+			for _, p := range in.Problems {
+				fmt.Fprintf(stdout, "        %s\n", p)
+			}
+		}
+	}
+	if !rep.OK() {
+		return 1
+	}
+	return 0
+}
