@@ -249,7 +249,9 @@ func (s *Incidents) Observe(d detectors.Detection) (*Incident, Escalation) {
 	}
 	newKind := !slices.Contains(in.Detectors, d.Detector)
 	higher := severityRank(d.Severity) > severityRank(in.Severity)
-	contained := in.State == StateContained
+	// Traffic detected after the verified revocation means it did not stop the vendor
+	// (or another credential is in use); detections of traffic from before it are late news.
+	contained := in.State == StateContained && in.ContainedAt != nil && d.DetectedAt.After(*in.ContainedAt)
 	s.add(in, d)
 	switch {
 	case contained:
