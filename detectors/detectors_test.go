@@ -674,3 +674,32 @@ func TestMaxKeysBoundsVendors(t *testing.T) {
 		t.Fatalf("counters %+v, want 2 vendors and 3 events refused", c)
 	}
 }
+
+func TestBand(t *testing.T) {
+	e, err := New(config.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.Band(Key{Vendor: "mailer"}); ok {
+		t.Fatal("band of an unknown vendor")
+	}
+	start := time.Date(2026, 2, 2, 0, 0, 0, 0, time.UTC)
+	// three days of a steady 10 MB per 5 minutes
+	for i := range 3 * 24 * 12 {
+		ev := telemetry.Event{Time: start.Add(time.Duration(i) * 5 * time.Minute), Vendor: "mailer", Credential: "api", Bytes: 10 << 20}
+		e.Process(&ev, func(Detection) {})
+	}
+	b, ok := e.Band(Key{Vendor: "mailer", Credential: "api"})
+	if !ok {
+		t.Fatal("no band for a known key")
+	}
+	if want := start.Add((3*24*12 - 1) * 5 * time.Minute); !b.Start.Equal(want) {
+		t.Fatalf("band start %s, want %s", b.Start, want)
+	}
+	if b.Expected < 5<<20 || b.Expected > 20<<20 || b.High <= b.Expected || math.IsInf(b.High, 1) {
+		t.Fatalf("band %+v for a steady 10 MiB per bucket", b)
+	}
+	if _, ok := e.Band(Key{Vendor: "mailer", Credential: "other"}); ok {
+		t.Fatal("band of an unknown credential")
+	}
+}

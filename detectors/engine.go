@@ -400,3 +400,43 @@ func formatBytes(b float64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", b/div, "KMGTPE"[exp])
 }
+
+// BucketBand is what the engine expects of a key's current volume bucket: the band a
+// report draws the observed volume against.
+type BucketBand struct {
+	// Start is the start of the key's current bucket.
+	Start time.Time
+	// Expected is the model's seasonal baseline for the bucket, in bytes.
+	Expected float64
+	// High is the volume at which the bucket fires a spike, in bytes; +Inf while the
+	// key is learning or the spike detector is off.
+	High float64
+}
+
+// Band returns the expected band of key's current bucket, and false for a key the
+// engine does not know. It reads state only.
+func (e *Engine) Band(key Key) (BucketBand, bool) {
+	vi, ok := e.vendorIdx[key.Vendor]
+	if !ok {
+		return BucketBand{}, false
+	}
+	v := e.vendors[vi]
+	k := e.keys.at(v.key)
+	if key.Credential != "" {
+		i, ok := e.keys.find(vi, key.Credential, keyHash(vi, key.Credential))
+		if !ok {
+			return BucketBand{}, false
+		}
+		k = e.keys.at(i)
+	}
+	if !k.has(flagStarted) {
+		return BucketBand{}, false
+	}
+	slot := e.slotOfBucket(k.cur)
+	sc := k.model.Score(&v.cfg.params, 0, slot)
+	return BucketBand{
+		Start:    utc(e.bucketStart(k.cur)),
+		Expected: e.volumeBytes(sc.Expected),
+		High:     float64(k.spikeTrig),
+	}, true
+}
