@@ -157,8 +157,13 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
 	switch {
 	case k.model.cusUp <= 0:
 		k.cusBytes = 0
-	case before <= 0:
+	case before <= 0 || k.cusBytes == 0:
+		// A run starts with the first bucket that moved bytes: buckets of no volume
+		// (an idle key's seasonal residue) are not anomalous traffic.
 		k.cusStart, k.cusBytes = b, float32(bytes)
+		if bytes == 0 {
+			k.cusStart = b + 1
+		}
 	default:
 		k.cusBytes += float32(bytes)
 	}
