@@ -1,0 +1,148 @@
+package replay
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/killswitch-dev/killswitch/ledger"
+	"github.com/killswitch-dev/killswitch/playbooks"
+)
+
+// Report is the replay's JSON report. The fields of DESIGN.md (events, first_event,
+// last_event, incidents and their fields) are a stable contract for other tools; the
+// others extend it compatibly. All times are event times (RFC 3339).
+type Report struct {
+	Events     int64      `json:"events"`
+	FirstEvent string     `json:"first_event"`
+	LastEvent  string     `json:"last_event"`
+	Incidents  []Incident `json:"incidents"`
+	// Summary is the headline numbers.
+	Summary Summary `json:"summary"`
+	// Flips lists the decisions that differ between the baseline and the candidate
+	// playbooks (only with a baseline).
+	Flips []Flip `json:"flips,omitempty"`
+
+	details []detail        // per incident, for the HTML report
+	records []ledger.Record // the replay's ledger
+}
+
+// Incident is one incident of the report.
+type Incident struct {
+	ID                     string   `json:"id"`
+	Vendor                 string   `json:"vendor"`
+	Credential             string   `json:"credential"`
+	Detectors              []string `json:"detectors"`
+	FirstAnomalousAt       string   `json:"first_anomalous_at"`
+	DetectedAt             string   `json:"detected_at"`
+	ContainedAt            *string  `json:"contained_at"`
+	ExposureWindowSeconds  *float64 `json:"exposure_window_seconds"`
+	BytesBeforeContainment int64    `json:"bytes_before_containment"`
+	BytesAfterContainment  int64    `json:"bytes_after_containment"`
+	Actions                []Action `json:"actions"`
+}
+
+// Action is one action of an incident: planned, applied, verified, held or failed.
+type Action struct {
+	Type   string `json:"type"`
+	Target string `json:"target"`
+	Status string `json:"status"`
+	At     string `json:"at"`
+}
+
+// Summary is the report's headline.
+type Summary struct {
+	Incidents int `json:"incidents"`
+	Contained int `json:"contained"`
+	// MedianExposureSeconds and WorstExposureSeconds cover contained incidents.
+	MedianExposureSeconds *float64 `json:"median_exposure_window_seconds"`
+	WorstExposureSeconds  *float64 `json:"worst_exposure_window_seconds"`
+	// BytesStopped is what the revocations would have stopped (bytes after containment).
+	BytesStopped int64 `json:"bytes_stopped"`
+	// BytesExposed is what left before containment.
+	BytesExposed int64 `json:"bytes_exposed"`
+}
+
+// Flip is a decision that differs between two playbook sets on the same input.
+type Flip struct {
+	Incident        string `json:"incident"`
+	Detection       string `json:"detection"`
+	Vendor          string `json:"vendor"`
+	Credential      string `json:"credential"`
+	Detector        string `json:"detector"`
+	At              string `json:"at"`
+	Baseline        string `json:"baseline"`
+	Candidate       string `json:"candidate"`
+	BaselineReason  string `json:"baseline_reason"`
+	CandidateReason string `json:"candidate_reason"`
+}
+
+// detail is what the HTML report needs beyond the JSON.
+type detail struct {
+	incident *ledger.Incident
+	series   *series
+}
+
+func summarize(r *Report) Summary {
+	s := Summary{Incidents: len(r.Incidents)}
+	var windows []float64
+	for _, in := range r.Incidents {
+		if in.ExposureWindowSeconds != nil {
+			s.Contained++
+			windows = append(windows, *in.ExposureWindowSeconds)
+		}
+		s.BytesStopped += in.BytesAfterContainment
+		s.BytesExposed += in.BytesBeforeContainment
+	}
+	if len(windows) > 0 {
+		sort.Float64s(windows)
+		med := windows[len(windows)/2]
+		if len(windows)%2 == 0 {
+			med = round3((windows[len(windows)/2-1] + windows[len(windows)/2]) / 2)
+		}
+		worst := windows[len(windows)-1]
+		s.MedianExposureSeconds, s.WorstExposureSeconds = &med, &worst
+	}
+	return s
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(r); err != nil {
+		return fmt.Errorf("replay: write JSON report: %w", err)
+	}
+	return nil
+}
+
+// summarizeDecision renders what a decision does in a few words, so two decisions can
+// be compared: "escalated: …", "no action", or the actions with "(approval)".
+func summarizeDecision(res playbooks.Result) string {
+	if res.Escalated {
+		return "escalated (" + string(res.Escalation) + ")"
+	}
+	var parts []string
+	for _, a := range res.Decision.Actions {
+		p := string(a.Type)
+		if a.Credential != "" {
+			p += " " + a.Credential
+		}
+		if a.Mode != "" && a.Mode != playbooks.ModeEnforce {
+			p += " [" + string(a.Mode) + "]"
+		}
+		parts = append(parts, p)
+	}
+	slices.Sort(parts)
+	if len(parts) == 0 {
+		return "no action"
+	}
+	s := strings.Join(parts, ", ")
+	if res.Decision.RequiresApproval {
+		s += " (approval)"
+	}
+	return s
+}
