@@ -1,0 +1,133 @@
+// Package actions carries out decisions: the guard rails in front of every executor
+// (mode, pause, protected credentials, cooldown, revocation budget and breaker,
+// idempotency claims, approvals, retries, deadlines) and the executors that do the work
+// (actions/vault for Vault, and NATS publish, webhook and notify here).
+//
+// Every executor has three steps: Plan (read-only: exactly what would die), Apply
+// (idempotent: already gone is success) and Verify (proof that the credential no longer
+// works; a successful API call is not proof).
+package actions
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+
+	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch/playbooks"
+)
+
+// Target is what one action acts on, resolved from the decision and the inventory.
+type Target struct {
+	// Incident is the incident the action is for.
+	Incident string
+	// Vendor is the vendor the incident is about.
+	Vendor string
+	// Credential is the inventory name of the credential (empty for actions that do not
+	// target a credential: notify, nats.publish, webhook).
+	Credential string
+	// Identity says how Vault knows the credential (accessor, lease, path, policy…).
+	Identity config.Credential
+	// Action is the action as decided.
+	Action playbooks.Action
+	// Payload is the JSON document describing the incident and decision, for actions
+	// that send something (nats.publish, webhook, notify).
+	Payload []byte
+}
+
+// Plan says exactly what an action would do, found by read-only lookups.
+type Plan struct {
+	// Summary says it in one sentence.
+	Summary string `json:"summary"`
+	// Targets lists exactly what would die (accessors are fingerprinted, never in clear).
+	Targets []string `json:"targets"`
+	// AlreadyGone reports that there is nothing left to take away.
+	AlreadyGone bool `json:"already_gone"`
+}
+
+// Outcome is what Apply did.
+type Outcome struct {
+	// AlreadyDone reports that the credential was already gone (success, recorded).
+	AlreadyDone bool `json:"already_done"`
+	// Detail says what was done.
+	Detail string `json:"detail"`
+}
+
+// Verification is Verify's proof.
+type Verification struct {
+	// Dead reports that the credential no longer works.
+	Dead bool `json:"dead"`
+	// Evidence says what was checked and what it answered.
+	Evidence string `json:"evidence"`
+}
+
+// Executor carries out one action type. Errors say whether a retry can help: wrap
+// them with Retryable or Permanent (an unwrapped error counts as permanent).
+type Executor interface {
+	// Plan looks up, read-only, exactly what Apply would take away.
+	Plan(ctx context.Context, t Target) (Plan, error)
+	// Apply does it. It is idempotent: when the credential is already gone it returns
+	// an Outcome with AlreadyDone and no error.
+	Apply(ctx context.Context, t Target) (Outcome, error)
+	// Verify proves that it is done (the credential no longer works). For actions with
+	// nothing to prove (notify) it reports Dead with the evidence that it was sent.
+	Verify(ctx context.Context, t Target) (Verification, error)
+}
+
+// Registry maps action types to executors. It is a value built by the caller.
+type Registry map[playbooks.ActionType]Executor
+
+// ErrRetryable is wrapped by errors a retry may cure (5xx, 429, timeouts, connection
+// refused); ErrPermanent by those it cannot (400, 403, a missing credential kind…).
+var (
+	ErrRetryable = errors.New("retryable")
+	ErrPermanent = errors.New("permanent")
+)
+
+type classified struct {
+	err   error
+	class error
+}
+
+func (c *classified) Error() string   { return c.err.Error() }
+func (c *classified) Unwrap() []error { return []error{c.class, c.err} }
+
+// Retryable marks err as one a retry may cure.
+func Retryable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &classified{err: err, class: ErrRetryable}
+}
+
+// Permanent marks err as one a retry cannot cure.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &classified{err: err, class: ErrPermanent}
+}
+
+// IsRetryable reports whether err was marked retryable (and not permanent).
+func IsRetryable(err error) bool {
+	return errors.Is(err, ErrRetryable) && !errors.Is(err, ErrPermanent)
+}
+
+// Fingerprinter renders identifiers (token accessors, secret-id accessors) for logs,
+// plans and the ledger without revealing them: a keyed hash.
+type Fingerprinter struct {
+	key []byte
+}
+
+// NewFingerprinter returns a Fingerprinter with the given key (per deployment; keep it
+// stable so fingerprints can be correlated across restarts).
+func NewFingerprinter(key []byte) Fingerprinter { return Fingerprinter{key: key} }
+
+// Of returns "fp:" and the first 12 hex digits of HMAC-SHA256(key, s).
+func (f Fingerprinter) Of(s string) string {
+	m := hmac.New(sha256.New, f.key)
+	m.Write([]byte(s))
+	return "fp:" + hex.EncodeToString(m.Sum(nil))[:12]
+}
