@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -33,6 +34,8 @@ type Config struct {
 	Vendors map[string]Vendor `yaml:"vendors"`
 	// Service configures `killswitch run`: NATS, Vault and the HTTP API.
 	Service Service `yaml:"service"`
+	// Actions configures the guard rails and the webhook endpoints.
+	Actions Actions `yaml:"actions"`
 }
 
 // Detectors configures the streaming detectors. Zero values mean the documented default.
@@ -237,6 +240,7 @@ func (c *Config) Validate() error {
 	}
 	checkKinds("detectors.disable", d.Disable)
 	c.Service.validate(bad)
+	c.Actions.validate(bad)
 	names := make([]string, 0, len(c.Vendors))
 	for name := range c.Vendors {
 		names = append(names, name)
@@ -337,5 +341,71 @@ func (c Credential) validate() error {
 		return errors.New("kind is required (token, approle_secret_id, lease, lease_prefix, kv, policy)")
 	default:
 		return fmt.Errorf("unknown kind %q (token, approle_secret_id, lease, lease_prefix, kv, policy)", c.Kind)
+	}
+}
+
+// Actions configures the guard rails in front of every action. Zero values mean the
+// documented default.
+type Actions struct {
+	// Mode is the global action mode: enforce, shadow or dry-run. Default enforce (the
+	// service runs in dry-run when no Vault is configured).
+	Mode string `yaml:"mode"`
+	// Budget is how many destructive actions may run fleet-wide per BudgetWindow before
+	// the circuit breaker opens into approval-only mode. Default 10.
+	Budget int `yaml:"budget"`
+	// BudgetWindow is the budget's window. Default 1h.
+	BudgetWindow time.Duration `yaml:"budget_window"`
+	// VendorBudget bounds destructive actions per vendor per BudgetWindow (blast
+	// radius); beyond it actions are held for approval. Default 8.
+	VendorBudget int `yaml:"vendor_budget"`
+	// Cooldown holds a destructive action on a credential acted on by another incident
+	// less than this ago. Default 10m.
+	Cooldown time.Duration `yaml:"cooldown"`
+	// Attempts bounds the attempts of one Vault call on retryable errors. Default 5.
+	Attempts int `yaml:"attempts"`
+	// CallTimeout is the deadline of every call. Default 5s.
+	CallTimeout time.Duration `yaml:"call_timeout"`
+	// ApprovalTTL is how long a held action may be approved. Default 1h.
+	ApprovalTTL time.Duration `yaml:"approval_ttl"`
+	// ClaimStale is how old an unfinished idempotency claim must be before another
+	// instance reconciles it (the claimer crashed). Default 30s.
+	ClaimStale time.Duration `yaml:"claim_stale"`
+	// Webhooks are the endpoints webhook actions may name.
+	Webhooks map[string]Webhook `yaml:"webhooks"`
+}
+
+// Webhook is an endpoint for the webhook action.
+type Webhook struct {
+	// URL receives a POST of the incident and decision as JSON.
+	URL string `yaml:"url"`
+	// SecretEnv names the environment variable holding the HMAC-SHA256 signing key; the
+	// signature goes in the X-Killswitch-Signature header as sha256=<hex>.
+	SecretEnv string `yaml:"secret_env"`
+	// Timeout bounds one delivery. Default 5s.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// validate checks the action settings, reporting through bad.
+func (a *Actions) validate(bad func(format string, args ...any)) {
+	switch a.Mode {
+	case "", "enforce", "shadow", "dry-run":
+	default:
+		bad("actions.mode: %q is not one of enforce, shadow, dry-run", a.Mode)
+	}
+	for name, v := range map[string]int{"actions.budget": a.Budget, "actions.vendor_budget": a.VendorBudget, "actions.attempts": a.Attempts} {
+		if v < 0 {
+			bad("%s: must not be negative, got %d", name, v)
+		}
+	}
+	for name, v := range map[string]time.Duration{"actions.budget_window": a.BudgetWindow, "actions.cooldown": a.Cooldown,
+		"actions.call_timeout": a.CallTimeout, "actions.approval_ttl": a.ApprovalTTL, "actions.claim_stale": a.ClaimStale} {
+		if v < 0 {
+			bad("%s: must not be negative, got %s", name, v)
+		}
+	}
+	for name, w := range a.Webhooks {
+		if u, err := url.Parse(w.URL); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			bad("actions.webhooks.%s.url: %q is not an http(s) URL", name, w.URL)
+		}
 	}
 }

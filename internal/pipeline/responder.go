@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/detectors"
 	"github.com/killswitch-dev/killswitch/internal/clock"
 	"github.com/killswitch-dev/killswitch/internal/config"
@@ -23,18 +24,6 @@ type Decider interface {
 	Evaluate(ctx context.Context, in playbooks.Input, opts ...playbooks.EvalOption) playbooks.Result
 }
 
-// ActRequest is one decision to carry out for an incident.
-type ActRequest struct {
-	// Incident is the incident the decision is for (read only).
-	Incident *ledger.Incident
-	// Detection is the detection that triggered the decision.
-	Detection detectors.Detection
-	// Result is the playbooks' decision.
-	Result playbooks.Result
-	// Vendor is the vendor's inventory entry, nil when the vendor is only known from telemetry.
-	Vendor *config.Vendor
-}
-
 // Actor carries out decisions through the guard rails, recording every step in the
 // ledger before and after it happens.
 type Actor interface {
@@ -42,7 +31,7 @@ type Actor interface {
 	// of each. An error means some action's outcome is unknown (e.g. the ledger was
 	// unavailable); the detection will be handled again and the idempotency claims
 	// keep the actions exactly-once in effect.
-	Act(ctx context.Context, req ActRequest) ([]ledger.ActionRef, error)
+	Act(ctx context.Context, req actions.Request) ([]ledger.ActionRef, error)
 	// Budget reports the revocation budget for the playbooks' input.
 	Budget(ctx context.Context) playbooks.Budget
 }
@@ -188,7 +177,7 @@ func (r *Responder) Handle(ctx context.Context, d detectors.Detection) error {
 	var actErr error
 	if r.cfg.Actor != nil && len(res.Decision.Actions) > 0 {
 		var states []ledger.ActionRef
-		states, actErr = r.cfg.Actor.Act(ctx, ActRequest{Incident: inc.Clone(), Detection: d, Result: res, Vendor: vendor})
+		states, actErr = r.cfg.Actor.Act(ctx, actions.Request{Incident: inc.Clone(), Detection: d, Result: res, Vendor: vendor})
 		for _, s := range states {
 			r.cfg.Incidents.ActionUpdate(inc, s, playbooks.ActionType(s.Type).Destructive())
 			if r.cfg.Metrics != nil {
@@ -202,6 +191,28 @@ func (r *Responder) Handle(ctx context.Context, d detectors.Detection) error {
 		}
 	}
 	return errors.Join(actErr, r.save(ctx, inc))
+}
+
+// ActionUpdate records a later change of one of an incident's actions (a held action
+// approved and run, rejected or expired) if the incident is still current.
+func (r *Responder) ActionUpdate(ctx context.Context, incident, vendor, credential string, ref ledger.ActionRef) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	in, ok := r.cfg.Incidents.Current(detectors.Key{Vendor: vendor, Credential: credential})
+	if !ok || in.ID != incident {
+		r.cfg.Log.Info("action update for an incident no longer current", zap.String("incident", incident), zap.String("action", ref.ID))
+		return nil
+	}
+	before := in.ContainedAt
+	r.cfg.Incidents.ActionUpdate(in, ref, playbooks.ActionType(ref.Type).Destructive())
+	if r.cfg.Metrics != nil {
+		r.cfg.Metrics.Actions.WithLabelValues(ref.Type, string(ref.Status)).Inc()
+		if before == nil && in.ExposureWindowSeconds != nil {
+			r.cfg.Metrics.ExposureWindow.Observe(*in.ExposureWindowSeconds)
+		}
+	}
+	r.emit(ctx, "action", vendor, ref)
+	return r.save(ctx, in)
 }
 
 // incidentNote is the ledger payload of an incident record.

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/detectors"
 	"github.com/killswitch-dev/killswitch/internal/clock"
 	"github.com/killswitch-dev/killswitch/internal/config"
@@ -16,11 +17,11 @@ import (
 // recordingActor verifies every action at once: the orchestration under test is the
 // Responder's, the real guard rails are tested in actions/.
 type recordingActor struct {
-	reqs []ActRequest
+	reqs []actions.Request
 	at   time.Time
 }
 
-func (a *recordingActor) Act(_ context.Context, req ActRequest) ([]ledger.ActionRef, error) {
+func (a *recordingActor) Act(_ context.Context, req actions.Request) ([]ledger.ActionRef, error) {
 	a.reqs = append(a.reqs, req)
 	var out []ledger.ActionRef
 	for _, act := range req.Result.Decision.Actions {
