@@ -169,26 +169,26 @@ func targetKey(a playbooks.Action) string {
 
 // Event is the ledger payload of every step of an action.
 type Event struct {
-	Action     string              `json:"action"`
-	Incident   string              `json:"incident"`
+	Action     string               `json:"action"`
+	Incident   string               `json:"incident"`
 	Type       playbooks.ActionType `json:"type"`
-	Vendor     string              `json:"vendor"`
-	Credential string              `json:"credential,omitempty"`
-	Target     string              `json:"target"`
-	Stage      string              `json:"stage"`
-	Status     ledger.ActionStatus `json:"status"`
-	Mode       playbooks.Mode      `json:"mode"`
-	Guard      string              `json:"guard,omitempty"`
-	Reason     string              `json:"reason,omitempty"`
-	Attempt    int                 `json:"attempt,omitempty"`
-	Error      string              `json:"error,omitempty"`
-	Retryable  bool                `json:"retryable,omitempty"`
-	Plan       *Plan               `json:"plan,omitempty"`
-	Outcome    *Outcome            `json:"outcome,omitempty"`
-	Proof      *Verification       `json:"verification,omitempty"`
-	Playbooks  []string            `json:"playbooks,omitempty"`
-	Approver   string              `json:"approver,omitempty"`
-	Instance   string              `json:"instance"`
+	Vendor     string               `json:"vendor"`
+	Credential string               `json:"credential,omitempty"`
+	Target     string               `json:"target"`
+	Stage      string               `json:"stage"`
+	Status     ledger.ActionStatus  `json:"status"`
+	Mode       playbooks.Mode       `json:"mode"`
+	Guard      string               `json:"guard,omitempty"`
+	Reason     string               `json:"reason,omitempty"`
+	Attempt    int                  `json:"attempt,omitempty"`
+	Error      string               `json:"error,omitempty"`
+	Retryable  bool                 `json:"retryable,omitempty"`
+	Plan       *Plan                `json:"plan,omitempty"`
+	Outcome    *Outcome             `json:"outcome,omitempty"`
+	Proof      *Verification        `json:"verification,omitempty"`
+	Playbooks  []string             `json:"playbooks,omitempty"`
+	Approver   string               `json:"approver,omitempty"`
+	Instance   string               `json:"instance"`
 }
 
 // job is one action being carried out.

@@ -41,10 +41,12 @@ func (f *fakeBackend) Approve(_ context.Context, id, who, _ string) error {
 	}
 	return fmt.Errorf("action %s: %w", id, ErrNotFound)
 }
-func (f *fakeBackend) Reject(ctx context.Context, id, who, c string) error { return f.Approve(ctx, id, who, c) }
-func (f *fakeBackend) Pause(context.Context, string, string) error         { f.paused = true; return nil }
-func (f *fakeBackend) Resume(context.Context, string) error                { f.paused = false; return nil }
-func (f *fakeBackend) ResetBreaker(context.Context, string) error          { return nil }
+func (f *fakeBackend) Reject(ctx context.Context, id, who, c string) error {
+	return f.Approve(ctx, id, who, c)
+}
+func (f *fakeBackend) Pause(context.Context, string, string) error { f.paused = true; return nil }
+func (f *fakeBackend) Resume(context.Context, string) error        { f.paused = false; return nil }
+func (f *fakeBackend) ResetBreaker(context.Context, string) error  { return nil }
 func (f *fakeBackend) Status(context.Context) (Status, error) {
 	return Status{Paused: f.paused, Mode: "enforce"}, nil
 }

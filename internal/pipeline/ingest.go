@@ -83,9 +83,9 @@ type IngestConfig struct {
 	// NewDecoder makes the decoder used to catch up from the stream; it must match the
 	// source's. Default: the native JSON decoder.
 	NewDecoder func() telemetry.Decoder
-	Clock    clock.Clock
-	Log      *zap.Logger
-	Metrics  *metrics.Metrics
+	Clock      clock.Clock
+	Log        *zap.Logger
+	Metrics    *metrics.Metrics
 }
 
 // Ingest is the telemetry Handler of the service: it hands each batch to the detectors

@@ -182,4 +182,3 @@ func TestIngestSurvivesCrash(t *testing.T) {
 		t.Fatalf("cap detection %+v, want it on the event at %s", caps[0], want)
 	}
 }
-

@@ -156,7 +156,7 @@ func OCSFDetectionFinding(d detectors.Detection) map[string]any {
 		"time":        d.DetectedAt.UnixMilli(),
 		"severity_id": sev, "severity": string(d.Severity),
 		"status_id": 1, "status": "New",
-		"message":   d.Reason,
+		"message": d.Reason,
 		"metadata": map[string]any{
 			"version": "1.3.0", "uid": d.ID,
 			"product": map[string]any{"name": "Killswitch", "vendor_name": "Killswitch"},

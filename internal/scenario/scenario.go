@@ -230,7 +230,9 @@ func (s *Scenario) Attacks() []Attack { return slices.Clone(s.attacks) }
 func (s *Scenario) Start() time.Time { return s.cfg.Start }
 
 // End returns the instant after the last event.
-func (s *Scenario) End() time.Time { return s.cfg.Start.Add(time.Duration(s.cfg.Days) * 24 * time.Hour) }
+func (s *Scenario) End() time.Time {
+	return s.cfg.Start.Add(time.Duration(s.cfg.Days) * 24 * time.Hour)
+}
 
 // level is a stream's normal volume multiplier at minute t (1 at the weekday peak).
 func (st *stream) level(t time.Time) float64 {
