@@ -197,7 +197,7 @@ func (r *Runner) hold(ctx context.Context, j *job, guard, reason string) (ledger
 // existing reports the state of an action already decided for this incident: a claim
 // (then it is reconciled: finished if unfinished) or a held record. done is false when
 // there is neither.
-func (r *Runner) existing(ctx context.Context, j *job) (ledger.ActionRef, bool, error) {
+func (r *Runner) existing(ctx context.Context, req Request, j *job) (ledger.ActionRef, bool, error) {
 	var c Claim
 	if _, ok, err := getJSON(ctx, r.d.Store, ClaimsBucket, j.id, &c); err != nil {
 		return j.ref, true, err
@@ -208,11 +208,31 @@ func (r *Runner) existing(ctx context.Context, j *job) (ledger.ActionRef, bool, 
 	var h Held
 	if _, ok, err := getJSON(ctx, r.d.Store, ApprovalsBucket, j.id, &h); err != nil {
 		return j.ref, true, err
-	} else if ok {
+	} else if ok && (h.State != "pending" || req.Result.Decision.RequiresApproval) {
 		j.ref.Status, j.ref.At, j.ref.Detail = heldStatus(h), h.HeldAt, h.Reason
 		return j.ref, true, nil
 	}
+	// Nothing yet, or a pending hold that a later decision (needing no approval) may
+	// supersede if the guards let it through.
 	return j.ref, false, nil
+}
+
+// supersede closes a pending hold of j because a later decision runs the action.
+func (r *Runner) supersede(ctx context.Context, j *job, decision string) error {
+	var h Held
+	rev, ok, err := getJSON(ctx, r.d.Store, ApprovalsBucket, j.id, &h)
+	if err != nil || !ok || h.State != "pending" {
+		return err
+	}
+	h.State, h.DecidedAt, h.Approver = "superseded", r.d.Clock.Now(), "decision "+decision
+	b, _ := json.Marshal(h)
+	if _, err := r.d.Store.Update(ctx, ApprovalsBucket, j.id, b, rev); err != nil {
+		if errors.Is(err, ErrStale) {
+			return fmt.Errorf("%w: %s was decided meanwhile", ErrDecided, j.id)
+		}
+		return err
+	}
+	return r.record(ctx, j, "superseded", Event{Status: ledger.ActionHeld, Reason: "the hold is superseded by decision " + decision})
 }
 
 func heldStatus(h Held) ledger.ActionStatus {
@@ -221,7 +241,7 @@ func heldStatus(h Held) ledger.ActionStatus {
 		return ledger.ActionRejected
 	case "expired":
 		return ledger.ActionExpired
-	case "approved", "done":
+	case "approved", "done", "superseded":
 		return ledger.ActionApplied
 	}
 	return ledger.ActionHeld

@@ -266,13 +266,16 @@ func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, paylo
 		return r.execute(ctx, j, exec, "")
 	}
 	// Already decided for this incident (a redelivered detection, a re-escalation)?
-	if ref, done, err := r.existing(ctx, j); done || err != nil {
+	if ref, done, err := r.existing(ctx, req, j); done || err != nil {
 		return ref, err
 	}
 	if hold, reason, err := r.guards(ctx, req, j); err != nil {
 		return j.ref, err
 	} else if hold != "" {
 		return r.hold(ctx, j, hold, reason)
+	}
+	if err := r.supersede(ctx, j, req.Result.ID); err != nil {
+		return j.ref, err
 	}
 	return r.execute(ctx, j, exec, "")
 }

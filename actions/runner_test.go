@@ -492,3 +492,21 @@ func TestPlanOnly(t *testing.T) {
 		t.Fatalf("%+v", refs)
 	}
 }
+
+// A hold is superseded by a later decision of the same incident that needs no approval;
+// an approval after that finds nothing pending.
+func TestLaterDecisionSupersedesHold(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, config.Actions{}, nil, "a")
+	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI))
+	if refs[0].Status != ledger.ActionHeld {
+		t.Fatalf("%+v", refs)
+	}
+	refs, err := r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI))
+	if err != nil || refs[0].Status != ledger.ActionVerified || r.exec.count("api") != 1 {
+		t.Fatalf("escalated decision: %+v, %v", refs, err)
+	}
+	if _, err := r.runner.Approve(ctx, refs[0].ID, "ana", ""); !errors.Is(err, ErrDecided) || r.exec.count("api") != 1 {
+		t.Fatalf("approve after supersede: %v", err)
+	}
+}

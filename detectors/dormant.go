@@ -43,13 +43,16 @@ func (e *Engine) dormant(v *vendorState, k *keyState, t int64, ev *telemetry.Eve
 	}
 	k.flags |= flagDormant
 	key := e.key(v, k)
-	score := 1.0
+	// A credential the inventory says is normally idle (break-glass) moving data is
+	// critical; one that merely has not been used for a while is high.
+	score, sev := 1.0, SeverityCritical
 	reason := fmt.Sprintf("credential %s, marked as normally idle in the inventory, moved %s to %s", key, formatBytes(float64(ev.Bytes)), orUnknown(ev.Dst))
 	win := Window{Start: utc(t), End: utc(t)}
 	if seen {
 		win.Start = utc(prev)
 	}
 	if !expected {
+		sev = SeverityHigh
 		score = ratioScore(idle.Hours(), e.set.dormantAfter.Hours())
 		reason = fmt.Sprintf("credential %s moved %s to %s after %s without moving any data (dormant after %s)",
 			key, formatBytes(float64(ev.Bytes)), orUnknown(ev.Dst), idle.Round(time.Minute), e.set.dormantAfter)
@@ -62,7 +65,7 @@ func (e *Engine) dormant(v *vendorState, k *keyState, t int64, ev *telemetry.Eve
 		ID:               DetectionID(KindDormant, key, utc(t)),
 		Detector:         KindDormant,
 		Key:              key,
-		Severity:         severity(KindDormant, true, 0),
+		Severity:         sev,
 		Score:            score,
 		Observed:         observed,
 		Expected:         Band{Low: 0, High: e.set.dormantAfter.Hours()},

@@ -363,7 +363,7 @@ func severity(kind Kind, credential bool, magnitude float64) Severity {
 	switch kind {
 	case KindSilence:
 		return SeverityMedium
-	case KindNewDestination, KindDormant:
+	case KindNewDestination:
 		return SeverityHigh
 	case KindCap:
 		if credential && magnitude >= 2 {

@@ -253,11 +253,17 @@ func (e *Engine) fireSpike(v *vendorState, k *keyState, b uint32, bytes, t int64
 		first = min(t, start+int64(off)*int64(time.Millisecond))
 	}
 	mag := float64(bytes) / math.Max(typical, 1)
+	sev := severity(KindSpike, key.Credential != "", mag)
+	if sev == SeverityCritical && time.Duration(k.model.N())*e.set.interval < MatureAfter {
+		// A young baseline has seen each daily habit only once or twice: not enough to
+		// call anything critical (the shipped playbooks revoke on critical).
+		sev = SeverityHigh
+	}
 	e.emit(emit, Detection{
 		ID:               DetectionID(KindSpike, key, utc(start)),
 		Detector:         KindSpike,
 		Key:              key,
-		Severity:         severity(KindSpike, key.Credential != "", mag),
+		Severity:         sev,
 		Score:            math.Max(sc.SpikeUp, 0.5),
 		Observed:         float64(bytes),
 		Expected:         Band{Low: typical, High: high},
@@ -312,6 +318,10 @@ func (e *Engine) fireSustained(v *vendorState, k *keyState, b uint32, bytes, t i
 			time.Duration(e.bucketEnd(b)-start).String(), formatBytes(float64(total)), utc(start).Format(time.RFC3339)),
 	})
 }
+
+// MatureAfter is how much history a key's volume model needs before a spike on it may
+// be critical.
+const MatureAfter = 72 * time.Hour
 
 // shortDuration renders 5m0s as 5m and 1h0m0s as 1h.
 func shortDuration(d time.Duration) string {

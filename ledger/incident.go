@@ -164,6 +164,9 @@ type IncidentConfig struct {
 	Cooldown time.Duration
 	// MaxDetections bounds the detections kept per incident (all are counted). Default 64.
 	MaxDetections int
+	// PlannedContains counts a planned destructive action as containment: a tabletop
+	// replay without a Vault measures what would have happened.
+	PlannedContains bool
 }
 
 func (c *IncidentConfig) defaults() {
@@ -319,7 +322,8 @@ func (s *Incidents) ActionUpdate(in *Incident, a ActionRef, destructive bool) {
 		t := a.At
 		in.AppliedAt = &t
 	}
-	if a.Status == ActionVerified && in.ContainedAt == nil {
+	contains := a.Status == ActionVerified || (s.cfg.PlannedContains && a.Status == ActionPlanned)
+	if contains && in.ContainedAt == nil {
 		t := a.At
 		in.ContainedAt = &t
 		w := t.Sub(in.FirstAnomalousAt).Seconds()

@@ -39,7 +39,7 @@ func BenchmarkReplay(b *testing.B) {
 			b.ResetTimer()
 			start := time.Now()
 			for range b.N {
-				rep, err := Run(context.Background(), telemetry.NewFileSource(telemetry.FileOptions{}, path), Options{Playbooks: pb})
+				rep, err := Run(context.Background(), telemetry.NewFileSource(telemetry.FileOptions{}, path), planned(sc, Options{Playbooks: pb}))
 				if err != nil {
 					b.Fatal(err)
 				}

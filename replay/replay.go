@@ -15,6 +15,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/detectors"
 	"github.com/killswitch-dev/killswitch/internal/clock"
 	"github.com/killswitch-dev/killswitch/internal/config"
@@ -45,8 +46,12 @@ type Options struct {
 	// Baseline, when set, is evaluated on the same inputs and every decision that differs
 	// is listed in the report's flips (shadow comparison).
 	Baseline pipeline.Decider
-	// NewActor builds the actor; nil records decisions without acting.
+	// NewActor builds the actor; nil records decisions without acting. PlanActions is
+	// the actor of a replay without a Vault.
 	NewActor ActorFactory
+	// PlannedContains counts a planned revocation as containment (without a Vault the
+	// report measures what would have happened).
+	PlannedContains bool
 	// Speed replays at Speed × real time (for live exercises); 0 is as fast as possible.
 	Speed float64
 	// Events receives detections, incidents, decisions and action states as they
@@ -59,6 +64,20 @@ type Options struct {
 	// ChartKeys bounds the keys whose recent volume is kept for the report's charts.
 	// Default 20 000.
 	ChartKeys int
+}
+
+// PlanActions is the actor of a replay without a Vault: every guard rail runs as in the
+// service (budget, breaker, cooldown, approvals, protected credentials), on the virtual
+// clock and in memory, and destructive actions that pass them are planned, not applied.
+func PlanActions(cfg config.Config) ActorFactory {
+	return func(clk clock.Clock, led pipeline.Recorder) (pipeline.Actor, error) {
+		return actions.New(cfg.Actions, actions.Options{PlanOnly: true}, actions.Deps{
+			Store: actions.NewMemoryStore(), Ledger: led, Inventory: cfg.Vendors, Clock: clk,
+			Sleep:       func(context.Context, time.Duration) error { return nil },
+			Fingerprint: actions.NewFingerprinter([]byte("killswitch-replay")),
+			Instance:    "replay",
+		})
+	}
 }
 
 // Run replays src and returns the report.
@@ -137,7 +156,7 @@ func newRunner(ctx context.Context, o Options) (*runner, error) {
 		}
 	}
 	r.responder = pipeline.NewResponder(pipeline.ResponderConfig{
-		Incidents: ledger.NewIncidents(ledger.IncidentConfig{}),
+		Incidents: ledger.NewIncidents(ledger.IncidentConfig{PlannedContains: o.PlannedContains}),
 		Decider:   decider, Actor: actor, Ledger: r.ledger, Store: r.store,
 		Inventory: o.Config.Vendors, Events: o.Events, Clock: clk, Log: o.Log,
 		Storm: pipeline.StormConfig{Vendors: -1}, // a replay shows every incident

@@ -45,6 +45,15 @@ func writeScenario(t testing.TB, cfg scenario.Config) (*scenario.Scenario, strin
 	return sc, path
 }
 
+// planned is a replay as `killswitch replay` runs it without a Vault: the scenario's
+// inventory, the guard rails, planned actions.
+func planned(sc *scenario.Scenario, o Options) Options {
+	o.Config.Vendors = sc.Inventory()
+	o.NewActor = PlanActions(o.Config)
+	o.PlannedContains = true
+	return o
+}
+
 func replayFile(t testing.TB, path string, o Options) *Report {
 	t.Helper()
 	if o.Playbooks == nil {
@@ -72,7 +81,7 @@ func TestLabelledAttacksBecomeIncidents(t *testing.T) {
 	total, falseIncidents, warmupFalse := 0, 0, 0
 	for _, seed := range []uint64{11, 12, 13} {
 		sc, path := writeScenario(t, scenario.Config{Seed: seed, Days: 14, Vendors: 8})
-		rep := replayFile(t, path, Options{})
+		rep := replayFile(t, path, planned(sc, Options{}))
 		for _, a := range sc.Attacks() {
 			found := false
 			for _, in := range rep.Incidents {
@@ -117,10 +126,10 @@ func TestLabelledAttacksBecomeIncidents(t *testing.T) {
 
 // The same input twice gives byte-identical JSON and HTML, and both match the golden files.
 func TestGoldenReports(t *testing.T) {
-	_, path := writeScenario(t, scenario.Config{Seed: 1, Days: 12, Vendors: 4})
+	sc, path := writeScenario(t, scenario.Config{Seed: 1, Days: 12, Vendors: 4})
 	var outs [2][2]bytes.Buffer
 	for i := range outs {
-		rep := replayFile(t, path, Options{})
+		rep := replayFile(t, path, planned(sc, Options{}))
 		if err := rep.WriteJSON(&outs[i][0]); err != nil {
 			t.Fatal(err)
 		}
@@ -158,7 +167,7 @@ func TestGoldenReports(t *testing.T) {
 func TestStreamRangeMatchesFile(t *testing.T) {
 	ctx := context.Background()
 	sc, path := writeScenario(t, scenario.Config{Seed: 2, Days: 11, Vendors: 3, EventsPerMinute: 2})
-	fileRep := replayFile(t, path, Options{})
+	fileRep := replayFile(t, path, planned(sc, Options{}))
 
 	srv := testharness.NATS(t)
 	nc := testharness.Connect(t, srv)
@@ -181,7 +190,7 @@ func TestStreamRangeMatchesFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	rng := &StreamRange{Stream: st, Since: since, Until: time.Now().Add(time.Minute)}
-	streamRep, err := Run(ctx, rng, Options{Playbooks: shipped(t)})
+	streamRep, err := Run(ctx, rng, planned(sc, Options{Playbooks: shipped(t)}))
 	if err != nil {
 		t.Fatal(err)
 	}

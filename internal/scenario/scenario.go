@@ -15,6 +15,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/internal/config"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
@@ -338,4 +339,24 @@ func poisson(r *rand.Rand, lambda float64) int {
 		}
 		k++
 	}
+}
+
+// Inventory returns a vendor inventory for the scenario's vendors: every credential is a
+// Vault token known by a made-up accessor (good for replays that plan actions; a demo
+// with a real Vault builds its own). Each vendor also holds a protected break-glass
+// token that never appears in telemetry, and an ACL policy that can be quarantined.
+func (s *Scenario) Inventory() map[string]config.Vendor {
+	inv := map[string]config.Vendor{}
+	for _, st := range s.streams {
+		v, ok := inv[st.vendor]
+		if !ok {
+			v = config.Vendor{Owner: "team-" + st.vendor, Credentials: map[string]config.Credential{
+				st.vendor + "-root":   {Kind: config.CredTokenAccessor, Accessor: "acc-" + st.vendor + "-root", Protected: true},
+				st.vendor + "-policy": {Kind: config.CredPolicy, Policy: "vendor-" + st.vendor},
+			}}
+		}
+		v.Credentials[st.cred] = config.Credential{Kind: config.CredTokenAccessor, Accessor: "acc-" + st.cred}
+		inv[st.vendor] = v
+	}
+	return inv
 }
