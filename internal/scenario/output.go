@@ -6,7 +6,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 
+	"github.com/killswitch-dev/killswitch/internal/config"
 	"github.com/killswitch-dev/killswitch/internal/pace"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
@@ -70,4 +72,38 @@ func (s *Scenario) Publish(ctx context.Context, pub *telemetry.Publisher, p *pac
 		return n, fmt.Errorf("scenario: publish: %w", err)
 	}
 	return n, nil
+}
+
+// WriteConfig writes a Killswitch configuration holding the scenario's vendor inventory
+// (see Inventory), for replays that should plan revocations.
+func (s *Scenario) WriteConfig(w io.Writer) error {
+	inv := s.Inventory()
+	vendors := make([]string, 0, len(inv))
+	for v := range inv {
+		vendors = append(vendors, v)
+	}
+	slices.Sort(vendors)
+	bw := bufio.NewWriter(w)
+	fmt.Fprintf(bw, "# Vendor inventory of the generated scenario (seed %d); accessors are made up.\nvendors:\n", s.cfg.Seed)
+	for _, v := range vendors {
+		fmt.Fprintf(bw, "  %s:\n    owner: %s\n    credentials:\n", v, inv[v].Owner)
+		creds := make([]string, 0, len(inv[v].Credentials))
+		for c := range inv[v].Credentials {
+			creds = append(creds, c)
+		}
+		slices.Sort(creds)
+		for _, c := range creds {
+			cr := inv[v].Credentials[c]
+			switch cr.Kind {
+			case config.CredPolicy:
+				fmt.Fprintf(bw, "      %s: {kind: policy, policy: %s}\n", c, cr.Policy)
+			default:
+				fmt.Fprintf(bw, "      %s: {kind: token, accessor: %s, protected: %t}\n", c, cr.Accessor, cr.Protected)
+			}
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("scenario: write config: %w", err)
+	}
+	return nil
 }
