@@ -30,6 +30,9 @@ type pageView struct {
 	Incidents        []incidentView
 	Flips            []Flip
 	HasBaseline      bool
+	// Containment names what ends an exposure window: a verified revocation, or a
+	// planned one when the replay applied nothing.
+	Containment string
 }
 
 type incidentView struct {
@@ -55,6 +58,10 @@ func (r *Report) view() pageView {
 		Events: commas(r.Events), From: short(r.FirstEvent), To: short(r.LastEvent), Summary: r.Summary,
 		Median: "—", Worst: "—", Stopped: bytesHuman(float64(r.Summary.BytesStopped)),
 		Exposed: bytesHuman(float64(r.Summary.BytesExposed)), Flips: r.Flips, HasBaseline: r.Flips != nil,
+		Containment: "verified revocation",
+	}
+	if r.planned {
+		v.Containment = "planned revocation"
 	}
 	if r.Summary.MedianExposureSeconds != nil {
 		v.Median, v.Worst = duration(*r.Summary.MedianExposureSeconds), duration(*r.Summary.WorstExposureSeconds)
@@ -73,7 +80,7 @@ func (r *Report) view() pageView {
 		if i < len(r.details) {
 			d := r.details[i]
 			iv.Decisions = d.incident.Decisions
-			iv.Chart = chart(d.incident, d.series)
+			iv.Chart = chart(d.incident, d.series, v.Containment)
 			iv.Trail = trail(d.incident, r.records)
 		}
 		v.Incidents = append(v.Incidents, iv)
@@ -124,7 +131,7 @@ func payloadSummary(rec ledger.Record) string {
 
 // chart draws the incident's volume per bucket against the expected band, with the
 // milestones and the exposure window shaded.
-func chart(in *ledger.Incident, s *series) template.HTML {
+func chart(in *ledger.Incident, s *series, containment string) template.HTML {
 	const W, H, left, right, top, bottom = 960.0, 260.0, 70.0, 20.0, 24.0, 40.0
 	if s == nil || len(s.points) == 0 {
 		return template.HTML(`<p class="muted">No volume history kept for this key (more keys than --chart-keys).</p>`)
@@ -146,14 +153,12 @@ func chart(in *ledger.Incident, s *series) template.HTML {
 	}
 	span := t1.Sub(t0).Seconds()
 	x := func(t time.Time) float64 { return left + (W-left-right)*t.Sub(t0).Seconds()/span }
+	// The scale follows the observed volume; a detection line far above it is clipped.
 	ymax := 1.0
 	for _, p := range s.points {
 		ymax = math.Max(ymax, float64(p.bytes))
-		if !math.IsInf(float64(p.high), 1) {
-			ymax = math.Max(ymax, float64(p.high))
-		}
 	}
-	ymax *= 1.1
+	ymax *= 1.15
 	y := func(v float64) float64 { return top + (H-top-bottom)*(1-math.Min(v, ymax)/ymax) }
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg viewBox="0 0 %.0f %.0f" role="img" aria-label="volume of %s">`, W, H, template.HTMLEscapeString(in.Key().String()))
@@ -213,7 +218,7 @@ func chart(in *ledger.Incident, s *series) template.HTML {
 		mark(*in.DecidedAt, "decide", "decision", 2)
 	}
 	if in.ContainedAt != nil {
-		mark(*in.ContainedAt, "contain", "verified revocation · exposure "+duration(*in.ExposureWindowSeconds), 3)
+		mark(*in.ContainedAt, "contain", containment+" · exposure "+duration(*in.ExposureWindowSeconds), 3)
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String())
@@ -324,7 +329,7 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
 <p class="muted">{{.Events}} events of recorded telemetry, {{.From}} to {{.To}}. All times are event times.</p>
 <div class="cards">
 <div class="card"><div class="k">Incidents</div><div class="v">{{.Summary.Incidents}}</div><div class="muted">{{.Summary.Contained}} contained</div></div>
-<div class="card"><div class="k">Median exposure window</div><div class="v">{{.Median}}</div><div class="muted">first anomalous byte → verified revocation</div></div>
+<div class="card"><div class="k">Median exposure window</div><div class="v">{{.Median}}</div><div class="muted">first anomalous byte → {{.Containment}}</div></div>
 <div class="card"><div class="k">Worst exposure window</div><div class="v">{{.Worst}}</div><div class="muted">of the contained incidents</div></div>
 <div class="card hl"><div class="k">Data that would have been stopped</div><div class="v">{{.Stopped}}</div><div class="muted">sent by the same credentials after containment</div></div>
 <div class="card"><div class="k">Data exposed before containment</div><div class="v">{{.Exposed}}</div><div class="muted">from the first anomalous event on</div></div>

@@ -335,6 +335,7 @@ func (r *runner) finish(ctx context.Context) (*Report, error) {
 	}
 	rep.Summary = summarize(rep)
 	rep.records = r.ledger.Records()
+	rep.planned = r.o.PlannedContains
 	return rep, nil
 }
 

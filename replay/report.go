@@ -28,6 +28,7 @@ type Report struct {
 
 	details []detail        // per incident, for the HTML report
 	records []ledger.Record // the replay's ledger
+	planned bool            // containment is a planned revocation (no Vault)
 }
 
 // Incident is one incident of the report.
