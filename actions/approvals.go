@@ -180,9 +180,10 @@ func (r *Runner) HeldActions(ctx context.Context) ([]Held, error) {
 
 func (r *Runner) heldJob(h Held) *job {
 	j := &job{
-		id:     h.ID,
-		target: Target{Incident: h.Incident, Vendor: h.Vendor, Credential: h.Credential, Action: h.Action, Payload: h.Payload},
-		mode:   playbooks.ModeEnforce, playbooks: h.Action.Playbooks,
+		id: h.ID,
+		target: Target{Incident: h.Incident, Vendor: h.Vendor, Credential: h.Credential, Action: h.Action, Payload: h.Payload,
+			Fingerprint: r.d.Fingerprint},
+		mode: playbooks.ModeEnforce, playbooks: h.Action.Playbooks,
 	}
 	j.ref = ledger.ActionRef{ID: h.ID, Type: string(h.Action.Type), Credential: h.Credential, Target: h.Target,
 		Playbook: strings.Join(h.Action.Playbooks, ","), Mode: string(playbooks.ModeEnforce)}

@@ -35,6 +35,9 @@ type Target struct {
 	// Payload is the JSON document describing the incident and decision, for actions
 	// that send something (nats.publish, webhook, notify).
 	Payload []byte
+	// Fingerprint is set by the runner: executors render accessors with it in plans,
+	// outcomes and errors, never in clear.
+	Fingerprint Fingerprinter
 }
 
 // Plan says exactly what an action would do, found by read-only lookups.

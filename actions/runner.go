@@ -230,7 +230,7 @@ func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, paylo
 		id: ActionID(req.Incident.ID, a),
 		target: Target{
 			Incident: req.Incident.ID, Vendor: req.Incident.Vendor, Credential: a.Credential,
-			Action: a, Payload: payload,
+			Action: a, Payload: payload, Fingerprint: r.d.Fingerprint,
 		},
 		mode:      strictest(playbooks.Mode(r.cfg.Mode), playbooks.Mode(vendorMode), a.Mode),
 		playbooks: a.Playbooks,
