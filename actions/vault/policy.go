@@ -54,6 +54,7 @@ func Requirements(inv map[string]config.Vendor) []Requirement {
 	}
 	add("auth/token/lookup-self", "token upkeep", "read")
 	add("auth/token/renew-self", "token upkeep", "update")
+	add("sys/capabilities-self", "start-up capability check", "update")
 	for vendor, v := range inv {
 		for name, c := range v.Credentials {
 			if c.Protected {

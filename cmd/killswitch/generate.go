@@ -35,6 +35,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		nopts  natsconn.Options
 		out    = fs.String("out", "", "write NDJSON to this file (gzip when it ends in .gz; - for stdout)")
 		labels = fs.String("labels", "", "write the labelled attacks as JSON to this file")
+		cfgOut = fs.String("config-out", "", "write a configuration with the scenario's vendor inventory to this file")
 		start  = fs.String("start", "", `first instant, RFC 3339, or "now" to end the scenario now (default 2026-02-02T00:00:00Z)`)
 		speed  = fs.Float64("speed", 0, "with --nats: publish at N times real time (0: as fast as possible)")
 		stream = fs.String("stream", "EGRESS", "with --nats: the telemetry stream to create if missing")
@@ -69,6 +70,16 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if *labels != "" {
 		b, _ := json.MarshalIndent(sc.Attacks(), "", "  ")
 		if err := os.WriteFile(*labels, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintln(stderr, "killswitch generate:", err)
+			return 1
+		}
+	}
+	if *cfgOut != "" {
+		f, err := os.Create(*cfgOut)
+		if err == nil {
+			err = errors.Join(sc.WriteConfig(f), f.Close())
+		}
+		if err != nil {
 			fmt.Fprintln(stderr, "killswitch generate:", err)
 			return 1
 		}

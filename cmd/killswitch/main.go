@@ -1,5 +1,5 @@
-// Command killswitch is the one binary: run, replay, demo, playbook {test,eval,check},
-// ledger verify and version. It is thin: it parses flags, builds the pipeline from the
+// Command killswitch is the one binary: run, replay, demo, generate, playbook
+// {test,eval,check}, vault {policy,check,restore-policy}, ledger verify and version. It is thin: it parses flags, builds the pipeline from the
 // packages and runs it.
 package main
 
@@ -26,8 +26,12 @@ type command struct {
 func commands() map[string]command {
 	return map[string]command{
 		"generate": {"generate labelled telemetry to a file or NATS", runGenerate},
+		"demo":     {"run the whole loop on embedded defaults (builds the dev Vault on first use)", runDemo},
+		"run":      {"run the service", runRun},
+		"replay":   {"replay recorded telemetry through the pipeline and report", runReplay},
 		"ledger":   {"verify the hash-chained audit ledger", runLedger},
 		"playbook": {"test, evaluate and check the Rego playbooks", runPlaybook},
+		"vault":    {"print the least-privilege Vault policy, check a token, restore a quarantined policy", runVault},
 		"version": {"print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "killswitch", version)
 			return 0

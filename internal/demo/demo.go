@@ -185,7 +185,6 @@ func Run(ctx context.Context, o Options) error {
 	// 5. The attack: the stolen token moves data fast.
 	p.step("Attack: %s's token %q is stolen and used to pull data out", victim.vendor, victim.cred)
 	tl.live(victim)
-	t0 := time.Now()
 	go func() {
 		for i := range 40 {
 			if ctx.Err() != nil || tl.isContained() {
@@ -212,7 +211,6 @@ func Run(ctx context.Context, o Options) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	_ = t0
 
 	// 6. The proof, from the attacker's side, and the audit trail.
 	stolen, _ := api.NewClient(&api.Config{Address: vp.Addr(), Timeout: 5 * time.Second})
@@ -221,7 +219,7 @@ func Run(ctx context.Context, o Options) error {
 	if lerr == nil {
 		return fmt.Errorf("%w: the stolen token still works", ErrNotContained)
 	}
-	p.step("Proof: the stolen token, used against Vault now, gets: %s", firstLine(lerr.Error()))
+	p.step("Proof: the stolen token, used against Vault now, gets: %s", vaultRefusal(lerr))
 	if _, err := stolen.KVv2("secret").Get(ctx, "vendors/"+victim.vendor+"/customers"); err == nil {
 		return fmt.Errorf("%w: the stolen token still reads the vendor's secret", ErrNotContained)
 	}
@@ -328,8 +326,11 @@ func (t *timeline) event(m *nats.Msg) {
 	case "decision":
 		var r playbooks.Result
 		if json.Unmarshal(m.Data, &r) == nil {
-			t.p.tl(t.at(), "DECIDE ", "%s (playbooks %s, evaluated in %s)", r.Decision.Reason,
-				strings.Join(r.Matched, ", "), r.EvalDuration.Round(time.Microsecond))
+			by := ""
+			if len(r.Matched) > 0 {
+				by = "playbooks " + strings.Join(r.Matched, ", ") + ", "
+			}
+			t.p.tl(t.at(), "DECIDE ", "%s (%sevaluated in %s)", r.Decision.Reason, by, r.EvalDuration.Round(time.Microsecond))
 		}
 	case "action":
 		var a ledger.ActionRef
@@ -384,6 +385,15 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// vaultRefusal renders Vault's answer to a dead token: status and message.
+func vaultRefusal(err error) string {
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		return fmt.Sprintf("HTTP %d %s", re.StatusCode, strings.Join(re.Errors, "; "))
+	}
+	return firstLine(err.Error())
+}
+
 func firstLine(s string) string {
 	s = strings.TrimSpace(s)
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
@@ -405,4 +415,3 @@ func human(b int64) string {
 	}
 	return fmt.Sprintf("%.1f TB", f)
 }
-

@@ -177,6 +177,7 @@ func (r *Responder) Handle(ctx context.Context, d detectors.Detection) error {
 	var actErr error
 	if r.cfg.Actor != nil && len(res.Decision.Actions) > 0 {
 		var states []ledger.ActionRef
+		before := inc.ContainedAt
 		states, actErr = r.cfg.Actor.Act(ctx, actions.Request{Incident: inc.Clone(), Detection: d, Result: res, Vendor: vendor})
 		for _, s := range states {
 			r.cfg.Incidents.ActionUpdate(inc, s, playbooks.ActionType(s.Type).Destructive())
@@ -185,7 +186,7 @@ func (r *Responder) Handle(ctx context.Context, d detectors.Detection) error {
 			}
 			r.emit(ctx, "action", d.Vendor, s)
 		}
-		if r.cfg.Metrics != nil && inc.ExposureWindowSeconds != nil && inc.ContainedAt != nil && inc.ContainedAt.Equal(lastVerified(states)) {
+		if r.cfg.Metrics != nil && before == nil && inc.ExposureWindowSeconds != nil && inc.ContainedAt != nil {
 			r.cfg.Metrics.ExposureWindow.Observe(*inc.ExposureWindowSeconds)
 			r.cfg.Metrics.RevocationLatency.Observe(inc.ContainedAt.Sub(now).Seconds())
 		}
@@ -320,12 +321,3 @@ func outcome(res playbooks.Result) string {
 	return "act"
 }
 
-func lastVerified(states []ledger.ActionRef) time.Time {
-	var t time.Time
-	for _, s := range states {
-		if s.Status == ledger.ActionVerified && s.At.After(t) {
-			t = s.At
-		}
-	}
-	return t
-}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/killswitch-dev/killswitch/rego"
+)
+
+// copyShipped writes the shipped library to a directory an analyst could edit.
+func copyShipped(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	err := fs.WalkDir(rego.FS(), "killswitch", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(rego.FS(), p)
+		if err != nil {
+			return err
+		}
+		dst := filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(dst, b, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := dispatch(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestReplayCommand(t *testing.T) {
+	dir := t.TempDir()
+	tel, cfg := filepath.Join(dir, "t.ndjson.gz"), filepath.Join(dir, "inventory.yaml")
+	if code, _, stderr := run(t, "generate", "--seed", "5", "--days", "12", "--vendors", "4", "--out", tel, "--config-out", cfg); code != 0 {
+		t.Fatalf("generate: %d %s", code, stderr)
+	}
+	jsonOut, htmlOut := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.html")
+	code, stdout, stderr := run(t, "replay", "--telemetry", tel, "--config", cfg, "--json", jsonOut, "--report", htmlOut)
+	if code != 0 || !strings.Contains(stdout, "incidents") {
+		t.Fatalf("replay: %d %s %s", code, stdout, stderr)
+	}
+	var rep struct {
+		Events    int64 `json:"events"`
+		Incidents []struct {
+			ContainedAt *string `json:"contained_at"`
+			Actions     []struct {
+				Status string `json:"status"`
+			} `json:"actions"`
+		} `json:"incidents"`
+	}
+	b, _ := os.ReadFile(jsonOut)
+	if err := json.Unmarshal(b, &rep); err != nil || rep.Events == 0 || len(rep.Incidents) == 0 {
+		t.Fatalf("report %s: %v", b, err)
+	}
+	planned := 0
+	for _, in := range rep.Incidents {
+		for _, a := range in.Actions {
+			if a.Status == "planned" {
+				planned++
+			}
+			if a.Status == "applied" || a.Status == "verified" {
+				t.Fatalf("without --vault an action was %s", a.Status)
+			}
+		}
+	}
+	if planned == 0 {
+		t.Fatal("no action planned")
+	}
+	if h, _ := os.ReadFile(htmlOut); !bytes.HasPrefix(h, []byte("<!DOCTYPE html>")) {
+		t.Fatal("no HTML report")
+	}
+
+	// Shadow comparison: a candidate library where critical exfiltration needs approval.
+	old, next := copyShipped(t), copyShipped(t)
+	p := filepath.Join(next, "killswitch/playbooks/exfiltration.rego")
+	src, _ := os.ReadFile(p)
+	changed := strings.Replace(string(src), `"actions": array.concat(lib.revocations, [lib.notify(message)]),
+	"reason": sprintf("critical %s on %s: revoking`, `"actions": array.concat(lib.revocations, [lib.notify(message)]),
+	"requires_approval": true,
+	"reason": sprintf("critical %s on %s: revoking`, 1)
+	if changed == string(src) {
+		t.Fatal("could not edit the candidate playbook")
+	}
+	if err := os.WriteFile(p, []byte(changed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr = run(t, "replay", "--telemetry", tel, "--config", cfg, "--playbooks", next, "--baseline-playbooks", old, "--json", filepath.Join(dir, "flips.json"))
+	if code != 0 || !strings.Contains(stdout, "flip between the baseline and the new playbooks") || !strings.Contains(stdout, "(approval)") {
+		t.Fatalf("shadow comparison: %d\n%s\n%s", code, stdout, stderr)
+	}
+
+	// Bad input: a clear error, exit code 1 or 2.
+	if code, _, stderr := run(t, "replay", "--telemetry", filepath.Join(dir, "missing.ndjson")); code != 1 || !strings.Contains(stderr, "missing.ndjson") {
+		t.Fatalf("missing file: %d %s", code, stderr)
+	}
+	if code, _, _ := run(t, "replay"); code != 2 {
+		t.Fatalf("no source: %d", code)
+	}
+}
