@@ -60,7 +60,7 @@ func policyName(t actions.Target) (string, error) {
 	return name, nil
 }
 
-// read returns the policy text; found is false when there is no such policy.
+// readPolicy returns the policy text; found is false when there is no such policy.
 func (c *caller) readPolicy(ctx context.Context, name string) (text string, found bool, err error) {
 	r, err := c.call(ctx, http.MethodGet, "sys/policies/acl/"+name, nil)
 	switch {
@@ -74,13 +74,18 @@ func (c *caller) readPolicy(ctx context.Context, name string) (text string, foun
 	return str(r.data, "policy"), true, nil
 }
 
+// read returns the policy the target names and its text.
+func (e Quarantine) read(ctx context.Context, t actions.Target) (name, text string, found bool, err error) {
+	if name, err = policyName(t); err != nil {
+		return "", "", false, err
+	}
+	text, found, err = e.c.readPolicy(ctx, name)
+	return name, text, found, err
+}
+
 // Plan implements actions.Executor.
 func (e Quarantine) Plan(ctx context.Context, t actions.Target) (actions.Plan, error) {
-	name, err := policyName(t)
-	if err != nil {
-		return actions.Plan{}, err
-	}
-	text, found, err := e.c.readPolicy(ctx, name)
+	name, text, found, err := e.read(ctx, t)
 	switch {
 	case err != nil:
 		return actions.Plan{}, err
@@ -99,11 +104,7 @@ func (e Quarantine) Plan(ctx context.Context, t actions.Target) (actions.Plan, e
 
 // Apply implements actions.Executor.
 func (e Quarantine) Apply(ctx context.Context, t actions.Target) (actions.Outcome, error) {
-	name, err := policyName(t)
-	if err != nil {
-		return actions.Outcome{}, err
-	}
-	text, found, err := e.c.readPolicy(ctx, name)
+	name, text, found, err := e.read(ctx, t)
 	switch {
 	case err != nil:
 		return actions.Outcome{}, err
@@ -125,11 +126,7 @@ func (e Quarantine) Apply(ctx context.Context, t actions.Target) (actions.Outcom
 
 // Verify implements actions.Executor.
 func (e Quarantine) Verify(ctx context.Context, t actions.Target) (actions.Verification, error) {
-	name, err := policyName(t)
-	if err != nil {
-		return actions.Verification{}, err
-	}
-	text, found, err := e.c.readPolicy(ctx, name)
+	name, text, found, err := e.read(ctx, t)
 	switch {
 	case err != nil:
 		return actions.Verification{}, err

@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/vault/api"
@@ -62,7 +63,7 @@ type reply struct {
 
 // has reports whether one of Vault's error or warning messages contains s.
 func (r *reply) has(s string) bool {
-	for _, m := range append(r.errs, r.warnings...) {
+	for _, m := range slices.Concat(r.errs, r.warnings) {
 		if strings.Contains(m, s) {
 			return true
 		}
@@ -75,7 +76,7 @@ func (r *reply) has(s string) bool {
 
 // message is Vault's own explanation, one line.
 func (r *reply) message() string {
-	msgs := r.errs
+	msgs := slices.Clone(r.errs)
 	if m, ok := r.data["error"].(string); ok {
 		msgs = append(msgs, m)
 	}

@@ -7,9 +7,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/vault/api"
+	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/rego"
 )
 
@@ -111,5 +114,84 @@ func TestReplayCommand(t *testing.T) {
 	}
 	if code, _, _ := run(t, "replay"); code != 2 {
 		t.Fatalf("no source: %d", code)
+	}
+}
+
+// A tabletop exercise against a real dev Vault: the revocations the replay decides are
+// applied and verified, and only those tokens die.
+func TestReplayAgainstDevVault(t *testing.T) {
+	v := testharness.DevVault(t)
+	root := v.Client(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	tel, cfg := filepath.Join(dir, "t.ndjson.gz"), filepath.Join(dir, "inventory.yaml")
+	if code, _, stderr := run(t, "generate", "--seed", "5", "--days", "12", "--vendors", "4", "--out", tel, "--config-out", cfg); code != 0 {
+		t.Fatalf("generate: %d %s", code, stderr)
+	}
+	// Give every credential of the generated inventory a real token.
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := map[string]string{} // credential → token
+	re := regexp.MustCompile(`accessor: acc-([a-z0-9-]+)`)
+	text := re.ReplaceAllStringFunc(string(b), func(m string) string {
+		sec, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"default"}, TTL: "1h"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[re.FindStringSubmatch(m)[1]] = sec.Auth.ClientToken
+		return "accessor: " + sec.Auth.Accessor
+	})
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", vaultPolicy()); err != nil {
+		t.Fatal(err)
+	}
+	ks, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"killswitch"}, TTL: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VAULT_TOKEN", ks.Auth.ClientToken)
+	jsonOut := filepath.Join(dir, "r.json")
+	if code, stdout, stderr := run(t, "replay", "--telemetry", tel, "--config", cfg, "--vault", v.Addr, "--json", jsonOut); code != 0 {
+		t.Fatalf("replay --vault: %d %s %s", code, stdout, stderr)
+	}
+	var rep struct {
+		Incidents []struct {
+			Credential string `json:"credential"`
+			Actions    []struct {
+				Type   string `json:"type"`
+				Target string `json:"target"` // "<vendor>/<credential> token accessor fp:…"
+				Status string `json:"status"`
+			} `json:"actions"`
+		} `json:"incidents"`
+	}
+	if b, err = os.ReadFile(jsonOut); err != nil || json.Unmarshal(b, &rep) != nil {
+		t.Fatalf("report: %v %s", err, b)
+	}
+	revoked := map[string]bool{}
+	for _, in := range rep.Incidents {
+		for _, a := range in.Actions {
+			if a.Type == "vault.revoke_token_accessor" {
+				if a.Status != "verified" && a.Status != "held" {
+					t.Errorf("%s on %s: %s, want verified (or held by a guard rail)", a.Type, a.Target, a.Status)
+				}
+				_, cred, _ := strings.Cut(strings.Fields(a.Target)[0], "/")
+				revoked[cred] = revoked[cred] || a.Status == "verified"
+			}
+		}
+	}
+	if len(revoked) == 0 {
+		t.Fatal("the exercise revoked nothing")
+	}
+	for cred, tok := range tokens {
+		c := v.Client(t)
+		c.SetToken(tok)
+		_, err := c.Auth().Token().LookupSelf()
+		if dead := err != nil; dead != revoked[cred] {
+			t.Errorf("%s: dead=%t, revoked by the replay=%t", cred, dead, revoked[cred])
+		}
 	}
 }

@@ -130,7 +130,8 @@ type Credential struct {
 	LeaseID string `yaml:"lease_id"`
 	// LeasePrefix is the lease prefix (kind lease_prefix).
 	LeasePrefix string `yaml:"lease_prefix"`
-	// Mount is the KV v2 mount (kind kv). Default "secret".
+	// Mount is the KV v2 mount (kind kv, default "secret") or the AppRole auth mount
+	// (kind approle_secret_id, default "approle").
 	Mount string `yaml:"mount"`
 	// Path is the secret path inside the mount (kind kv).
 	Path string `yaml:"path"`

@@ -320,4 +320,3 @@ func outcome(res playbooks.Result) string {
 	}
 	return "act"
 }
-

@@ -1,0 +1,23 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/killswitch-dev/killswitch/internal/testharness"
+)
+
+// The README's first command, run as a newcomer runs it: it must end with the stolen
+// credential verified dead, an exposure window and an intact ledger.
+func TestDemoCommand(t *testing.T) {
+	testharness.DevVaultBinary(t) // fails under CI=true when the dev Vault cannot be built
+	code, out, stderr := run(t, "demo")
+	if code != 0 {
+		t.Fatalf("demo exited %d\n%s\n%s", code, out, stderr)
+	}
+	for _, want := range []string{"DETECT", "DECIDE", "VERIFIED", "chain intact", "Exposure window:", "verified dead"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the demo's output lacks %q:\n%s", want, out)
+		}
+	}
+}
