@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -209,10 +210,17 @@ func TestRunnerIdempotencyAgainstVault(t *testing.T) {
 		if n := exec.applies.Load(); n != 1 {
 			t.Fatalf("Vault was asked to revoke %d times, want 1", n)
 		}
+		done := 0
 		for _, ref := range refs {
 			if ref.Status != ledger.ActionVerified {
 				t.Fatalf("status %s, want verified for both instances", ref.Status)
 			}
+			if strings.HasPrefix(ref.Detail, "already done") {
+				done++
+			}
+		}
+		if done != 1 {
+			t.Fatalf("details %q / %q: want exactly one instance reporting it already done", refs[0].Detail, refs[1].Detail)
 		}
 		if e.alive(t, secret["v00/api"]) {
 			t.Fatal("the token still works")

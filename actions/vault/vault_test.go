@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -368,5 +369,31 @@ func TestCheckCapabilities(t *testing.T) {
 	other := map[string]config.Vendor{"x": {Credentials: map[string]config.Credential{"kv": {Kind: config.CredKV, Mount: "kv", Path: "team/x"}}}}
 	if _, err := vault.CheckCapabilities(ctx, e.ks, other); !errors.Is(err, vault.ErrMissingCapabilities) {
 		t.Fatalf("shipped policy on kv/team/x: %v, want missing capabilities", err)
+	}
+}
+
+// Two executors revoking the same token at once, without the guard rails' shared claim:
+// both succeed and the token is dead. Vault cannot tell which call revoked it (both
+// answer as revoked), which is why the runner takes an idempotency claim first (see
+// TestRunnerIdempotencyAgainstVault: one Apply, the other instance reports it done).
+func TestTwoExecutorsAtOnce(t *testing.T) {
+	e := newEnv(t)
+	other := vault.New(e.tokenClient(t, "killswitch", ""))[playbooks.ActionRevokeTokenAccessor]
+	mine := e.execs[playbooks.ActionRevokeTokenAccessor]
+	for range 10 {
+		_, acc := e.vendorToken(t)
+		tg := target(playbooks.ActionRevokeTokenAccessor, config.Credential{Kind: config.CredTokenAccessor, Accessor: acc})
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		for i, ex := range []actions.Executor{mine, other} {
+			wg.Go(func() { _, errs[i] = ex.Apply(context.Background(), tg) })
+		}
+		wg.Wait()
+		if errs[0] != nil || errs[1] != nil {
+			t.Fatalf("errors %v", errs)
+		}
+		if v, err := mine.Verify(context.Background(), tg); err != nil || !v.Dead {
+			t.Fatalf("verify = %+v, %v", v, err)
+		}
 	}
 }

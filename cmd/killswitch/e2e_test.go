@@ -419,3 +419,29 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A Vault token without what the inventory needs: the service refuses to start and says
+// which capability is missing, before it touches anything.
+func TestRunRefusesAWeakVaultToken(t *testing.T) {
+	v := testharness.DevVault(t)
+	root := v.Client(t)
+	ctx := context.Background()
+	if err := root.Sys().PutPolicyWithContext(ctx, "weak", `path "auth/token/lookup-accessor" { capabilities = ["update"] }`); err != nil {
+		t.Fatal(err)
+	}
+	weak, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"weak"}, TTL: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := writeE2EConfig(t, dir, "some-accessor", freePort(t))
+	t.Setenv("VAULT_ADDR", v.Addr)
+	t.Setenv("VAULT_TOKEN", weak.Auth.ClientToken)
+	code, _, stderr := run(t, "run", "--config", cfg, "--data-dir", filepath.Join(dir, "data"), "--http", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	if code != 1 || !strings.Contains(stderr, "lacks capabilities") || !strings.Contains(stderr, "auth/token/revoke-accessor: needs update for mailer/mailer-api") {
+		t.Fatalf("run with a weak token: exit %d\n%s", code, stderr)
+	}
+	if strings.Contains(stderr, weak.Auth.ClientToken) {
+		t.Fatal("the error shows the token")
+	}
+}
