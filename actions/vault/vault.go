@@ -170,7 +170,7 @@ func fail(op string, r *reply, redact func(string) string) error {
 	case r.status >= 500, r.status == http.StatusTooManyRequests, r.status == http.StatusPreconditionFailed:
 		return actions.Retryable(err)
 	case r.status == http.StatusForbidden:
-		return actions.Permanent(fmt.Errorf("%w (the kill switch's token lacks this capability: grant the shipped policy)", err))
+		return actions.Permanent(fmt.Errorf("%w (the kill switch's token lacks this capability: grant the policy of `killswitch vault policy`)", err))
 	}
 	return actions.Permanent(err)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/killswitch-dev/killswitch/replay"
 	"github.com/killswitch-dev/killswitch/telemetry"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 )
 
 const replayUsage = `usage: killswitch replay --telemetry FILE [--telemetry FILE…] | --stream NAME [--since T] [--until T]
@@ -114,7 +115,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var src replay.Source
 	if *stream != "" {
 		nopts.Name = "killswitch-replay"
-		nc, err := nopts.Connect(newNopLogger())
+		nc, err := nopts.Connect(zap.NewNop())
 		if err != nil {
 			return fail("%v", err)
 		}

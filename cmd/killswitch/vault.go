@@ -18,8 +18,6 @@ import (
 	"go.uber.org/zap"
 )
 
-func newNopLogger() *zap.Logger { return zap.NewNop() }
-
 // vaultExecutors connects to the configured Vault and checks that the token can do what
 // the inventory needs. With no Vault configured it returns no executors (dry-run).
 func vaultExecutors(ctx context.Context, cfg *config.Config, log *zap.Logger) (actions.Registry, string, error) {
