@@ -81,14 +81,21 @@ func seedE2E(t *testing.T, v *testharness.Vault) (vendor e2eVendor, service stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", vaultPolicy()); err != nil {
+	return e2eVendor{token: sec.Auth.ClientToken, accessor: sec.Auth.Accessor}, policyToken(t, root, "killswitch", vaultPolicy())
+}
+
+// policyToken writes a policy and returns a fresh token holding only it.
+func policyToken(t *testing.T, root *api.Client, name, rules string) string {
+	t.Helper()
+	ctx := context.Background()
+	if err := root.Sys().PutPolicyWithContext(ctx, name, rules); err != nil {
 		t.Fatal(err)
 	}
-	ks, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"killswitch"}, TTL: "1h"})
+	tok, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{name}, TTL: "1h"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return e2eVendor{token: sec.Auth.ClientToken, accessor: sec.Auth.Accessor}, ks.Auth.ClientToken
+	return tok.Auth.ClientToken
 }
 
 // svc is a running killswitch binary.
@@ -425,23 +432,16 @@ func grepLines(s, sub string) string {
 func TestRunRefusesAWeakVaultToken(t *testing.T) {
 	v := testharness.DevVault(t)
 	root := v.Client(t)
-	ctx := context.Background()
-	if err := root.Sys().PutPolicyWithContext(ctx, "weak", `path "auth/token/lookup-accessor" { capabilities = ["update"] }`); err != nil {
-		t.Fatal(err)
-	}
-	weak, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"weak"}, TTL: "1h"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	weak := policyToken(t, root, "weak", `path "auth/token/lookup-accessor" { capabilities = ["update"] }`)
 	dir := t.TempDir()
 	cfg := writeE2EConfig(t, dir, "some-accessor", freePort(t))
 	t.Setenv("VAULT_ADDR", v.Addr)
-	t.Setenv("VAULT_TOKEN", weak.Auth.ClientToken)
+	t.Setenv("VAULT_TOKEN", weak)
 	code, _, stderr := run(t, "run", "--config", cfg, "--data-dir", filepath.Join(dir, "data"), "--http", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	if code != 1 || !strings.Contains(stderr, "lacks capabilities") || !strings.Contains(stderr, "auth/token/revoke-accessor: needs update for mailer/mailer-api") {
 		t.Fatalf("run with a weak token: exit %d\n%s", code, stderr)
 	}
-	if strings.Contains(stderr, weak.Auth.ClientToken) {
+	if strings.Contains(stderr, weak) {
 		t.Fatal("the error shows the token")
 	}
 }

@@ -146,14 +146,7 @@ func TestReplayAgainstDevVault(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", vaultPolicy()); err != nil {
-		t.Fatal(err)
-	}
-	ks, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"killswitch"}, TTL: "1h"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("VAULT_TOKEN", ks.Auth.ClientToken)
+	t.Setenv("VAULT_TOKEN", policyToken(t, root, "killswitch", vaultPolicy()))
 	jsonOut := filepath.Join(dir, "r.json")
 	if code, stdout, stderr := run(t, "replay", "--telemetry", tel, "--config", cfg, "--vault", v.Addr, "--json", jsonOut); code != 0 {
 		t.Fatalf("replay --vault: %d %s %s", code, stdout, stderr)

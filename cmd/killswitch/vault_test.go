@@ -1,12 +1,10 @@
 package main
 
 import (
-	"context"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/vault/api"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 )
 
@@ -23,17 +21,8 @@ func TestVaultCommand(t *testing.T) {
 	}
 
 	v := testharness.DevVault(t)
-	root := v.Client(t)
-	ctx := context.Background()
-	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", tight); err != nil {
-		t.Fatal(err)
-	}
-	tok, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"killswitch"}, TTL: "1h"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Setenv("VAULT_ADDR", v.Addr)
-	t.Setenv("VAULT_TOKEN", tok.Auth.ClientToken)
+	t.Setenv("VAULT_TOKEN", policyToken(t, v.Client(t), "killswitch", tight))
 	if code, out, stderr := run(t, "vault", "check", "--config", cfg); code != 0 || !strings.Contains(out, "holds every capability") {
 		t.Fatalf("vault check with the generated policy: %d %s %s", code, out, stderr)
 	}
