@@ -28,7 +28,7 @@ func (e TokenAccessor) lookup(ctx context.Context, t actions.Target) (alive bool
 		return false, nil, err
 	case r.ok():
 		return true, r.data, nil
-	case r.status == http.StatusBadRequest && r.has("invalid accessor"):
+	case r.status == http.StatusBadRequest && (r.has("invalid accessor") || r.has("token not found")):
 		return false, nil, nil
 	}
 	return false, nil, fail("lookup-accessor", r, redactor(t, acc))
@@ -62,7 +62,8 @@ func (e TokenAccessor) Apply(ctx context.Context, t actions.Target) (actions.Out
 	switch {
 	case err != nil:
 		return actions.Outcome{}, err
-	case r.ok() && r.has("No token found"), r.status == http.StatusBadRequest && r.has("invalid accessor"):
+	case r.ok() && r.has("No token found"),
+		r.status == http.StatusBadRequest && (r.has("invalid accessor") || r.has("token not found")): // the latter when another call revoked it a moment before
 		return actions.Outcome{AlreadyDone: true, Detail: "no token has accessor " + t.Fingerprint.Of(acc) + " any more"}, nil
 	case r.ok():
 		return actions.Outcome{Detail: "revoked token " + t.Fingerprint.Of(acc) + " and its children"}, nil

@@ -61,6 +61,7 @@ func TestErrorClassification(t *testing.T) {
 		{"bad request", 400, `{"errors":["missing accessor"]}`, 0, token, false, false},
 		{"forbidden", 403, `{"errors":["1 error occurred:\n\t* permission denied\n\n"]}`, 0, token, false, false},
 		{"slow", 200, `{}`, 2 * time.Second, token, true, false},
+		{"revoked a moment before by another call", 400, `{"errors":["token not found"]}`, 0, token, false, true},
 		{"already revoked", 200, `{"warnings":["No token found with this accessor"]}`, 0, token, false, true},
 		{"secret-id already destroyed", 404, `{"data":{"error":"failed to find accessor entry for secret_id_accessor: \"` + acc + `\""}}`, 0, secretID, false, true},
 		{"role missing", 500, `{"errors":["1 error occurred:\n\t* role \"r\" does not exist\n\n"]}`, 0, secretID, false, false},
