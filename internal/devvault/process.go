@@ -186,6 +186,15 @@ func (p *Process) signal(sig syscall.Signal) error {
 	if err := c.cmd.Process.Signal(sig); err != nil {
 		return fmt.Errorf("send %v to dev Vault: %w", sig, err)
 	}
+	// The signal is delivered asynchronously: wait until it has taken effect, so that a
+	// request sent after Pause returns really meets a stopped server.
+	want := "RSD" // running, sleeping or in disk sleep: anything but stopped
+	if sig == syscall.SIGSTOP {
+		want = "T"
+	}
+	if err := waitState(c.cmd.Process.Pid, want, 5*time.Second); err != nil {
+		return fmt.Errorf("dev Vault after %v: %w", sig, err)
+	}
 	return nil
 }
 

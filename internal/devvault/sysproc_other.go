@@ -2,7 +2,13 @@
 
 package devvault
 
-import "syscall"
+import (
+	"syscall"
+	"time"
+)
 
 // sysProcAttr returns no special attributes where the parent-death signal does not exist.
 func sysProcAttr() *syscall.SysProcAttr { return nil }
+
+// waitState cannot observe process states here; it returns at once.
+func waitState(int, string, time.Duration) error { return nil }
