@@ -501,8 +501,19 @@ func TestJetStreamSourceSurvivesServerRestart(t *testing.T) {
 		if err := s.Restart(); err != nil {
 			t.Fatal(err)
 		}
-		// Publish the rest after the restart (the publisher's connection reconnects).
-		eventually(t, 10*time.Second, "reconnect", func() bool { return nc.IsConnected() })
+		// Publish the rest after the restart, once the publisher's connection has
+		// reconnected: a JetStream request answered proves it (IsConnected alone can
+		// still report the socket to the old server before the break is noticed).
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "reconnect", func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_, err := js.Stream(ctx, DefaultStream)
+			return err == nil
+		})
 		publishEvents(t, nc, first, total)
 		eventually(t, 30*time.Second, "every event after the restart", func() bool { return c.distinct() == total })
 		eventually(t, 10*time.Second, "consumer settled", func() bool {
