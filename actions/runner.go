@@ -123,7 +123,7 @@ func New(cfg config.Actions, o Options, d Deps) (*Runner, error) {
 		d.Clock = clock.Real{}
 	}
 	if d.Sleep == nil {
-		d.Sleep = sleep
+		d.Sleep = clock.Sleep
 	}
 	if d.Log == nil {
 		d.Log = zap.NewNop()
@@ -135,17 +135,6 @@ func New(cfg config.Actions, o Options, d Deps) (*Runner, error) {
 		d.Executors = Registry{}
 	}
 	return &Runner{cfg: cfg, plan: o.PlanOnly, d: d, rnd: rand.New(rand.NewPCG(d.Seed, 0x6b73))}, nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // ActionID is the fleet-wide identity of one action: a hash of the incident, the

@@ -246,7 +246,7 @@ func TestTwoInstancesAtOnceRevokeOnce(t *testing.T) {
 	b.exec = a.exec // one Vault
 	b.runner.d.Executors = a.runner.d.Executors
 	a.exec.slow = 50 * time.Millisecond
-	a.runner.d.Sleep, b.runner.d.Sleep = sleep, sleep // the loser really waits for the winner
+	a.runner.d.Sleep, b.runner.d.Sleep = clock.Sleep, clock.Sleep // the loser really waits for the winner
 	var wg sync.WaitGroup
 	var verified atomic.Int32
 	for _, x := range []*rig{a, b} {

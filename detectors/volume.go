@@ -239,8 +239,8 @@ func (e *Engine) fireSpike(v *vendorState, k *keyState, b uint32, bytes, t int64
 	}
 	k.setSpikeEpisode(ep)
 	p := &v.cfg.params
-	sc := k.model.Score(p, e.volumeX(bytes), e.slotOfBucket(b))
 	slot := e.slotOfBucket(b)
+	sc := k.model.Score(p, e.volumeX(bytes), slot)
 	spikeX, _ := k.model.Triggers(p, slot)
 	line := k.hourLine(v, slot.Hour)
 	seen := line - v.cfg.hourMargin
@@ -285,8 +285,9 @@ func (e *Engine) fireSustained(v *vendorState, k *keyState, b uint32, bytes, t i
 	}
 	k.setSustEpisode(ep)
 	p := &v.cfg.params
-	sc := k.model.Score(p, e.volumeX(bytes), e.slotOfBucket(b))
-	_, sustX := k.model.Triggers(p, e.slotOfBucket(b))
+	slot := e.slotOfBucket(b)
+	sc := k.model.Score(p, e.volumeX(bytes), slot)
+	_, sustX := k.model.Triggers(p, slot)
 	startB := b
 	total := bytes
 	if k.model.cusUp > 0 && k.cusStart < b {

@@ -4,7 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -64,11 +65,7 @@ func Check(ctx context.Context, sources []Source, opts Options) (CheckReport, er
 		return CheckReport{}, err
 	}
 	rep := CheckReport{Revision: e.Revision(), Playbooks: e.Playbooks(), Inputs: []CheckedInput{}}
-	names := make([]string, 0, len(inputs))
-	for n := range inputs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(inputs))
 	for _, n := range names {
 		ex := inputs[n]
 		res := e.Evaluate(ctx, ex.input)

@@ -8,7 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/killswitch-dev/killswitch/detectors"
@@ -235,11 +236,7 @@ func (in *Input) Validate() error {
 	if in.Vendor.Name != d.Vendor {
 		bad("vendor.name %q is not the detection's vendor %q", in.Vendor.Name, d.Vendor)
 	}
-	names := make([]string, 0, len(in.Vendor.Credentials))
-	for n := range in.Vendor.Credentials {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(in.Vendor.Credentials))
 	for _, n := range names {
 		c := in.Vendor.Credentials[n]
 		if err := checkName(n); err != nil {

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -380,11 +382,7 @@ func discover(c *ast.Compiler) ([]Playbook, []Problem) {
 			}
 		}
 	}
-	pkgPaths := make([]string, 0, len(entry))
-	for p := range entry {
-		pkgPaths = append(pkgPaths, p)
-	}
-	sort.Strings(pkgPaths)
+	pkgPaths := slices.Sorted(maps.Keys(entry))
 	for _, pkg := range pkgPaths {
 		ar := entry[pkg]
 		if ar == nil || seen[pkg] {

@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -24,11 +25,7 @@ type Attributor struct {
 // prefixes (::ffff:a.b.c.d/n, n ≥ 96) are treated as the IPv4 prefix they map.
 func NewAttributor(vendors map[string]config.Vendor) (*Attributor, error) {
 	a := &Attributor{byPrefix: map[netip.Prefix]string{}}
-	names := make([]string, 0, len(vendors))
-	for n := range vendors {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(vendors))
 	for _, name := range names {
 		for _, p := range vendors[name].CIDRs {
 			if !p.IsValid() {

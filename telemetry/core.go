@@ -63,16 +63,7 @@ func NewCoreSource(ctx context.Context, nc *nats.Conn, o CoreOptions) (*CoreSour
 	if o.PendingMsgs <= 0 {
 		o.PendingMsgs = 65536
 	}
-	if o.Counters == nil {
-		o.Counters = NewCounters()
-	}
-	if o.Logger == nil {
-		o.Logger = zap.NewNop()
-	}
-	if o.NewDecoder == nil {
-		dopts := o.Decode
-		o.NewDecoder = func() Decoder { return NewJSONDecoder(dopts) }
-	}
+	sourceDefaults(&o.Counters, &o.Logger, &o.NewDecoder, o.Decode)
 	dlq, err := newDeadLetterer(ctx, nc, nil, o.DeadLetter, []string{o.Subject})
 	if err != nil {
 		return nil, err

@@ -471,20 +471,7 @@ func (x *JSONDecoder) field(d []byte, i, f int, e *Event, bytesV *int64) (int, *
 	if len(b) > x.opts.MaxFieldLength {
 		return j, newError(ReasonFieldTooLong, fieldNames[f], fmt.Sprintf("%d bytes, the limit is %d", len(b), x.opts.MaxFieldLength))
 	}
-	switch f {
-	case fVendor:
-		e.Vendor = x.st.names.get(b)
-	case fCredential:
-		e.Credential = x.st.names.get(b)
-	case fDst:
-		e.Dst = x.st.addrs.get(b)
-	case fSrc:
-		e.Src = x.st.addrs.get(b)
-	case fProtocol:
-		e.Protocol = x.st.names.get(b)
-	case fSensor:
-		e.Sensor = x.st.names.get(b)
-	}
+	x.setString(f, b, e)
 	return j, nil
 }
 

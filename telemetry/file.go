@@ -68,16 +68,7 @@ func (o FileOptions) withDefaults() FileOptions {
 	if o.MaxLoggedBadLines <= 0 {
 		o.MaxLoggedBadLines = DefaultMaxLoggedBadLines
 	}
-	if o.Counters == nil {
-		o.Counters = NewCounters()
-	}
-	if o.Logger == nil {
-		o.Logger = zap.NewNop()
-	}
-	if o.NewDecoder == nil {
-		dopts := o.Decode
-		o.NewDecoder = func() Decoder { return NewJSONDecoder(dopts) }
-	}
+	sourceDefaults(&o.Counters, &o.Logger, &o.NewDecoder, o.Decode)
 	return o
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"go.uber.org/zap"
 )
 
 // Handler receives decoded events from a Source, in batches, in the order the source
@@ -78,4 +80,18 @@ type Source interface {
 func poisonEvent(err error) bool {
 	var pe *PartialError
 	return errors.As(err, &pe) && IsPermanent(pe.Err)
+}
+
+// sourceDefaults fills the options every source shares: fresh counters, a no-op
+// logger and the native JSON decoder (with dopts) when none is given.
+func sourceDefaults(c **Counters, log **zap.Logger, newDecoder *func() Decoder, dopts DecodeOptions) {
+	if *c == nil {
+		*c = NewCounters()
+	}
+	if *log == nil {
+		*log = zap.NewNop()
+	}
+	if *newDecoder == nil {
+		*newDecoder = func() Decoder { return NewJSONDecoder(dopts) }
+	}
 }

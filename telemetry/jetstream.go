@@ -169,19 +169,10 @@ func (o JetStreamOptions) withDefaults() JetStreamOptions {
 	if o.GapTimeout <= 0 {
 		o.GapTimeout = 2*o.AckWait + o.MaxNakDelay
 	}
-	if o.Counters == nil {
-		o.Counters = NewCounters()
-	}
-	if o.Logger == nil {
-		o.Logger = zap.NewNop()
-	}
 	if o.Clock == nil {
 		o.Clock = clock.Real{}
 	}
-	if o.NewDecoder == nil {
-		dopts := o.Decode
-		o.NewDecoder = func() Decoder { return NewJSONDecoder(dopts) }
-	}
+	sourceDefaults(&o.Counters, &o.Logger, &o.NewDecoder, o.Decode)
 	return o
 }
 

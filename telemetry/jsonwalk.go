@@ -24,6 +24,31 @@ func (w *walker) fail(e *Error) {
 	}
 }
 
+// document walks a whole message: one top-level object (at most maxSize bytes) whose
+// known keys are names, with nothing after it. It returns the message-level error (size,
+// not an object, syntax, trailing data) or the first semantic error visit recorded.
+func (w *walker) document(d []byte, maxSize int, names []string, visit func(f, j int) (int, bool)) error {
+	if len(d) > maxSize {
+		return newError(ReasonOversize, "", fmt.Sprintf("message is %d bytes, the limit is %d", len(d), maxSize))
+	}
+	i := skipWS(d, 0)
+	if i >= len(d) || d[i] != '{' {
+		return notObject(d, i)
+	}
+	w.reset()
+	j, ok := w.object(d, i, 1, "", names, visit)
+	if !ok {
+		return syntaxError(d, j, "malformed JSON")
+	}
+	if j = skipWS(d, j); j < len(d) {
+		return newError(ReasonTrailingData, "", "data after the object at offset "+strconv.Itoa(j)+": "+quoteInput(d[j:]))
+	}
+	if w.sem != nil {
+		return w.sem
+	}
+	return nil
+}
+
 // matchName returns the index of key in names (exact, then encoding/json's folding).
 func matchName(key []byte, names []string) int {
 	for i, n := range names {

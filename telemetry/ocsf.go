@@ -82,24 +82,9 @@ func (x *OCSFDecoder) Decode(d []byte, e *Event) error {
 }
 
 func (x *OCSFDecoder) decode(d []byte, e *Event) error {
-	if len(d) > x.opts.MaxMessageSize {
-		return newError(ReasonOversize, "", fmt.Sprintf("message is %d bytes, the limit is %d", len(d), x.opts.MaxMessageSize))
-	}
-	i := skipWS(d, 0)
-	if i >= len(d) || d[i] != '{' {
-		return notObject(d, i)
-	}
-	x.w.reset()
 	x.cur = ocsfState{}
-	j, ok := x.w.object(d, i, 1, "", ocsfTop, func(f, j int) (int, bool) { return x.top(d, j, f, e) })
-	if !ok {
-		return syntaxError(d, j, "malformed JSON")
-	}
-	if j = skipWS(d, j); j < len(d) {
-		return newError(ReasonTrailingData, "", "data after the object at offset "+strconv.Itoa(j)+": "+quoteInput(d[j:]))
-	}
-	if x.w.sem != nil {
-		return x.w.sem
+	if err := x.w.document(d, x.opts.MaxMessageSize, ocsfTop, func(f, j int) (int, bool) { return x.top(d, j, f, e) }); err != nil {
+		return err
 	}
 	s := &x.cur
 	switch {

@@ -1,7 +1,6 @@
 package telemetry
 
 import (
-	"fmt"
 	"net/netip"
 	"strconv"
 )
@@ -61,24 +60,9 @@ func (x *ZeekConnDecoder) Decode(d []byte, e *Event) error {
 }
 
 func (x *ZeekConnDecoder) decode(d []byte, e *Event) error {
-	if len(d) > x.opts.MaxMessageSize {
-		return newError(ReasonOversize, "", fmt.Sprintf("message is %d bytes, the limit is %d", len(d), x.opts.MaxMessageSize))
-	}
-	i := skipWS(d, 0)
-	if i >= len(d) || d[i] != '{' {
-		return notObject(d, i)
-	}
-	x.w.reset()
 	x.cur = zeekState{}
-	j, ok := x.w.object(d, i, 1, "", zeekTop, func(f, j int) (int, bool) { return x.top(d, j, f) })
-	if !ok {
-		return syntaxError(d, j, "malformed JSON")
-	}
-	if j = skipWS(d, j); j < len(d) {
-		return newError(ReasonTrailingData, "", "data after the object at offset "+strconv.Itoa(j)+": "+quoteInput(d[j:]))
-	}
-	if x.w.sem != nil {
-		return x.w.sem
+	if err := x.w.document(d, x.opts.MaxMessageSize, zeekTop, func(f, j int) (int, bool) { return x.top(d, j, f) }); err != nil {
+		return err
 	}
 	s := &x.cur
 	switch {

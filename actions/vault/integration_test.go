@@ -188,19 +188,11 @@ func TestRunnerIdempotencyAgainstVault(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv, secret := e.tokens(t, 2)
-	realSleep := func(ctx context.Context, d time.Duration) error {
-		select {
-		case <-time.After(d):
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 
 	t.Run("two instances at once", func(t *testing.T) {
 		exec := &counted{Executor: e.execs[playbooks.ActionRevokeTokenAccessor]}
-		a := newRunnerRig(t, e, inv, rigOpts{store: store, instance: "a", sleep: realSleep, exec: exec})
-		b := newRunnerRig(t, e, inv, rigOpts{store: store, instance: "b", sleep: realSleep, exec: exec})
+		a := newRunnerRig(t, e, inv, rigOpts{store: store, instance: "a", sleep: clock.Sleep, exec: exec})
+		b := newRunnerRig(t, e, inv, rigOpts{store: store, instance: "b", sleep: clock.Sleep, exec: exec})
 		var wg sync.WaitGroup
 		refs := make([]ledger.ActionRef, 2)
 		for i, x := range []*runnerRig{a, b} {

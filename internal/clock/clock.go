@@ -6,6 +6,7 @@
 package clock
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -60,4 +61,17 @@ func (m *Manual) Advance(d time.Duration) {
 	m.mu.Lock()
 	m.now = m.now.Add(d)
 	m.mu.Unlock()
+}
+
+// Sleep waits for d or until ctx is done, whichever comes first; it returns ctx's
+// error in the second case.
+func Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

@@ -12,10 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"net/url"
 	"os"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -242,11 +243,7 @@ func (c *Config) Validate() error {
 	checkKinds("detectors.disable", d.Disable)
 	c.Service.validate(bad)
 	c.Actions.validate(bad)
-	names := make([]string, 0, len(c.Vendors))
-	for name := range c.Vendors {
-		names = append(names, name)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(c.Vendors))
 	for _, name := range names {
 		v := c.Vendors[name]
 		f := "vendors." + name
@@ -284,11 +281,7 @@ func (c *Config) Validate() error {
 				bad("%s.allowed_destinations[%d]: empty", f, i)
 			}
 		}
-		credNames := make([]string, 0, len(v.Credentials))
-		for cn := range v.Credentials {
-			credNames = append(credNames, cn)
-		}
-		sort.Strings(credNames)
+		credNames := slices.Sorted(maps.Keys(v.Credentials))
 		for _, cn := range credNames {
 			if err := v.Credentials[cn].validate(); err != nil {
 				bad("%s.credentials.%s: %v", f, cn, err)

@@ -3,6 +3,7 @@ package demo
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -49,11 +50,7 @@ func (s *seeded) describe(vendor string) []string {
 // returned holds the real accessors. The victim is the vendor "mailer"'s first key.
 func seedVault(ctx context.Context, root *api.Client, inv map[string]config.Vendor) (*seeded, error) {
 	out := &seeded{inventory: map[string]config.Vendor{}}
-	vendors := make([]string, 0, len(inv))
-	for v := range inv {
-		vendors = append(vendors, v)
-	}
-	slices.Sort(vendors)
+	vendors := slices.Sorted(maps.Keys(inv))
 	for _, v := range vendors {
 		vendor := inv[v]
 		policy := "vendor-" + v
@@ -68,11 +65,7 @@ func seedVault(ctx context.Context, root *api.Client, inv map[string]config.Vend
 		}
 		nv := vendor
 		nv.Credentials = map[string]config.Credential{}
-		names := make([]string, 0, len(vendor.Credentials))
-		for n := range vendor.Credentials {
-			names = append(names, n)
-		}
-		slices.Sort(names)
+		names := slices.Sorted(maps.Keys(vendor.Credentials))
 		for _, name := range names {
 			c := vendor.Credentials[name]
 			if c.Kind == config.CredTokenAccessor {

@@ -21,7 +21,7 @@ type Pacer struct {
 }
 
 // New returns a Pacer on the real clock.
-func New(speed float64) *Pacer { return NewWithClock(speed, clock.Real{}, Sleep) }
+func New(speed float64) *Pacer { return NewWithClock(speed, clock.Real{}, clock.Sleep) }
 
 // NewWithClock returns a Pacer using c to read the time and sleep to wait.
 func NewWithClock(speed float64, c clock.Clock, sleep func(context.Context, time.Duration) error) *Pacer {
@@ -43,16 +43,4 @@ func (p *Pacer) Wait(ctx context.Context, eventTime time.Time) error {
 		return p.sleep(ctx, d)
 	}
 	return ctx.Err()
-}
-
-// Sleep waits for d or until ctx is done.
-func Sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

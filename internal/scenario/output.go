@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 
 	"github.com/killswitch-dev/killswitch/internal/config"
@@ -78,20 +79,12 @@ func (s *Scenario) Publish(ctx context.Context, pub *telemetry.Publisher, p *pac
 // (see Inventory), for replays that should plan revocations.
 func (s *Scenario) WriteConfig(w io.Writer) error {
 	inv := s.Inventory()
-	vendors := make([]string, 0, len(inv))
-	for v := range inv {
-		vendors = append(vendors, v)
-	}
-	slices.Sort(vendors)
+	vendors := slices.Sorted(maps.Keys(inv))
 	bw := bufio.NewWriter(w)
 	fmt.Fprintf(bw, "# Vendor inventory of the generated scenario (seed %d); accessors are made up.\nvendors:\n", s.cfg.Seed)
 	for _, v := range vendors {
 		fmt.Fprintf(bw, "  %s:\n    owner: %s\n    credentials:\n", v, inv[v].Owner)
-		creds := make([]string, 0, len(inv[v].Credentials))
-		for c := range inv[v].Credentials {
-			creds = append(creds, c)
-		}
-		slices.Sort(creds)
+		creds := slices.Sorted(maps.Keys(inv[v].Credentials))
 		for _, c := range creds {
 			cr := inv[v].Credentials[c]
 			switch cr.Kind {
