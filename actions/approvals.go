@@ -5,172 +5,198 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/ledger"
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"go.uber.org/zap"
 )
 
+// Errors of the approval API.
+var (
+	// ErrUnknownAction: no held action with that ID.
+	ErrUnknownAction = errors.New("no held action with this id")
+	// ErrExpired: the approval window closed; nothing ran.
+	ErrExpired = errors.New("approval window closed")
+	// ErrDecided: the held action was already approved, rejected or expired.
+	ErrDecided = errors.New("already decided")
+)
+
+// HoldState is where a held action stands.
+type HoldState string
+
+// The hold states. Only a pending hold can be decided.
+const (
+	// HoldPending: waiting for an approval until it expires.
+	HoldPending HoldState = "pending"
+	// HoldApproved: approved; the action is running.
+	HoldApproved HoldState = "approved"
+	// HoldDone: approved and run (whatever the outcome).
+	HoldDone HoldState = "done"
+	// HoldRejected: rejected; nothing ran.
+	HoldRejected HoldState = "rejected"
+	// HoldExpired: nobody decided within the approval window; nothing ran.
+	HoldExpired HoldState = "expired"
+	// HoldSuperseded: a later decision of the incident, needing no approval, ran it.
+	HoldSuperseded HoldState = "superseded"
+)
+
+// actionStatus is the incident's view of an action held in state s.
+func (s HoldState) actionStatus() incidents.ActionStatus {
+	switch s {
+	case HoldRejected:
+		return incidents.ActionRejected
+	case HoldExpired:
+		return incidents.ActionExpired
+	case HoldApproved, HoldDone, HoldSuperseded:
+		return incidents.ActionApplied
+	}
+	return incidents.ActionHeld
+}
+
+// Held is a held action waiting for an approval.
+type Held struct {
+	ID         string           `json:"id"`
+	Incident   string           `json:"incident"`
+	Vendor     string           `json:"vendor"`
+	Credential string           `json:"credential,omitempty"`
+	Action     playbooks.Action `json:"action"`
+	Target     string           `json:"target"`
+	Guard      string           `json:"guard"`
+	Reason     string           `json:"reason"`
+	HeldAt     time.Time        `json:"held_at"`
+	ExpiresAt  time.Time        `json:"expires_at"`
+	State      HoldState        `json:"state"`
+	Approver   string           `json:"approver,omitempty"`
+	Comment    string           `json:"comment,omitempty"`
+	DecidedAt  time.Time        `json:"decided_at,omitzero"`
+	Payload    []byte           `json:"payload,omitempty"`
+}
+
+// Approvals are the held actions: each waits for an approval bound to it (approver,
+// time, comment) and runs exactly once when approved; a rejected or expired one never
+// runs. It is safe for concurrent use, and held actions are shared by every instance
+// through the Store.
+type Approvals struct {
+	r *Runner
+}
+
 // Approve runs a held action, once: the approval is bound to that one action, with the
 // approver and the time. An expired approval window runs nothing (ErrExpired). The
 // approved action skips the budget and the breaker (a human decided) but still takes
-// its idempotency claim.
-func (r *Runner) Approve(ctx context.Context, id, approver, comment string) (ledger.ActionRef, error) {
-	h, rev, err := r.decide(ctx, id, approver, comment, "approved")
+// its idempotency claim, and a credential that meanwhile left the inventory or became
+// protected is not touched.
+func (a *Approvals) Approve(ctx context.Context, id, approver, comment string) (incidents.ActionRef, error) {
+	r := a.r
+	h, rev, err := a.decide(ctx, id, approver, comment, HoldApproved)
 	if err != nil {
-		return ledger.ActionRef{}, err
+		return incidents.ActionRef{}, err
 	}
-	j := r.heldJob(h)
+	j := a.job(h)
 	var exec Executor
-	if !r.plan {
+	if !r.s.PlanOnly {
 		var ok bool
 		if exec, ok = r.d.Executors[h.Action.Type]; !ok {
-			return r.afterHeld(ctx, h, rev, j, ledger.ActionRef{}, fmt.Errorf("no executor for %s is configured", h.Action.Type))
+			return a.done(ctx, h, rev, j, killswitch.Permanent(killswitch.ReasonMisconfigured,
+				fmt.Errorf("no executor for %s is configured", h.Action.Type)))
 		}
 	}
-	if v, ok := r.d.Inventory[h.Vendor]; ok {
-		cred, ok := v.Credentials[h.Credential]
-		if !ok || cred.Protected {
-			return r.afterHeld(ctx, h, rev, j, ledger.ActionRef{}, Permanent(fmt.Errorf("credential %s/%s is no longer revocable (removed from the inventory or protected)", h.Vendor, h.Credential)))
-		}
-		j.target.Identity = cred
-	} else {
-		return r.afterHeld(ctx, h, rev, j, ledger.ActionRef{}, Permanent(fmt.Errorf("vendor %s is no longer in the inventory", h.Vendor)))
+	cred, err := r.d.Inventory.Vendor(h.Vendor).Target(h.Credential, h.Action.Type)
+	if err != nil {
+		return a.done(ctx, h, rev, j, killswitch.Permanent(killswitch.ReasonMisconfigured,
+			fmt.Errorf("%s/%s is no longer a target: %w", h.Vendor, h.Credential, err)))
 	}
+	j.target.Identity = cred
 	j.ref.Target = r.describe(j.target)
-	if err := r.record(ctx, j, "approved", Event{Status: ledger.ActionHeld, Approver: approver, Reason: comment}); err != nil {
-		return ledger.ActionRef{}, err
+	if err := r.record(ctx, j, "approved", Event{Status: incidents.ActionHeld, Approver: approver, Reason: comment}); err != nil {
+		return incidents.ActionRef{}, err
 	}
-	ref, err := r.execute(ctx, j, exec, approver)
-	return r.afterHeld(ctx, h, rev, j, ref, err)
+	ref, err := r.execute(ctx, j, exec, approver, false)
+	j.ref = ref
+	return a.done(ctx, h, rev, j, err)
 }
 
-// afterHeld closes the held record and tells the incident.
-func (r *Runner) afterHeld(ctx context.Context, h Held, rev uint64, j *job, ref ledger.ActionRef, err error) (ledger.ActionRef, error) {
-	if ref.ID == "" {
-		j.ref.Status, j.ref.At = ledger.ActionFailed, r.d.Clock.Now()
-		if err != nil {
-			j.ref.Detail = err.Error()
-		}
-		ref = j.ref
-		_ = r.record(ctx, j, "failed", Event{Status: ledger.ActionFailed, Error: j.ref.Detail})
+// done closes an approved hold (whatever its outcome) and tells the incident. When the
+// action did not run, err says why and is recorded as its failure.
+func (a *Approvals) done(ctx context.Context, h Held, rev uint64, j *job, err error) (incidents.ActionRef, error) {
+	r := a.r
+	var errs []error
+	if j.ref.Status == "" && err != nil {
+		j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionFailed, r.d.Clock.Now(), err.Error()
+		errs = append(errs, r.record(ctx, j, "failed", Event{Status: incidents.ActionFailed, Error: j.ref.Detail, Cause: killswitch.ReasonOf(err)}))
 	}
-	h.State = "done"
-	if b, merr := json.Marshal(h); merr == nil {
-		_, _ = r.d.Store.Update(ctx, ApprovalsBucket, h.ID, b, rev)
+	h.State = HoldDone
+	if b, merr := json.Marshal(h); merr != nil {
+		errs = append(errs, merr)
+	} else if _, uerr := r.d.Store.Update(ctx, ApprovalsBucket, h.ID, b, rev); uerr != nil {
+		errs = append(errs, fmt.Errorf("actions: close held action %s: %w", h.ID, uerr))
 	}
-	if r.d.OnUpdate != nil {
-		r.d.OnUpdate(ctx, h.Incident, h.Vendor, h.Credential, ref)
+	if e := errors.Join(errs...); e != nil {
+		r.d.Log.Error("approved action: bookkeeping failed", zap.String("action", h.ID), zap.Error(e))
 	}
-	return ref, err
+	a.update(ctx, h, j.ref)
+	return j.ref, errors.Join(append(errs, err)...)
 }
 
 // Reject drops a held action; nothing runs.
-func (r *Runner) Reject(ctx context.Context, id, approver, comment string) error {
-	h, _, err := r.decide(ctx, id, approver, comment, "rejected")
+func (a *Approvals) Reject(ctx context.Context, id, approver, comment string) error {
+	r := a.r
+	h, _, err := a.decide(ctx, id, approver, comment, HoldRejected)
 	if err != nil {
 		return err
 	}
-	j := r.heldJob(h)
-	j.ref.Status, j.ref.At, j.ref.Detail = ledger.ActionRejected, r.d.Clock.Now(), "rejected by "+approver
-	if err := r.record(ctx, j, "rejected", Event{Status: ledger.ActionRejected, Approver: approver, Reason: comment}); err != nil {
+	j := a.job(h)
+	j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionRejected, r.d.Clock.Now(), "rejected by "+approver
+	if err := r.record(ctx, j, "rejected", Event{Status: incidents.ActionRejected, Approver: approver, Reason: comment}); err != nil {
 		return err
 	}
-	if r.d.OnUpdate != nil {
-		r.d.OnUpdate(ctx, h.Incident, h.Vendor, h.Credential, j.ref)
-	}
+	a.update(ctx, h, j.ref)
 	return nil
 }
 
-// decide moves a pending held action to state, once (compare-and-set). A held action
-// past its expiry is marked expired instead and ErrExpired returned.
-func (r *Runner) decide(ctx context.Context, id, approver, comment, state string) (Held, uint64, error) {
-	var h Held
-	rev, ok, err := getJSON(ctx, r.d.Store, ApprovalsBucket, id, &h)
-	if err != nil {
-		return h, 0, err
-	}
-	if !ok {
-		return h, 0, fmt.Errorf("%w: %s", ErrUnknownAction, id)
-	}
-	now := r.d.Clock.Now()
-	if h.State == "pending" && !now.Before(h.ExpiresAt) {
-		if err := r.expire(ctx, h, rev); err != nil {
-			return h, 0, err
-		}
-		return h, 0, fmt.Errorf("%w: %s expired at %s; nothing ran", ErrExpired, id, h.ExpiresAt.Format(time.RFC3339))
-	}
-	if h.State != "pending" {
-		return h, 0, fmt.Errorf("%w: %s is %s", ErrDecided, id, h.State)
-	}
-	h.State, h.Approver, h.Comment, h.DecidedAt = state, approver, comment, now
-	b, _ := json.Marshal(h)
-	nrev, err := r.d.Store.Update(ctx, ApprovalsBucket, id, b, rev)
-	if errors.Is(err, ErrStale) {
-		return h, 0, fmt.Errorf("%w: %s was decided by someone else meanwhile", ErrDecided, id)
-	}
-	if err != nil {
-		return h, 0, err
-	}
-	r.d.Log.Info("held action decided", zap.String("action", id), zap.String("state", state), zap.String("by", approver))
-	return h, nrev, nil
-}
-
-func (r *Runner) expire(ctx context.Context, h Held, rev uint64) error {
-	h.State, h.DecidedAt = "expired", r.d.Clock.Now()
-	b, _ := json.Marshal(h)
-	if _, err := r.d.Store.Update(ctx, ApprovalsBucket, h.ID, b, rev); err != nil && !errors.Is(err, ErrStale) {
-		return err
-	}
-	j := r.heldJob(h)
-	j.ref.Status, j.ref.At, j.ref.Detail = ledger.ActionExpired, h.DecidedAt, "approval window closed; nothing ran"
-	if err := r.record(ctx, j, "expired", Event{Status: ledger.ActionExpired, Reason: j.ref.Detail}); err != nil {
-		return err
-	}
-	if r.d.OnUpdate != nil {
-		r.d.OnUpdate(ctx, h.Incident, h.Vendor, h.Credential, j.ref)
-	}
-	return nil
-}
-
-// ExpireHeld marks every pending held action past its window as expired (recorded) and
-// returns how many it expired. The service calls it periodically.
-func (r *Runner) ExpireHeld(ctx context.Context) (int, error) {
-	keys, err := r.d.Store.Keys(ctx, ApprovalsBucket)
+// Expire marks every pending held action past its window as expired (recorded) and
+// returns how many it expired. The pipeline calls it on every tick.
+func (a *Approvals) Expire(ctx context.Context) (int, error) {
+	keys, err := a.r.d.Store.Keys(ctx, ApprovalsBucket)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
-	now := r.d.Clock.Now()
+	now := a.r.d.Clock.Now()
+	var errs []error
 	for _, k := range keys {
-		var h Held
-		rev, ok, err := getJSON(ctx, r.d.Store, ApprovalsBucket, k, &h)
-		if err != nil || !ok || h.State != "pending" || now.Before(h.ExpiresAt) {
+		h, rev, ok, err := a.get(ctx, k)
+		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		if err := r.expire(ctx, h, rev); err != nil {
-			return n, err
+		if !ok || h.State != HoldPending || now.Before(h.ExpiresAt) {
+			continue
+		}
+		if err := a.expire(ctx, h, rev); err != nil {
+			errs = append(errs, err)
+			continue
 		}
 		n++
 	}
-	return n, nil
+	return n, errors.Join(errs...)
 }
 
-// HeldActions lists the held actions, pending or decided.
-func (r *Runner) HeldActions(ctx context.Context) ([]Held, error) {
-	keys, err := r.d.Store.Keys(ctx, ApprovalsBucket)
+// List returns the held actions, pending or decided, without their payloads.
+func (a *Approvals) List(ctx context.Context) ([]Held, error) {
+	keys, err := a.r.d.Store.Keys(ctx, ApprovalsBucket)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]Held, 0, len(keys))
 	for _, k := range keys {
-		var h Held
-		if _, ok, err := getJSON(ctx, r.d.Store, ApprovalsBucket, k, &h); err != nil {
+		h, _, ok, err := a.get(ctx, k)
+		if err != nil {
 			return nil, err
-		} else if ok {
+		}
+		if ok {
 			h.Payload = nil
 			out = append(out, h)
 		}
@@ -178,75 +204,127 @@ func (r *Runner) HeldActions(ctx context.Context) ([]Held, error) {
 	return out, nil
 }
 
-func (r *Runner) heldJob(h Held) *job {
+// get reads a held action; ok is false when there is none.
+func (a *Approvals) get(ctx context.Context, id string) (Held, uint64, bool, error) {
+	var h Held
+	rev, ok, err := getJSON(ctx, a.r.d.Store, ApprovalsBucket, id, &h)
+	return h, rev, ok, err
+}
+
+// hold records a held action and its approval record.
+func (a *Approvals) hold(ctx context.Context, j *job, guard, reason string) (incidents.ActionRef, error) {
+	r := a.r
+	now := r.d.Clock.Now()
+	h := Held{
+		ID: j.id, Incident: j.target.Incident, Vendor: j.target.Vendor, Credential: j.target.Credential,
+		Action: j.target.Action, Target: j.ref.Target, Guard: guard, Reason: reason,
+		HeldAt: now, ExpiresAt: now.Add(r.s.ApprovalTTL), State: HoldPending, Payload: j.target.Payload,
+	}
+	b, err := json.Marshal(h)
+	if err != nil {
+		return j.ref, killswitch.Permanent(killswitch.ReasonInternal, err)
+	}
+	if _, err := r.d.Store.Create(ctx, ApprovalsBucket, j.id, b); err != nil && !errors.Is(err, ErrExists) {
+		return j.ref, err
+	}
+	j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionHeld, now, reason
+	r.d.Log.Warn("action held for approval", zap.String("action", j.id), zap.String("guard", guard), zap.String("reason", reason))
+	return j.ref, r.record(ctx, j, "held", Event{Status: incidents.ActionHeld, Guard: guard, Reason: reason})
+}
+
+// supersede closes the pending hold h (at revision rev) of j because a later decision
+// runs the action.
+func (a *Approvals) supersede(ctx context.Context, j *job, h Held, rev uint64, decision string) error {
+	r := a.r
+	h.State, h.DecidedAt, h.Approver = HoldSuperseded, r.d.Clock.Now(), "decision "+decision
+	b, err := json.Marshal(h)
+	if err != nil {
+		return killswitch.Permanent(killswitch.ReasonInternal, err)
+	}
+	if _, err := r.d.Store.Update(ctx, ApprovalsBucket, j.id, b, rev); err != nil {
+		if errors.Is(err, ErrStale) {
+			return fmt.Errorf("%w: %s was decided meanwhile", ErrDecided, j.id)
+		}
+		return err
+	}
+	return r.record(ctx, j, "superseded", Event{Status: incidents.ActionHeld, Reason: "the hold is superseded by decision " + decision})
+}
+
+// decide moves a pending held action to state, once (compare-and-set). A held action
+// past its expiry is marked expired instead and ErrExpired returned.
+func (a *Approvals) decide(ctx context.Context, id, approver, comment string, state HoldState) (Held, uint64, error) {
+	r := a.r
+	h, rev, ok, err := a.get(ctx, id)
+	if err != nil {
+		return h, 0, err
+	}
+	if !ok {
+		return h, 0, fmt.Errorf("%w: %s", ErrUnknownAction, id)
+	}
+	now := r.d.Clock.Now()
+	if h.State == HoldPending && !now.Before(h.ExpiresAt) {
+		if err := a.expire(ctx, h, rev); err != nil {
+			return h, 0, err
+		}
+		return h, 0, fmt.Errorf("%w: %s expired at %s; nothing ran", ErrExpired, id, h.ExpiresAt.Format(time.RFC3339))
+	}
+	if h.State != HoldPending {
+		return h, 0, fmt.Errorf("%w: %s is %s", ErrDecided, id, h.State)
+	}
+	h.State, h.Approver, h.Comment, h.DecidedAt = state, approver, comment, now
+	b, err := json.Marshal(h)
+	if err != nil {
+		return h, 0, killswitch.Permanent(killswitch.ReasonInternal, err)
+	}
+	nrev, err := r.d.Store.Update(ctx, ApprovalsBucket, id, b, rev)
+	if errors.Is(err, ErrStale) {
+		return h, 0, fmt.Errorf("%w: %s was decided by someone else meanwhile", ErrDecided, id)
+	}
+	if err != nil {
+		return h, 0, err
+	}
+	r.d.Log.Info("held action decided", zap.String("action", id), zap.String("state", string(state)), zap.String("by", approver))
+	return h, nrev, nil
+}
+
+func (a *Approvals) expire(ctx context.Context, h Held, rev uint64) error {
+	r := a.r
+	h.State, h.DecidedAt = HoldExpired, r.d.Clock.Now()
+	b, err := json.Marshal(h)
+	if err != nil {
+		return killswitch.Permanent(killswitch.ReasonInternal, err)
+	}
+	if _, err := r.d.Store.Update(ctx, ApprovalsBucket, h.ID, b, rev); err != nil {
+		if errors.Is(err, ErrStale) {
+			return nil // decided meanwhile (approved, rejected or expired elsewhere)
+		}
+		return err
+	}
+	j := a.job(h)
+	j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionExpired, h.DecidedAt, "approval window closed; nothing ran"
+	if err := r.record(ctx, j, "expired", Event{Status: incidents.ActionExpired, Reason: j.ref.Detail}); err != nil {
+		return err
+	}
+	a.update(ctx, h, j.ref)
+	return nil
+}
+
+// update tells the incident (Deps.OnUpdate) about a later change of a held action.
+func (a *Approvals) update(ctx context.Context, h Held, ref incidents.ActionRef) {
+	if a.r.d.OnUpdate != nil {
+		a.r.d.OnUpdate(ctx, h.Incident, h.Vendor, h.Credential, ref)
+	}
+}
+
+// job rebuilds the job of a held action.
+func (a *Approvals) job(h Held) *job {
 	j := &job{
 		id: h.ID,
 		target: Target{Incident: h.Incident, Vendor: h.Vendor, Credential: h.Credential, Action: h.Action, Payload: h.Payload,
-			Fingerprint: r.d.Fingerprint},
-		mode: playbooks.ModeEnforce, playbooks: h.Action.Playbooks,
+			Fingerprint: a.r.d.Fingerprint},
+		mode: killswitch.ModeEnforce, playbooks: h.Action.Playbooks,
 	}
-	j.ref = ledger.ActionRef{ID: h.ID, Type: string(h.Action.Type), Credential: h.Credential, Target: h.Target,
-		Playbook: strings.Join(h.Action.Playbooks, ","), Mode: string(playbooks.ModeEnforce)}
+	j.ref = incidents.ActionRef{ID: h.ID, Type: h.Action.Type, Credential: h.Credential, Target: h.Target,
+		Playbook: strings.Join(h.Action.Playbooks, ","), Mode: killswitch.ModeEnforce}
 	return j
-}
-
-// Status is the state of the global switches.
-type Status struct {
-	Mode    playbooks.Mode
-	Paused  Switch
-	Breaker Switch
-}
-
-// Status reads the global switches.
-func (r *Runner) Status(ctx context.Context) (Status, error) {
-	st := Status{Mode: playbooks.Mode(r.cfg.Mode)}
-	if _, _, err := getJSON(ctx, r.d.Store, ControlBucket, pauseKey, &st.Paused); err != nil {
-		return st, err
-	}
-	_, _, err := getJSON(ctx, r.d.Store, ControlBucket, breakerKey, &st.Breaker)
-	return st, err
-}
-
-// Pause stops every destructive action fleet-wide (they are held) until Resume. It
-// takes effect for the next decision of every instance.
-func (r *Runner) Pause(ctx context.Context, who, reason string) error {
-	return r.control(ctx, pauseKey, Switch{On: true, By: who, At: r.d.Clock.Now(), Reason: reason})
-}
-
-// Resume restarts automation.
-func (r *Runner) Resume(ctx context.Context, who string) error {
-	return r.control(ctx, pauseKey, Switch{On: false, By: who, At: r.d.Clock.Now()})
-}
-
-// ResetBreaker closes the budget's circuit breaker.
-func (r *Runner) ResetBreaker(ctx context.Context, who string) error {
-	return r.control(ctx, breakerKey, Switch{On: false, By: who, At: r.d.Clock.Now(), Reason: "reset"})
-}
-
-// control sets a switch and records it.
-func (r *Runner) control(ctx context.Context, key string, s Switch) error {
-	b, _ := json.Marshal(map[string]any{"switch": key, "on": s.On, "by": s.By, "reason": s.Reason})
-	if _, err := r.d.Ledger.Append(ctx, ledger.Entry{
-		Type: ledger.TypeControl, ID: key + "/" + strconv.FormatInt(s.At.UnixNano(), 10) + "/" + s.By,
-		Time: s.At, Payload: b,
-	}); err != nil {
-		return err
-	}
-	r.d.Log.Warn("control switch", zap.String("switch", key), zap.Bool("on", s.On), zap.String("by", s.By))
-	return r.setSwitch(ctx, key, s)
-}
-
-// Budget reports the revocation budget for the playbooks' input.
-func (r *Runner) Budget(ctx context.Context) playbooks.Budget {
-	b := playbooks.Budget{Limit: r.cfg.Budget, Remaining: r.cfg.Budget, Window: r.cfg.BudgetWindow.String()}
-	var c counter
-	window := r.d.Clock.Now().Truncate(r.cfg.BudgetWindow).Unix()
-	if _, _, err := getJSON(ctx, r.d.Store, ControlBucket, "budget."+strconv.FormatInt(window, 10), &c); err == nil {
-		b.Remaining = max(0, r.cfg.Budget-c.Used)
-	}
-	var br Switch
-	if _, _, err := getJSON(ctx, r.d.Store, ControlBucket, breakerKey, &br); err == nil {
-		b.BreakerOpen = br.On
-	}
-	return b
 }

@@ -1,11 +1,21 @@
-// Package actions carries out decisions: the guard rails in front of every executor
-// (mode, pause, protected credentials, cooldown, revocation budget and breaker,
-// idempotency claims, approvals, retries, deadlines) and the executors that do the work
-// (actions/vault for Vault, and NATS publish, webhook and notify here).
+// Package actions carries out decisions. For each action of a decision it resolves the
+// target against the inventory (protected credentials are never targets), applies the
+// strictest mode, runs the guard chain (pause, approval, cooldown, breaker, blast
+// radius, budget: each a Guard that may hold the action for a human), takes an
+// idempotency claim, records the intent in the ledger, and only then has the executor
+// apply it (bounded retries with backoff, a deadline per call) and verify it.
+//
+// The package is organised around three types:
+//
+//   - Runner: the executor loop (Act), the one way anything is applied;
+//   - Control: the fleet-wide control plane — pause switch, circuit breaker, budget
+//     counters, cooldown stamps — kept in a Store (actions/natskv in the service);
+//   - Approvals: held actions, approved once by a named person, rejected, or expired.
 //
 // Every executor has three steps: Plan (read-only: exactly what would die), Apply
 // (idempotent: already gone is success) and Verify (proof that the credential no longer
-// works; a successful API call is not proof).
+// works; a successful API call is not proof). actions/vault has the Vault executors,
+// actions/nats the NATS ones (notify, nats.publish); the webhook executor is here.
 package actions
 
 import (
@@ -13,9 +23,8 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/playbooks"
 )
 
@@ -29,7 +38,7 @@ type Target struct {
 	// target a credential: notify, nats.publish, webhook).
 	Credential string
 	// Identity says how Vault knows the credential (accessor, lease, path, policy…).
-	Identity config.Credential
+	Identity killswitch.Credential
 	// Action is the action as decided.
 	Action playbooks.Action
 	// Payload is the JSON document describing the incident and decision, for actions
@@ -66,8 +75,9 @@ type Verification struct {
 	Evidence string `json:"evidence"`
 }
 
-// Executor carries out one action type. Errors say whether a retry can help: wrap
-// them with Retryable or Permanent (an unwrapped error counts as permanent).
+// Executor carries out one action type. Errors follow the error model of the
+// killswitch package: mark those no retry can cure with killswitch.Permanent (a 403,
+// an inventory mistake); any other error is retried, within Settings.Attempts.
 type Executor interface {
 	// Plan looks up, read-only, exactly what Apply would take away.
 	Plan(ctx context.Context, t Target) (Plan, error)
@@ -80,43 +90,7 @@ type Executor interface {
 }
 
 // Registry maps action types to executors. It is a value built by the caller.
-type Registry map[playbooks.ActionType]Executor
-
-// ErrRetryable is wrapped by errors a retry may cure (5xx, 429, timeouts, connection
-// refused); ErrPermanent by those it cannot (400, 403, a missing credential kind…).
-var (
-	ErrRetryable = errors.New("retryable")
-	ErrPermanent = errors.New("permanent")
-)
-
-type classified struct {
-	err   error
-	class error
-}
-
-func (c *classified) Error() string   { return c.err.Error() }
-func (c *classified) Unwrap() []error { return []error{c.class, c.err} }
-
-// Retryable marks err as one a retry may cure.
-func Retryable(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &classified{err: err, class: ErrRetryable}
-}
-
-// Permanent marks err as one a retry cannot cure.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &classified{err: err, class: ErrPermanent}
-}
-
-// IsRetryable reports whether err was marked retryable (and not permanent).
-func IsRetryable(err error) bool {
-	return errors.Is(err, ErrRetryable) && !errors.Is(err, ErrPermanent)
-}
+type Registry map[killswitch.ActionType]Executor
 
 // Fingerprinter renders identifiers (token accessors, secret-id accessors) for logs,
 // plans and the ledger without revealing them: a keyed hash.

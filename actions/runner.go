@@ -12,39 +12,25 @@ import (
 	"sync"
 	"time"
 
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/detectors"
-	"github.com/killswitch-dev/killswitch/internal/clock"
-	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/ledger"
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"go.uber.org/zap"
 )
 
-// Errors of the approval API.
-var (
-	// ErrUnknownAction: no held action with that ID.
-	ErrUnknownAction = errors.New("no held action with this id")
-	// ErrExpired: the approval window closed; nothing ran.
-	ErrExpired = errors.New("approval window closed")
-	// ErrDecided: the held action was already approved, rejected or expired.
-	ErrDecided = errors.New("already decided")
-)
-
-// Recorder appends to the ledger; nothing is applied when it fails.
-type Recorder interface {
-	Append(ctx context.Context, e ledger.Entry) (ledger.Record, error)
-}
-
 // Request is one decision to carry out for an incident.
 type Request struct {
 	// Incident is the incident the decision is for (read only).
-	Incident *ledger.Incident
+	Incident *incidents.Incident
 	// Detection triggered the decision.
 	Detection detectors.Detection
 	// Result is the playbooks' decision.
 	Result playbooks.Result
 	// Vendor is the vendor's inventory entry, nil when the vendor is only known from telemetry.
-	Vendor *config.Vendor
+	Vendor *killswitch.Vendor
 }
 
 // Deps are what the Runner works with.
@@ -52,14 +38,16 @@ type Deps struct {
 	// Store keeps claims, approvals, budget, breaker, pause and cooldowns.
 	Store Store
 	// Ledger records every step; when it fails nothing is applied.
-	Ledger Recorder
+	Ledger ledger.Appender
 	// Executors do the work, by action type.
 	Executors Registry
 	// Inventory is the vendor inventory (for approvals run later).
-	Inventory map[string]config.Vendor
+	Inventory killswitch.Inventory
+	// Guards is the guard chain; nil is Guards(the runner's Control).
+	Guards func(*Control) []Guard
 	// Clock tells the time (virtual in replay).
 	Clock clock.Clock
-	// Sleep waits between retries; default a timer. Replay and tests inject their own.
+	// Sleep waits between retries; default clock.Sleep. Replay and tests inject their own.
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Seed seeds the retry jitter, so tests are deterministic.
 	Seed uint64
@@ -69,56 +57,33 @@ type Deps struct {
 	Instance string
 	// OnUpdate is told when a held action changes later (approved and run, rejected,
 	// expired), so the incident can be updated. May be nil.
-	OnUpdate func(ctx context.Context, incident, vendor, credential string, ref ledger.ActionRef)
+	OnUpdate func(ctx context.Context, incident, vendor, credential string, ref incidents.ActionRef)
 	// Log receives what the ledger also records, for operators (no secrets).
 	Log *zap.Logger
 }
 
-// Runner is the guard rails in front of every executor. It implements the pipeline's
-// actor and the HTTP API's controller. It is safe for concurrent use; several Runners
-// (instances) may share one Store.
+// Runner is the executor loop: every action of a decision goes through target
+// resolution, the mode, the guard chain, the idempotency claim, the intent in the
+// ledger, Apply with retries and Verify. It is safe for concurrent use, and several
+// Runners (instances) may share one Store: the claims keep every action exactly-once in
+// effect.
 type Runner struct {
-	cfg  config.Actions
-	plan bool // plan only: replay without Vault
-	d    Deps
+	s         Settings
+	d         Deps
+	guards    []Guard
+	control   *Control
+	approvals *Approvals
 
 	mu  sync.Mutex // guards rnd
 	rnd *rand.Rand
 }
 
-// Options says how a Runner acts.
-type Options struct {
-	// PlanOnly runs every guard rail as in enforce mode but applies nothing: destructive
-	// actions that pass the guards are recorded as planned (replay without a Vault).
-	PlanOnly bool
-}
-
-// New returns a Runner. cfg's zero values take their documented defaults.
-func New(cfg config.Actions, o Options, d Deps) (*Runner, error) {
+// New returns a Runner. s's zero values take their documented defaults.
+func New(s Settings, d Deps) (*Runner, error) {
 	if d.Store == nil || d.Ledger == nil {
 		return nil, errors.New("actions: a store and a ledger are required")
 	}
-	if cfg.Mode == "" {
-		cfg.Mode = string(playbooks.ModeEnforce)
-	}
-	def := func(v *int, x int) {
-		if *v == 0 {
-			*v = x
-		}
-	}
-	defd := func(v *time.Duration, x time.Duration) {
-		if *v == 0 {
-			*v = x
-		}
-	}
-	def(&cfg.Budget, 10)
-	def(&cfg.VendorBudget, 8)
-	def(&cfg.Attempts, 5)
-	defd(&cfg.BudgetWindow, time.Hour)
-	defd(&cfg.Cooldown, 10*time.Minute)
-	defd(&cfg.CallTimeout, 5*time.Second)
-	defd(&cfg.ApprovalTTL, time.Hour)
-	defd(&cfg.ClaimStale, 30*time.Second)
+	s.defaults()
 	if d.Clock == nil {
 		d.Clock = clock.Real{}
 	}
@@ -134,8 +99,25 @@ func New(cfg config.Actions, o Options, d Deps) (*Runner, error) {
 	if d.Executors == nil {
 		d.Executors = Registry{}
 	}
-	return &Runner{cfg: cfg, plan: o.PlanOnly, d: d, rnd: rand.New(rand.NewPCG(d.Seed, 0x6b73))}, nil
+	r := &Runner{s: s, d: d, rnd: rand.New(rand.NewPCG(d.Seed, 0x6b73))}
+	r.control = &Control{s: s, store: d.Store, ledger: d.Ledger, clock: d.Clock, log: d.Log}
+	r.approvals = &Approvals{r: r}
+	if d.Guards != nil {
+		r.guards = d.Guards(r.control)
+	} else {
+		r.guards = Guards(r.control)
+	}
+	return r, nil
 }
+
+// Control returns the control plane: pause, breaker, budget.
+func (r *Runner) Control() *Control { return r.control }
+
+// Approvals returns the held actions and their approvals.
+func (r *Runner) Approvals() *Approvals { return r.approvals }
+
+// Budget reports the revocation budget for the playbooks' input.
+func (r *Runner) Budget(ctx context.Context) playbooks.Budget { return r.control.Budget(ctx) }
 
 // ActionID is the fleet-wide identity of one action: a hash of the incident, the
 // action type and its target. Claims and approvals are keyed by it.
@@ -146,11 +128,11 @@ func ActionID(incident string, a playbooks.Action) string {
 
 func targetKey(a playbooks.Action) string {
 	switch a.Type {
-	case playbooks.ActionNATSPublish:
+	case killswitch.ActionNATSPublish:
 		return "subject:" + a.Subject
-	case playbooks.ActionWebhook:
+	case killswitch.ActionWebhook:
 		return "webhook:" + a.Webhook
-	case playbooks.ActionNotify:
+	case killswitch.ActionNotify:
 		return "notify"
 	}
 	return "credential:" + a.Credential
@@ -158,47 +140,51 @@ func targetKey(a playbooks.Action) string {
 
 // Event is the ledger payload of every step of an action.
 type Event struct {
-	Action     string               `json:"action"`
-	Incident   string               `json:"incident"`
-	Type       playbooks.ActionType `json:"type"`
-	Vendor     string               `json:"vendor"`
-	Credential string               `json:"credential,omitempty"`
-	Target     string               `json:"target"`
-	Stage      string               `json:"stage"`
-	Status     ledger.ActionStatus  `json:"status"`
-	Mode       playbooks.Mode       `json:"mode"`
-	Guard      string               `json:"guard,omitempty"`
-	Reason     string               `json:"reason,omitempty"`
-	Attempt    int                  `json:"attempt,omitempty"`
-	Error      string               `json:"error,omitempty"`
-	Retryable  bool                 `json:"retryable,omitempty"`
-	Plan       *Plan                `json:"plan,omitempty"`
-	Outcome    *Outcome             `json:"outcome,omitempty"`
-	Proof      *Verification        `json:"verification,omitempty"`
-	Playbooks  []string             `json:"playbooks,omitempty"`
-	Approver   string               `json:"approver,omitempty"`
-	Instance   string               `json:"instance"`
+	Action     string                 `json:"action"`
+	Incident   string                 `json:"incident"`
+	Type       killswitch.ActionType  `json:"type"`
+	Vendor     string                 `json:"vendor"`
+	Credential string                 `json:"credential,omitempty"`
+	Target     string                 `json:"target"`
+	Stage      string                 `json:"stage"`
+	Status     incidents.ActionStatus `json:"status"`
+	Mode       killswitch.Mode        `json:"mode"`
+	Guard      string                 `json:"guard,omitempty"`
+	Reason     string                 `json:"reason,omitempty"`
+	Attempt    int                    `json:"attempt,omitempty"`
+	Error      string                 `json:"error,omitempty"`
+	Retryable  bool                   `json:"retryable,omitempty"`
+	Cause      killswitch.Reason      `json:"cause,omitempty"`
+	Plan       *Plan                  `json:"plan,omitempty"`
+	Outcome    *Outcome               `json:"outcome,omitempty"`
+	Proof      *Verification          `json:"verification,omitempty"`
+	Playbooks  []string               `json:"playbooks,omitempty"`
+	Approver   string                 `json:"approver,omitempty"`
+	Instance   string                 `json:"instance"`
 }
 
 // job is one action being carried out.
 type job struct {
 	id        string
 	target    Target
-	mode      playbooks.Mode
+	mode      killswitch.Mode
 	playbooks []string
-	ref       ledger.ActionRef
+	ref       incidents.ActionRef
 }
 
 // Act carries out a decision's actions for an incident through the guard rails and
 // returns the latest state of each. A retryable failure is returned as an error (the
 // detection is handled again later; claims keep the actions exactly-once in effect).
-func (r *Runner) Act(ctx context.Context, req Request) ([]ledger.ActionRef, error) {
-	var refs []ledger.ActionRef
+func (r *Runner) Act(ctx context.Context, req Request) ([]incidents.ActionRef, error) {
+	var refs []incidents.ActionRef
 	var errs []error
-	payload, _ := json.Marshal(map[string]any{
+	payload, err := json.Marshal(map[string]any{
 		"incident": req.Incident, "detection": req.Detection, "decision": req.Result.Decision,
 		"decision_id": req.Result.ID, "playbooks": req.Result.Matched,
 	})
+	if err != nil {
+		return nil, killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("actions: encode the incident: %w", err))
+	}
 	for _, a := range req.Result.Decision.Actions {
 		ref, err := r.act(ctx, req, a, payload)
 		refs = append(refs, ref)
@@ -210,8 +196,8 @@ func (r *Runner) Act(ctx context.Context, req Request) ([]ledger.ActionRef, erro
 }
 
 // act runs one action: resolve, mode, guards, then claim, intent, apply, verify.
-func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, payload []byte) (ledger.ActionRef, error) {
-	vendorMode := ""
+func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, payload []byte) (incidents.ActionRef, error) {
+	var vendorMode killswitch.Mode
 	if req.Vendor != nil {
 		vendorMode = req.Vendor.Mode
 	}
@@ -221,131 +207,172 @@ func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, paylo
 			Incident: req.Incident.ID, Vendor: req.Incident.Vendor, Credential: a.Credential,
 			Action: a, Payload: payload, Fingerprint: r.d.Fingerprint,
 		},
-		mode:      strictest(playbooks.Mode(r.cfg.Mode), playbooks.Mode(vendorMode), a.Mode),
+		mode:      killswitch.Strictest(r.s.Mode, vendorMode, a.Mode),
 		playbooks: a.Playbooks,
 	}
-	j.ref = ledger.ActionRef{ID: j.id, Type: string(a.Type), Credential: a.Credential,
-		Playbook: strings.Join(a.Playbooks, ","), Mode: string(j.mode)}
+	j.ref = incidents.ActionRef{ID: j.id, Type: a.Type, Credential: a.Credential,
+		Playbook: strings.Join(a.Playbooks, ","), Mode: j.mode}
 	destructive := a.Type.Destructive()
 	if destructive {
-		cred, ok := credential(req.Vendor, a.Credential)
+		cred, err := req.Vendor.Target(a.Credential, a.Type)
 		switch {
-		case !ok:
-			return r.finish(ctx, j, ledger.ActionFailed, "resolve", "credential is not in the vendor inventory", nil)
-		case cred.Protected:
-			return r.finish(ctx, j, ledger.ActionSkipped, "protected", "protected credentials are never targeted", nil)
-		case playbooks.ActionFor(cred.Kind) != a.Type:
-			return r.finish(ctx, j, ledger.ActionFailed, "resolve",
-				fmt.Sprintf("a %s credential is not taken away by %s", cred.Kind, a.Type), nil)
+		case errors.Is(err, killswitch.ErrProtected):
+			return r.finish(ctx, j, incidents.ActionSkipped, "protected", err.Error(), nil)
+		case err != nil:
+			return r.finish(ctx, j, incidents.ActionFailed, "resolve", err.Error(), nil)
 		}
 		j.target.Identity = cred
 	}
 	j.ref.Target = r.describe(j.target)
-	if j.mode == playbooks.ModeDryRun || j.mode == playbooks.ModeShadow {
+	if j.mode == killswitch.ModeDryRun || j.mode == killswitch.ModeShadow {
 		return r.shadow(ctx, j)
 	}
 	exec, ok := r.d.Executors[a.Type]
-	if r.plan {
+	if r.s.PlanOnly {
 		exec, ok = nil, true // every guard runs, nothing is applied
 	}
 	if !ok {
-		return r.finish(ctx, j, ledger.ActionFailed, "resolve", "no executor for "+string(a.Type)+" is configured", nil)
+		return r.finish(ctx, j, incidents.ActionFailed, "resolve", "no executor for "+string(a.Type)+" is configured", nil)
 	}
 	if !destructive {
-		return r.execute(ctx, j, exec, "")
+		return r.execute(ctx, j, exec, "", false)
 	}
 	// Already decided for this incident (a redelivered detection, a re-escalation)?
-	if ref, done, err := r.existing(ctx, req, j); done || err != nil {
-		return ref, err
-	}
-	if hold, reason, err := r.guards(ctx, req, j); err != nil {
+	var (
+		c              Claim
+		claimed, held  bool
+		h              Held
+		heldRev        uint64
+		claimErr, hErr error
+	)
+	if err := concurrently(
+		func() error { _, claimed, claimErr = getJSON(ctx, r.d.Store, ClaimsBucket, j.id, &c); return claimErr },
+		func() error { h, heldRev, held, hErr = r.approvals.get(ctx, j.id); return hErr },
+	); err != nil {
 		return j.ref, err
-	} else if hold != "" {
-		return r.hold(ctx, j, hold, reason)
 	}
-	if err := r.supersede(ctx, j, req.Result.ID); err != nil {
-		return j.ref, err
+	switch {
+	case claimed: // reconciled: finished if unfinished
+		return r.execute(ctx, j, exec, "", false)
+	case held && (h.State != HoldPending || req.Result.Decision.RequiresApproval):
+		j.ref.Status, j.ref.At, j.ref.Detail = h.State.actionStatus(), h.HeldAt, h.Reason
+		return j.ref, nil
 	}
-	return r.execute(ctx, j, exec, "")
-}
-
-// strictest returns the most restrictive of the modes (dry-run, then shadow, then enforce).
-func strictest(modes ...playbooks.Mode) playbooks.Mode {
-	out := playbooks.ModeEnforce
-	for _, m := range modes {
-		switch {
-		case m == playbooks.ModeDryRun:
-			return playbooks.ModeDryRun
-		case m == playbooks.ModeShadow:
-			out = playbooks.ModeShadow
+	// Nothing yet, or a pending hold that this decision (needing no approval) supersedes
+	// if the guards let it through.
+	chk := Check{Now: r.d.Clock.Now(), Action: j.id, Incident: j.target.Incident, Vendor: j.target.Vendor,
+		Credential: j.target.Credential, RequiresApproval: req.Result.Decision.RequiresApproval, Reason: req.Result.Decision.Reason}
+	for _, g := range r.guards {
+		hold, err := g.Check(ctx, chk)
+		if err != nil {
+			return j.ref, fmt.Errorf("actions: guard %s: %w", g.Name(), err)
+		}
+		if hold != "" {
+			return r.approvals.hold(ctx, j, g.Name(), hold)
 		}
 	}
-	return out
+	if held && h.State == HoldPending {
+		if err := r.approvals.supersede(ctx, j, h, heldRev, req.Result.ID); err != nil {
+			return j.ref, err
+		}
+	}
+	return r.execute(ctx, j, exec, "", true)
 }
 
-func credential(v *config.Vendor, name string) (config.Credential, bool) {
-	if v == nil || name == "" {
-		return config.Credential{}, false
+// concurrently runs fs at once and returns their errors joined.
+func concurrently(fs ...func() error) error {
+	errs := make([]error, len(fs))
+	var wg sync.WaitGroup
+	for i, f := range fs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f()
+		}()
 	}
-	c, ok := v.Credentials[name]
-	return c, ok
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // describe names a target for records and reports, with accessors fingerprinted.
 func (r *Runner) describe(t Target) string {
 	a, id, fp := t.Action, t.Identity, r.d.Fingerprint.Of
 	switch a.Type {
-	case playbooks.ActionRevokeTokenAccessor:
+	case killswitch.ActionRevokeTokenAccessor:
 		return fmt.Sprintf("%s/%s token accessor %s", t.Vendor, t.Credential, fp(id.Accessor))
-	case playbooks.ActionDestroySecretID:
+	case killswitch.ActionDestroySecretID:
 		return fmt.Sprintf("%s/%s approle %s secret-id accessor %s", t.Vendor, t.Credential, id.Role, fp(id.SecretIDAccessor))
-	case playbooks.ActionRevokeLease:
+	case killswitch.ActionRevokeLease:
 		return fmt.Sprintf("%s/%s lease %s", t.Vendor, t.Credential, id.LeaseID)
-	case playbooks.ActionRevokeLeasePrefix:
+	case killswitch.ActionRevokeLeasePrefix:
 		return fmt.Sprintf("%s/%s leases under %s", t.Vendor, t.Credential, id.LeasePrefix)
-	case playbooks.ActionRotateKV:
+	case killswitch.ActionRotateKV:
 		mount := id.Mount
 		if mount == "" {
 			mount = "secret"
 		}
 		return fmt.Sprintf("%s/%s kv %s/%s", t.Vendor, t.Credential, mount, id.Path)
-	case playbooks.ActionQuarantinePolicy:
+	case killswitch.ActionQuarantinePolicy:
 		return fmt.Sprintf("%s/%s policy %s", t.Vendor, t.Credential, id.Policy)
-	case playbooks.ActionNATSPublish:
+	case killswitch.ActionNATSPublish:
 		return "subject " + a.Subject
-	case playbooks.ActionWebhook:
+	case killswitch.ActionWebhook:
 		return "webhook " + a.Webhook
 	}
 	return "notification for " + t.Vendor
 }
 
-// record appends one step to the ledger.
-func (r *Runner) record(ctx context.Context, j *job, stage string, ev Event) error {
+// entry builds the ledger entry of one step.
+func (r *Runner) entry(j *job, stage string, ev Event) (ledger.Entry, error) {
 	ev.Action, ev.Incident, ev.Type, ev.Vendor = j.id, j.target.Incident, j.target.Action.Type, j.target.Vendor
 	ev.Credential, ev.Target, ev.Stage, ev.Mode = j.target.Credential, j.ref.Target, stage, j.mode
 	ev.Playbooks, ev.Instance = j.playbooks, r.d.Instance
 	b, err := json.Marshal(ev)
 	if err != nil {
-		return fmt.Errorf("actions: encode record: %w", err)
+		return ledger.Entry{}, killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("actions: encode record: %w", err))
 	}
-	_, err = r.d.Ledger.Append(ctx, ledger.Entry{
-		Type: ledger.TypeAction, ID: j.id + "/" + stage, Incident: j.target.Incident,
-		Time: r.d.Clock.Now(), Payload: b,
-	})
+	return ledger.Entry{Type: ledger.TypeAction, ID: j.id + "/" + stage, Incident: j.target.Incident,
+		Time: r.d.Clock.Now(), Payload: b}, nil
+}
+
+// record appends one step to the ledger.
+func (r *Runner) record(ctx context.Context, j *job, stage string, ev Event) error {
+	return r.queue(ctx, j, stage, ev)()
+}
+
+// queue places one step in the ledger's chain now and returns the wait for it to be
+// stored: steps recorded one after the other keep their order, and the caller waits only
+// where it must (before Apply). A ledger that cannot queue appends at once.
+func (r *Runner) queue(ctx context.Context, j *job, stage string, ev Event) (wait func() error) {
+	e, err := r.entry(j, stage, ev)
 	if err != nil {
-		return fmt.Errorf("actions: record %s of %s: %w", stage, j.id, err)
+		return func() error { return err }
 	}
-	return nil
+	wrap := func(err error) error {
+		if err != nil {
+			return fmt.Errorf("actions: record %s of %s: %w", stage, j.id, err)
+		}
+		return nil
+	}
+	if q, ok := r.d.Ledger.(ledger.Queuer); ok {
+		p := q.Queue(e)
+		return func() error {
+			_, err := p.Wait(ctx)
+			return wrap(err)
+		}
+	}
+	_, err = r.d.Ledger.Append(ctx, e)
+	return func() error { return wrap(err) }
 }
 
 // finish records a final status without running anything.
-func (r *Runner) finish(ctx context.Context, j *job, status ledger.ActionStatus, guard, reason string, plan *Plan) (ledger.ActionRef, error) {
+func (r *Runner) finish(ctx context.Context, j *job, status incidents.ActionStatus, guard, reason string, plan *Plan) (incidents.ActionRef, error) {
 	if j.ref.Target == "" {
 		j.ref.Target = r.describe(j.target)
 	}
 	j.ref.Status, j.ref.At, j.ref.Detail = status, r.d.Clock.Now(), reason
 	err := r.record(ctx, j, string(status), Event{Status: status, Guard: guard, Reason: reason, Plan: plan})
-	if status == ledger.ActionFailed || status == ledger.ActionSkipped {
+	if status == incidents.ActionFailed || status == incidents.ActionSkipped {
 		r.d.Log.Warn("action not run", zap.String("action", j.id), zap.String("type", string(j.target.Action.Type)),
 			zap.String("guard", guard), zap.String("reason", reason))
 	}
@@ -353,16 +380,16 @@ func (r *Runner) finish(ctx context.Context, j *job, status ledger.ActionStatus,
 }
 
 // shadow plans (read-only) what enforce would do, applying nothing.
-func (r *Runner) shadow(ctx context.Context, j *job) (ledger.ActionRef, error) {
+func (r *Runner) shadow(ctx context.Context, j *job) (incidents.ActionRef, error) {
 	exec, ok := r.d.Executors[j.target.Action.Type]
-	if j.mode == playbooks.ModeDryRun || r.plan || !ok {
-		return r.finish(ctx, j, ledger.ActionPlanned, string(j.mode), "planned, not applied ("+string(j.mode)+")", nil)
+	if j.mode == killswitch.ModeDryRun || r.s.PlanOnly || !ok {
+		return r.finish(ctx, j, incidents.ActionPlanned, string(j.mode), "planned, not applied ("+string(j.mode)+")", nil)
 	}
-	cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	cctx, cancel := context.WithTimeout(ctx, r.s.CallTimeout)
 	p, err := exec.Plan(cctx, j.target)
 	cancel()
 	if err != nil {
-		return r.finish(ctx, j, ledger.ActionPlanned, "shadow", "planned, not applied (shadow); the plan lookup failed: "+err.Error(), nil)
+		return r.finish(ctx, j, incidents.ActionPlanned, "shadow", "planned, not applied (shadow); the plan lookup failed: "+err.Error(), nil)
 	}
-	return r.finish(ctx, j, ledger.ActionPlanned, "shadow", "planned, not applied (shadow)", &p)
+	return r.finish(ctx, j, incidents.ActionPlanned, "shadow", "planned, not applied (shadow)", &p)
 }

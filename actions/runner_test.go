@@ -6,16 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/clock"
-	"github.com/killswitch-dev/killswitch/internal/config"
-	"github.com/killswitch-dev/killswitch/internal/testharness"
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/clock"
+	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/ledger"
 	"github.com/killswitch-dev/killswitch/playbooks"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 var t0 = time.Date(2026, 2, 5, 10, 0, 0, 0, time.UTC)
@@ -74,15 +72,15 @@ func (c *countingExec) count(cred string) int {
 	return c.applies[cred]
 }
 
-func inventory(n int) map[string]config.Vendor {
-	inv := map[string]config.Vendor{}
+func inventory(n int) killswitch.Inventory {
+	inv := killswitch.Inventory{}
 	for v := range n {
-		creds := map[string]config.Credential{
-			"api":        {Kind: config.CredTokenAccessor, Accessor: fmt.Sprintf("acc-%d", v)},
-			"breakglass": {Kind: config.CredTokenAccessor, Accessor: fmt.Sprintf("bg-%d", v), Protected: true},
-			"db":         {Kind: config.CredLeasePrefix, LeasePrefix: "database/creds/v"},
+		creds := map[string]killswitch.Credential{
+			"api":        {Kind: killswitch.CredTokenAccessor, Accessor: fmt.Sprintf("acc-%d", v)},
+			"breakglass": {Kind: killswitch.CredTokenAccessor, Accessor: fmt.Sprintf("bg-%d", v), Protected: true},
+			"db":         {Kind: killswitch.CredLeasePrefix, LeasePrefix: "database/creds/v"},
 		}
-		inv[fmt.Sprintf("v%02d", v)] = config.Vendor{Credentials: creds}
+		inv[fmt.Sprintf("v%02d", v)] = killswitch.Vendor{Credentials: creds}
 	}
 	return inv
 }
@@ -93,20 +91,20 @@ type rig struct {
 	led    *ledger.Memory
 	clk    *clock.Manual
 	store  Store
-	inv    map[string]config.Vendor
+	inv    killswitch.Inventory
 }
 
-func newRig(t *testing.T, cfg config.Actions, store Store, instance string) *rig {
+func newRig(t *testing.T, cfg Settings, store Store, instance string) *rig {
 	t.Helper()
 	if store == nil {
 		store = NewMemoryStore()
 	}
 	r := &rig{exec: newCounting(), led: ledger.NewMemory(), clk: clock.NewManual(t0), store: store, inv: inventory(30)}
 	var err error
-	r.runner, err = New(cfg, Options{}, Deps{
+	r.runner, err = New(cfg, Deps{
 		Store: store, Ledger: r.led, Inventory: r.inv, Clock: r.clk, Instance: instance,
 		Sleep:     func(context.Context, time.Duration) error { return nil },
-		Executors: Registry{playbooks.ActionRevokeTokenAccessor: r.exec, playbooks.ActionRevokeLeasePrefix: r.exec, playbooks.ActionNotify: r.exec},
+		Executors: Registry{killswitch.ActionRevokeTokenAccessor: r.exec, killswitch.ActionRevokeLeasePrefix: r.exec, killswitch.ActionNotify: r.exec},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -118,17 +116,17 @@ func (r *rig) request(vendor, incident string, approval bool, acts ...playbooks.
 	v := r.inv[vendor]
 	for i := range acts {
 		if acts[i].Mode == "" {
-			acts[i].Mode = playbooks.ModeEnforce
+			acts[i].Mode = killswitch.ModeEnforce
 		}
 	}
 	return Request{
-		Incident: &ledger.Incident{ID: incident, Vendor: vendor, Credential: "api"},
+		Incident: &incidents.Incident{ID: incident, Vendor: vendor, Credential: "api"},
 		Result:   playbooks.Result{ID: "dec-" + incident, Decision: playbooks.Decision{Actions: acts, RequiresApproval: approval, Reason: "test"}},
 		Vendor:   &v,
 	}
 }
 
-var revokeAPI = playbooks.Action{Type: playbooks.ActionRevokeTokenAccessor, Credential: "api"}
+var revokeAPI = playbooks.Action{Type: killswitch.ActionRevokeTokenAccessor, Credential: "api"}
 
 func (r *rig) stages(t *testing.T) map[string]int {
 	t.Helper()
@@ -148,8 +146,8 @@ func (r *rig) stages(t *testing.T) map[string]int {
 
 func TestBudgetOpensBreaker(t *testing.T) {
 	ctx := context.Background()
-	r := newRig(t, config.Actions{Budget: 3}, nil, "a")
-	counts := map[ledger.ActionStatus]int{}
+	r := newRig(t, Settings{Budget: 3}, nil, "a")
+	counts := map[incidents.ActionStatus]int{}
 	for i := range 20 {
 		refs, err := r.runner.Act(ctx, r.request(fmt.Sprintf("v%02d", i), fmt.Sprintf("inc-%d", i), false, revokeAPI))
 		if err != nil {
@@ -157,10 +155,10 @@ func TestBudgetOpensBreaker(t *testing.T) {
 		}
 		counts[refs[0].Status]++
 	}
-	if counts[ledger.ActionVerified] != 3 || counts[ledger.ActionHeld] != 17 {
+	if counts[incidents.ActionVerified] != 3 || counts[incidents.ActionHeld] != 17 {
 		t.Fatalf("statuses %v, want 3 verified and 17 held", counts)
 	}
-	st, _ := r.runner.Status(ctx)
+	st, _ := r.runner.Control().Status(ctx)
 	if !st.Breaker.On {
 		t.Fatal("breaker not open")
 	}
@@ -171,39 +169,39 @@ func TestBudgetOpensBreaker(t *testing.T) {
 	if s["held"] != 17 || s["verified"] != 3 || s["intent"] != 3 {
 		t.Fatalf("recorded stages %v", s)
 	}
-	held, _ := r.runner.HeldActions(ctx)
+	held, _ := r.runner.Approvals().List(ctx)
 	if len(held) != 17 {
 		t.Fatalf("%d held records, want 17", len(held))
 	}
 	// Resetting the breaker lets the next decision through; the budget is still spent
 	// in this window, so it opens again.
-	if err := r.runner.ResetBreaker(ctx, "ana"); err != nil {
+	if err := r.runner.Control().ResetBreaker(ctx, "ana"); err != nil {
 		t.Fatal(err)
 	}
 	refs, _ := r.runner.Act(ctx, r.request("v25", "inc-25", false, revokeAPI))
-	if refs[0].Status != ledger.ActionHeld {
+	if refs[0].Status != incidents.ActionHeld {
 		t.Fatalf("after reset in the same window: %s", refs[0].Status)
 	}
 	r.clk.Advance(time.Hour)
-	_ = r.runner.ResetBreaker(ctx, "ana")
+	_ = r.runner.Control().ResetBreaker(ctx, "ana")
 	refs, _ = r.runner.Act(ctx, r.request("v26", "inc-26", false, revokeAPI))
-	if refs[0].Status != ledger.ActionVerified {
+	if refs[0].Status != incidents.ActionVerified {
 		t.Fatalf("next window: %s", refs[0].Status)
 	}
 }
 
 func TestProtectedAndUnknownCredentialsAreNeverTouched(t *testing.T) {
 	ctx := context.Background()
-	r := newRig(t, config.Actions{}, nil, "a")
+	r := newRig(t, Settings{}, nil, "a")
 	refs, err := r.runner.Act(ctx, r.request("v01", "inc-1", false,
-		playbooks.Action{Type: playbooks.ActionRevokeTokenAccessor, Credential: "breakglass"},
-		playbooks.Action{Type: playbooks.ActionRevokeTokenAccessor, Credential: "nope"},
-		playbooks.Action{Type: playbooks.ActionRevokeTokenAccessor, Credential: "db"}, // wrong kind
+		playbooks.Action{Type: killswitch.ActionRevokeTokenAccessor, Credential: "breakglass"},
+		playbooks.Action{Type: killswitch.ActionRevokeTokenAccessor, Credential: "nope"},
+		playbooks.Action{Type: killswitch.ActionRevokeTokenAccessor, Credential: "db"}, // wrong kind
 	))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []ledger.ActionStatus{ledger.ActionSkipped, ledger.ActionFailed, ledger.ActionFailed}
+	want := []incidents.ActionStatus{incidents.ActionSkipped, incidents.ActionFailed, incidents.ActionFailed}
 	for i, ref := range refs {
 		if ref.Status != want[i] {
 			t.Errorf("action %d: %s (%s), want %s", i, ref.Status, ref.Detail, want[i])
@@ -216,11 +214,11 @@ func TestProtectedAndUnknownCredentialsAreNeverTouched(t *testing.T) {
 
 func TestSameActionTwiceRevokesOnce(t *testing.T) {
 	ctx := context.Background()
-	r := newRig(t, config.Actions{}, nil, "a")
+	r := newRig(t, Settings{}, nil, "a")
 	req := r.request("v01", "inc-1", false, revokeAPI)
 	for range 3 {
 		refs, err := r.runner.Act(ctx, req)
-		if err != nil || refs[0].Status != ledger.ActionVerified {
+		if err != nil || refs[0].Status != incidents.ActionVerified {
 			t.Fatalf("%+v, %v", refs, err)
 		}
 	}
@@ -232,59 +230,22 @@ func TestSameActionTwiceRevokesOnce(t *testing.T) {
 	}
 }
 
-// Two instances share the fleet state in JetStream KV and get the same decision at once.
-func TestTwoInstancesAtOnceRevokeOnce(t *testing.T) {
-	ctx := context.Background()
-	srv := testharness.NATS(t)
-	js, _ := jetstream.New(testharness.Connect(t, srv))
-	store, err := NewKVStore(ctx, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := newRig(t, config.Actions{}, store, "instance-a")
-	b := newRig(t, config.Actions{}, store, "instance-b")
-	b.exec = a.exec // one Vault
-	b.runner.d.Executors = a.runner.d.Executors
-	a.exec.slow = 50 * time.Millisecond
-	a.runner.d.Sleep, b.runner.d.Sleep = clock.Sleep, clock.Sleep // the loser really waits for the winner
-	var wg sync.WaitGroup
-	var verified atomic.Int32
-	for _, x := range []*rig{a, b} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			refs, err := x.runner.Act(ctx, x.request("v01", "inc-1", false, revokeAPI))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if refs[0].Status == ledger.ActionVerified {
-				verified.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	if n := a.exec.count("api"); n != 1 || verified.Load() != 2 {
-		t.Fatalf("applied %d times (want 1); %d instances report verified (want 2)", n, verified.Load())
-	}
-}
-
 // A crash between the claim and the apply leaves a claim nobody finishes; after the
 // restart it is reconciled through Verify and applied exactly once.
 func TestCrashBetweenClaimAndApply(t *testing.T) {
 	ctx := context.Background()
 	for _, alreadyDead := range []bool{false, true} {
-		r := newRig(t, config.Actions{ClaimStale: 30 * time.Second}, nil, "after-restart")
+		r := newRig(t, Settings{ClaimStale: 30 * time.Second}, nil, "after-restart")
 		req := r.request("v01", "inc-1", false, revokeAPI)
 		id := ActionID("inc-1", revokeAPI)
-		b, _ := json.Marshal(Claim{State: "claimed", Instance: "crashed", At: t0})
+		b, _ := json.Marshal(Claim{State: ClaimClaimed, Instance: "crashed", At: t0})
 		if _, err := r.store.Create(ctx, ClaimsBucket, id, b); err != nil {
 			t.Fatal(err)
 		}
 		r.exec.dead["api"] = alreadyDead // the crash came after the apply reached Vault
 		r.clk.Advance(31 * time.Second)
 		refs, err := r.runner.Act(ctx, req)
-		if err != nil || refs[0].Status != ledger.ActionVerified {
+		if err != nil || refs[0].Status != incidents.ActionVerified {
 			t.Fatalf("dead=%v: %+v, %v", alreadyDead, refs, err)
 		}
 		want := 1
@@ -303,10 +264,10 @@ func TestCrashBetweenClaimAndApply(t *testing.T) {
 func TestRetries(t *testing.T) {
 	ctx := context.Background()
 	t.Run("retryable then success", func(t *testing.T) {
-		r := newRig(t, config.Actions{}, nil, "a")
-		r.exec.failures = []error{Retryable(errors.New("503")), Retryable(errors.New("429"))}
+		r := newRig(t, Settings{}, nil, "a")
+		r.exec.failures = []error{killswitch.Retryable(killswitch.ReasonUnavailable, errors.New("503")), killswitch.Retryable(killswitch.ReasonUnavailable, errors.New("429"))}
 		refs, err := r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI))
-		if err != nil || refs[0].Status != ledger.ActionVerified {
+		if err != nil || refs[0].Status != incidents.ActionVerified {
 			t.Fatalf("%+v, %v", refs, err)
 		}
 		if s := r.stages(t); s["apply-attempt-1"] != 1 || s["apply-attempt-2"] != 1 || s["verified"] != 1 {
@@ -314,10 +275,10 @@ func TestRetries(t *testing.T) {
 		}
 	})
 	t.Run("permanent: one attempt, no retry storm", func(t *testing.T) {
-		r := newRig(t, config.Actions{}, nil, "a")
-		r.exec.failures = []error{Permanent(errors.New("403 permission denied")), nil}
+		r := newRig(t, Settings{}, nil, "a")
+		r.exec.failures = []error{killswitch.Permanent(killswitch.ReasonDenied, errors.New("403 permission denied")), nil}
 		refs, err := r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI))
-		if err != nil || refs[0].Status != ledger.ActionFailed {
+		if err != nil || refs[0].Status != incidents.ActionFailed {
 			t.Fatalf("%+v, %v", refs, err)
 		}
 		if s := r.stages(t); s["apply-attempt-1"] != 1 || s["apply-attempt-2"] != 0 || s["failed"] != 1 {
@@ -325,23 +286,23 @@ func TestRetries(t *testing.T) {
 		}
 	})
 	t.Run("retryable until exhausted: handled again later", func(t *testing.T) {
-		r := newRig(t, config.Actions{Attempts: 3}, nil, "a")
-		r.exec.failures = []error{Retryable(errors.New("a")), Retryable(errors.New("b")), Retryable(errors.New("c"))}
+		r := newRig(t, Settings{Attempts: 3}, nil, "a")
+		r.exec.failures = []error{killswitch.Retryable(killswitch.ReasonUnavailable, errors.New("a")), killswitch.Retryable(killswitch.ReasonUnavailable, errors.New("b")), killswitch.Retryable(killswitch.ReasonUnavailable, errors.New("c"))}
 		refs, err := r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI))
-		if !IsRetryable(err) || refs[0].Status != ledger.ActionFailed {
+		if !killswitch.IsRetryable(err) || refs[0].Status != incidents.ActionFailed {
 			t.Fatalf("%+v, %v", refs, err)
 		}
 		// the redelivery succeeds, once
 		refs, err = r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI))
-		if err != nil || refs[0].Status != ledger.ActionVerified || r.exec.count("api") != 1 {
+		if err != nil || refs[0].Status != incidents.ActionVerified || r.exec.count("api") != 1 {
 			t.Fatalf("redelivery: %+v, %v", refs, err)
 		}
 	})
 	t.Run("call deadline", func(t *testing.T) {
-		r := newRig(t, config.Actions{Attempts: 2, CallTimeout: 20 * time.Millisecond}, nil, "a")
+		r := newRig(t, Settings{Attempts: 2, CallTimeout: 20 * time.Millisecond}, nil, "a")
 		r.exec.slow = time.Second
 		refs, err := r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI))
-		if !IsRetryable(err) || refs[0].Status != ledger.ActionFailed {
+		if !killswitch.IsRetryable(err) || refs[0].Status != incidents.ActionFailed {
 			t.Fatalf("%+v, %v", refs, err)
 		}
 	})
@@ -349,31 +310,31 @@ func TestRetries(t *testing.T) {
 
 func TestApprovals(t *testing.T) {
 	ctx := context.Background()
-	var updates []ledger.ActionRef
-	r := newRig(t, config.Actions{ApprovalTTL: time.Hour}, nil, "a")
-	r.runner.d.OnUpdate = func(_ context.Context, _, _, _ string, ref ledger.ActionRef) { updates = append(updates, ref) }
-	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI, playbooks.Action{Type: playbooks.ActionNotify, Message: "hi"}))
-	if refs[0].Status != ledger.ActionHeld || refs[1].Status != ledger.ActionVerified {
+	var updates []incidents.ActionRef
+	r := newRig(t, Settings{ApprovalTTL: time.Hour}, nil, "a")
+	r.runner.d.OnUpdate = func(_ context.Context, _, _, _ string, ref incidents.ActionRef) { updates = append(updates, ref) }
+	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI, playbooks.Action{Type: killswitch.ActionNotify, Message: "hi"}))
+	if refs[0].Status != incidents.ActionHeld || refs[1].Status != incidents.ActionVerified {
 		t.Fatalf("with approval required: %+v", refs)
 	}
-	if _, err := r.runner.Approve(ctx, "act-unknown", "ana", ""); !errors.Is(err, ErrUnknownAction) {
+	if _, err := r.runner.Approvals().Approve(ctx, "act-unknown", "ana", ""); !errors.Is(err, ErrUnknownAction) {
 		t.Fatalf("approve unknown: %v", err)
 	}
-	ref, err := r.runner.Approve(ctx, refs[0].ID, "ana", "confirmed with the vendor")
-	if err != nil || ref.Status != ledger.ActionVerified || r.exec.count("api") != 1 {
+	ref, err := r.runner.Approvals().Approve(ctx, refs[0].ID, "ana", "confirmed with the vendor")
+	if err != nil || ref.Status != incidents.ActionVerified || r.exec.count("api") != 1 {
 		t.Fatalf("approve: %+v, %v", ref, err)
 	}
-	if _, err := r.runner.Approve(ctx, refs[0].ID, "bob", ""); !errors.Is(err, ErrDecided) || r.exec.count("api") != 1 {
+	if _, err := r.runner.Approvals().Approve(ctx, refs[0].ID, "bob", ""); !errors.Is(err, ErrDecided) || r.exec.count("api") != 1 {
 		t.Fatalf("second approve: %v", err)
 	}
 	// A redelivery of the original decision does not run it again either.
-	if again, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI)); again[0].Status != ledger.ActionVerified || r.exec.count("api") != 1 {
+	if again, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI)); again[0].Status != incidents.ActionVerified || r.exec.count("api") != 1 {
 		t.Fatalf("redelivery after approval: %+v", again)
 	}
 	// An expired approval runs nothing.
 	refs, _ = r.runner.Act(ctx, r.request("v02", "inc-2", true, revokeAPI))
 	r.clk.Advance(2 * time.Hour)
-	if _, err := r.runner.Approve(ctx, refs[0].ID, "ana", ""); !errors.Is(err, ErrExpired) {
+	if _, err := r.runner.Approvals().Approve(ctx, refs[0].ID, "ana", ""); !errors.Is(err, ErrExpired) {
 		t.Fatalf("approve expired: %v", err)
 	}
 	if r.exec.count("api") != 1 {
@@ -381,38 +342,38 @@ func TestApprovals(t *testing.T) {
 	}
 	// Reject, and the sweeper.
 	refs, _ = r.runner.Act(ctx, r.request("v03", "inc-3", true, revokeAPI))
-	if err := r.runner.Reject(ctx, refs[0].ID, "ana", "false positive"); err != nil {
+	if err := r.runner.Approvals().Reject(ctx, refs[0].ID, "ana", "false positive"); err != nil {
 		t.Fatal(err)
 	}
 	refs, _ = r.runner.Act(ctx, r.request("v04", "inc-4", true, revokeAPI))
 	r.clk.Advance(2 * time.Hour)
-	if n, err := r.runner.ExpireHeld(ctx); err != nil || n != 1 {
+	if n, err := r.runner.Approvals().Expire(ctx); err != nil || n != 1 {
 		t.Fatalf("ExpireHeld = %d, %v", n, err)
 	}
-	got := map[ledger.ActionStatus]int{}
+	got := map[incidents.ActionStatus]int{}
 	for _, u := range updates {
 		got[u.Status]++
 	}
-	if got[ledger.ActionVerified] != 1 || got[ledger.ActionExpired] != 2 || got[ledger.ActionRejected] != 1 {
+	if got[incidents.ActionVerified] != 1 || got[incidents.ActionExpired] != 2 || got[incidents.ActionRejected] != 1 {
 		t.Fatalf("incident updates %v", got)
 	}
 }
 
 func TestPauseHoldsDestructiveActions(t *testing.T) {
 	ctx := context.Background()
-	r := newRig(t, config.Actions{}, nil, "a")
-	if err := r.runner.Pause(ctx, "ana", "drill"); err != nil {
+	r := newRig(t, Settings{}, nil, "a")
+	if err := r.runner.Control().Pause(ctx, "ana", "drill"); err != nil {
 		t.Fatal(err)
 	}
-	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI, playbooks.Action{Type: playbooks.ActionNotify}))
-	if refs[0].Status != ledger.ActionHeld || refs[1].Status != ledger.ActionVerified {
+	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI, playbooks.Action{Type: killswitch.ActionNotify}))
+	if refs[0].Status != incidents.ActionHeld || refs[1].Status != incidents.ActionVerified {
 		t.Fatalf("paused: %+v", refs)
 	}
-	if err := r.runner.Resume(ctx, "ana"); err != nil {
+	if err := r.runner.Control().Resume(ctx, "ana"); err != nil {
 		t.Fatal(err)
 	}
 	refs, _ = r.runner.Act(ctx, r.request("v02", "inc-2", false, revokeAPI))
-	if refs[0].Status != ledger.ActionVerified {
+	if refs[0].Status != incidents.ActionVerified {
 		t.Fatalf("resumed: %+v", refs)
 	}
 }
@@ -424,7 +385,7 @@ func (failingLedger) Append(context.Context, ledger.Entry) (ledger.Record, error
 }
 
 func TestNoLedgerNoApply(t *testing.T) {
-	r := newRig(t, config.Actions{}, nil, "a")
+	r := newRig(t, Settings{}, nil, "a")
 	r.runner.d.Ledger = failingLedger{}
 	_, err := r.runner.Act(context.Background(), r.request("v01", "inc-1", false, revokeAPI))
 	if !errors.Is(err, ledger.ErrUnavailable) || r.exec.count("api") != 0 {
@@ -435,18 +396,18 @@ func TestNoLedgerNoApply(t *testing.T) {
 func TestModes(t *testing.T) {
 	ctx := context.Background()
 	tests := []struct {
-		global, vendor string
-		action         playbooks.Mode
-		want           ledger.ActionStatus
+		global, vendor killswitch.Mode
+		action         killswitch.Mode
+		want           incidents.ActionStatus
 		applied        int
 	}{
-		{"enforce", "", playbooks.ModeEnforce, ledger.ActionVerified, 1},
-		{"shadow", "", playbooks.ModeEnforce, ledger.ActionPlanned, 0},
-		{"enforce", "dry-run", playbooks.ModeEnforce, ledger.ActionPlanned, 0},
-		{"enforce", "", playbooks.ModeShadow, ledger.ActionPlanned, 0},
+		{"enforce", "", killswitch.ModeEnforce, incidents.ActionVerified, 1},
+		{"shadow", "", killswitch.ModeEnforce, incidents.ActionPlanned, 0},
+		{"enforce", "dry-run", killswitch.ModeEnforce, incidents.ActionPlanned, 0},
+		{"enforce", "", killswitch.ModeShadow, incidents.ActionPlanned, 0},
 	}
 	for _, tt := range tests {
-		r := newRig(t, config.Actions{Mode: tt.global}, nil, "a")
+		r := newRig(t, Settings{Mode: tt.global}, nil, "a")
 		v := r.inv["v01"]
 		v.Mode = tt.vendor
 		r.inv["v01"] = v
@@ -461,16 +422,16 @@ func TestModes(t *testing.T) {
 
 func TestCooldown(t *testing.T) {
 	ctx := context.Background()
-	r := newRig(t, config.Actions{Cooldown: 10 * time.Minute}, nil, "a")
-	if refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI)); refs[0].Status != ledger.ActionVerified {
+	r := newRig(t, Settings{Cooldown: 10 * time.Minute}, nil, "a")
+	if refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI)); refs[0].Status != incidents.ActionVerified {
 		t.Fatal(refs)
 	}
 	r.clk.Advance(time.Minute)
-	if refs, _ := r.runner.Act(ctx, r.request("v01", "inc-2", false, revokeAPI)); refs[0].Status != ledger.ActionHeld {
+	if refs, _ := r.runner.Act(ctx, r.request("v01", "inc-2", false, revokeAPI)); refs[0].Status != incidents.ActionHeld {
 		t.Fatalf("within cooldown: %+v", refs)
 	}
 	r.clk.Advance(10 * time.Minute)
-	if refs, _ := r.runner.Act(ctx, r.request("v01", "inc-3", false, revokeAPI)); refs[0].Status != ledger.ActionVerified {
+	if refs, _ := r.runner.Act(ctx, r.request("v01", "inc-3", false, revokeAPI)); refs[0].Status != incidents.ActionVerified {
 		t.Fatalf("after cooldown: %+v", refs)
 	}
 }
@@ -478,17 +439,17 @@ func TestCooldown(t *testing.T) {
 func TestPlanOnly(t *testing.T) {
 	ctx := context.Background()
 	led := ledger.NewMemory()
-	r, err := New(config.Actions{Budget: 1}, Options{PlanOnly: true}, Deps{Store: NewMemoryStore(), Ledger: led, Clock: clock.NewManual(t0)})
+	r, err := New(Settings{Budget: 1, PlanOnly: true}, Deps{Store: NewMemoryStore(), Ledger: led, Clock: clock.NewManual(t0)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rg := &rig{inv: inventory(3)}
-	refs, _ := r.Act(ctx, rg.request("v01", "inc-1", false, revokeAPI, playbooks.Action{Type: playbooks.ActionNotify}))
-	if refs[0].Status != ledger.ActionPlanned || refs[1].Status != ledger.ActionPlanned {
+	refs, _ := r.Act(ctx, rg.request("v01", "inc-1", false, revokeAPI, playbooks.Action{Type: killswitch.ActionNotify}))
+	if refs[0].Status != incidents.ActionPlanned || refs[1].Status != incidents.ActionPlanned {
 		t.Fatalf("%+v", refs)
 	}
 	// the budget still applies in a plan
-	if refs, _ := r.Act(ctx, rg.request("v02", "inc-2", false, revokeAPI)); refs[0].Status != ledger.ActionHeld {
+	if refs, _ := r.Act(ctx, rg.request("v02", "inc-2", false, revokeAPI)); refs[0].Status != incidents.ActionHeld {
 		t.Fatalf("%+v", refs)
 	}
 }
@@ -497,16 +458,16 @@ func TestPlanOnly(t *testing.T) {
 // an approval after that finds nothing pending.
 func TestLaterDecisionSupersedesHold(t *testing.T) {
 	ctx := context.Background()
-	r := newRig(t, config.Actions{}, nil, "a")
+	r := newRig(t, Settings{}, nil, "a")
 	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI))
-	if refs[0].Status != ledger.ActionHeld {
+	if refs[0].Status != incidents.ActionHeld {
 		t.Fatalf("%+v", refs)
 	}
 	refs, err := r.runner.Act(ctx, r.request("v01", "inc-1", false, revokeAPI))
-	if err != nil || refs[0].Status != ledger.ActionVerified || r.exec.count("api") != 1 {
+	if err != nil || refs[0].Status != incidents.ActionVerified || r.exec.count("api") != 1 {
 		t.Fatalf("escalated decision: %+v, %v", refs, err)
 	}
-	if _, err := r.runner.Approve(ctx, refs[0].ID, "ana", ""); !errors.Is(err, ErrDecided) || r.exec.count("api") != 1 {
+	if _, err := r.runner.Approvals().Approve(ctx, refs[0].ID, "ana", ""); !errors.Is(err, ErrDecided) || r.exec.count("api") != 1 {
 		t.Fatalf("approve after supersede: %v", err)
 	}
 }

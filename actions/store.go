@@ -3,13 +3,13 @@ package actions
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"sync"
-
-	"github.com/nats-io/nats.go/jetstream"
 )
+
+// Buckets lists the buckets the guard rails keep their fleet-wide state in.
+var Buckets = [...]string{ClaimsBucket, ApprovalsBucket, ControlBucket}
 
 // The buckets the guard rails keep their fleet-wide state in.
 const (
@@ -32,7 +32,9 @@ var (
 )
 
 // Store is the small key-value interface the guard rails need: a distributed latch
-// (Create) and compare-and-set (Update). JetStream KV in the service, memory in replay.
+// (Create) and compare-and-set (Update). JetStream KV in the service (actions/natskv),
+// memory in replay and tests (MemoryStore). Errors other than ErrNotFound, ErrExists
+// and ErrStale follow the killswitch error model (retryable unless marked permanent).
 type Store interface {
 	// Get returns the value and revision of key in bucket.
 	Get(ctx context.Context, bucket, key string) ([]byte, uint64, error)
@@ -42,102 +44,6 @@ type Store interface {
 	Update(ctx context.Context, bucket, key string, val []byte, rev uint64) (uint64, error)
 	// Keys lists the keys of bucket.
 	Keys(ctx context.Context, bucket string) ([]string, error)
-}
-
-// KVStore is the Store on JetStream KV buckets (file storage, one value per key).
-type KVStore struct {
-	kvs map[string]jetstream.KeyValue
-}
-
-// NewKVStore creates (or opens) the guard-rail buckets.
-func NewKVStore(ctx context.Context, js jetstream.JetStream, replicas int) (*KVStore, error) {
-	s := &KVStore{kvs: map[string]jetstream.KeyValue{}}
-	for _, b := range []string{ClaimsBucket, ApprovalsBucket, ControlBucket} {
-		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: b, Storage: jetstream.FileStorage, Replicas: max(1, replicas), History: 1,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("actions: kv bucket %s: %w", b, err)
-		}
-		s.kvs[b] = kv
-	}
-	return s, nil
-}
-
-func (s *KVStore) kv(bucket string) (jetstream.KeyValue, error) {
-	kv, ok := s.kvs[bucket]
-	if !ok {
-		return nil, fmt.Errorf("actions: unknown bucket %s", bucket)
-	}
-	return kv, nil
-}
-
-// Get implements Store.
-func (s *KVStore) Get(ctx context.Context, bucket, key string) ([]byte, uint64, error) {
-	kv, err := s.kv(bucket)
-	if err != nil {
-		return nil, 0, err
-	}
-	e, err := kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, ErrNotFound
-	}
-	if err != nil {
-		return nil, 0, Retryable(fmt.Errorf("actions: kv get %s/%s: %w", bucket, key, err))
-	}
-	return e.Value(), e.Revision(), nil
-}
-
-// Create implements Store.
-func (s *KVStore) Create(ctx context.Context, bucket, key string, val []byte) (uint64, error) {
-	kv, err := s.kv(bucket)
-	if err != nil {
-		return 0, err
-	}
-	rev, err := kv.Create(ctx, key, val)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyExists):
-		return 0, ErrExists
-	case err != nil:
-		return 0, Retryable(fmt.Errorf("actions: kv create %s/%s: %w", bucket, key, err))
-	}
-	return rev, nil
-}
-
-// Update implements Store.
-func (s *KVStore) Update(ctx context.Context, bucket, key string, val []byte, rev uint64) (uint64, error) {
-	kv, err := s.kv(bucket)
-	if err != nil {
-		return 0, err
-	}
-	nrev, err := kv.Update(ctx, key, val, rev)
-	// A stale revision also matches ErrKeyExists: test the mismatch first.
-	switch {
-	case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyExists):
-		return 0, ErrStale
-	case err != nil:
-		return 0, Retryable(fmt.Errorf("actions: kv update %s/%s: %w", bucket, key, err))
-	}
-	return nrev, nil
-}
-
-// Keys implements Store.
-func (s *KVStore) Keys(ctx context.Context, bucket string) ([]string, error) {
-	kv, err := s.kv(bucket)
-	if err != nil {
-		return nil, err
-	}
-	l, err := kv.ListKeys(ctx)
-	if err != nil {
-		return nil, Retryable(fmt.Errorf("actions: kv keys %s: %w", bucket, err))
-	}
-	defer l.Stop()
-	var keys []string
-	for k := range l.Keys() {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys, nil
 }
 
 // MemoryStore is the Store in memory, for replay and tests. It is safe for concurrent use.

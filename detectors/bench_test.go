@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
@@ -44,7 +43,7 @@ func benchEvents(n, vendors, creds int, step time.Duration) []telemetry.Event {
 func BenchmarkEngineProcess(b *testing.B) {
 	const n = 1 << 16
 	evs := benchEvents(n, 100, 100, time.Millisecond)
-	e, err := New(config.Config{})
+	e, err := New(Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -87,7 +86,7 @@ func benchmarkKeys(b *testing.B, keys int) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		e, err := New(config.Config{})
+		e, err := New(Config{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -122,7 +121,7 @@ func BenchmarkSharded(b *testing.B) {
 			const n = 1 << 16
 			evs := benchEvents(n, 100, 100, time.Millisecond)
 			sink := SinkFunc(func(context.Context, Detection) error { return nil })
-			s, err := NewSharded(config.Config{}, runtime.GOMAXPROCS(0), sink, WithQueue(1024))
+			s, err := NewSharded(Config{}, runtime.GOMAXPROCS(0), sink, WithQueue(1024))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -43,6 +43,19 @@ const (
 	SeverityCritical Severity = "critical"
 )
 
+// Severities lists the severities from least to most severe.
+var Severities = [...]Severity{SeverityInfo, SeverityLow, SeverityMedium, SeverityHigh, SeverityCritical}
+
+// Rank orders severities: 0 for info up to 4 for critical, and -1 for an unknown one.
+func (s Severity) Rank() int {
+	for i, v := range Severities {
+		if v == s {
+			return i
+		}
+	}
+	return -1
+}
+
 // Key identifies the stream a detector watches: a vendor's credential, or the vendor as
 // a whole when Credential is empty.
 type Key struct {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
+	killswitch "github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
@@ -16,7 +16,7 @@ func TestCap(t *testing.T) {
 	hour := time.Hour
 	cases := []struct {
 		name      string
-		cap       config.Cap
+		cap       killswitch.Cap
 		events    []telemetry.Event
 		wantAt    []time.Time // DetectedAt of each cap detection, in order
 		wantKey   Key
@@ -25,7 +25,7 @@ func TestCap(t *testing.T) {
 	}{
 		{
 			name: "vendor bytes, fires on the crossing event, once per window, again next window",
-			cap:  config.Cap{Bytes: 10 << 20, Per: hour},
+			cap:  killswitch.Cap{Bytes: 10 << 20, Per: hour},
 			// 1 MiB a minute: the 11th event of each hour makes 11 MiB > 10 MiB
 			events:    series("acme", "k1", "198.51.100.1", day(0), day(0).Add(2*hour), time.Minute, constant(1<<20)),
 			wantAt:    []time.Time{day(0).Add(10 * time.Minute), day(0).Add(hour + 10*time.Minute)},
@@ -35,7 +35,7 @@ func TestCap(t *testing.T) {
 		},
 		{
 			name: "credential records, other credentials do not count",
-			cap:  config.Cap{Credential: "k1", Records: 5, Per: 10 * time.Minute},
+			cap:  killswitch.Cap{Credential: "k1", Records: 5, Per: 10 * time.Minute},
 			events: merge(
 				series("acme", "k1", "198.51.100.1", day(0), day(0).Add(10*time.Minute), 2*time.Minute, constant(100)),                   // 5 records
 				series("acme", "k2", "198.51.100.1", day(0), day(0).Add(10*time.Minute), 30*time.Second, constant(100)),                  // 20 records
@@ -48,7 +48,7 @@ func TestCap(t *testing.T) {
 		},
 		{
 			name:      "credential bytes far over the cap in one event is critical",
-			cap:       config.Cap{Credential: "k1", Bytes: 1 << 20, Per: hour},
+			cap:       killswitch.Cap{Credential: "k1", Bytes: 1 << 20, Per: hour},
 			events:    series("acme", "k1", "198.51.100.1", day(0), day(0).Add(time.Minute), time.Minute, constant(5<<20)),
 			wantAt:    []time.Time{day(0)},
 			wantKey:   Key{Vendor: "acme", Credential: "k1"},
@@ -58,9 +58,9 @@ func TestCap(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := config.Config{Vendors: map[string]config.Vendor{"acme": {
-				Caps:        []config.Cap{tc.cap},
-				Credentials: map[string]config.Credential{"k1": {Kind: config.CredTokenAccessor, Accessor: "a"}},
+			cfg := Config{Vendors: killswitch.Inventory{"acme": {
+				Caps:        []killswitch.Cap{tc.cap},
+				Credentials: map[string]killswitch.Credential{"k1": {Kind: killswitch.CredTokenAccessor, Accessor: "a"}},
 			}}}
 			e := mustEngine(t, cfg)
 			got := ofKind(run(e, tc.events), KindCap)
@@ -87,7 +87,7 @@ func TestCap(t *testing.T) {
 }
 
 func TestCapLateness(t *testing.T) {
-	cfg := config.Config{Vendors: map[string]config.Vendor{"acme": {Caps: []config.Cap{{Bytes: 3 << 20, Per: 5 * time.Minute}}}}}
+	cfg := Config{Vendors: killswitch.Inventory{"acme": {Caps: []killswitch.Cap{{Bytes: 3 << 20, Per: 5 * time.Minute}}}}}
 	e := mustEngine(t, cfg)
 	at := func(hms string) time.Time {
 		d, _ := time.ParseDuration(hms)
@@ -122,7 +122,7 @@ func TestCapLateness(t *testing.T) {
 // TestVolumeLateness checks bucket attribution inside the engine: out-of-order events
 // within the allowed lateness land in their own bucket, later ones in the current one.
 func TestVolumeLateness(t *testing.T) {
-	e := mustEngine(t, config.Config{})
+	e := mustEngine(t, Config{})
 	at := func(hms string) time.Time {
 		d, _ := time.ParseDuration(hms)
 		return day(0).Add(10*time.Hour + d)
@@ -194,7 +194,7 @@ func TestSpike(t *testing.T) {
 	cases := []struct {
 		name   string
 		extra  []telemetry.Event
-		cfg    config.Config
+		cfg    Config
 		wantAt time.Time // zero: no spike at all
 	}{
 		{name: "steady traffic: nothing"},
@@ -217,19 +217,19 @@ func TestSpike(t *testing.T) {
 		{
 			name:   "below MinBytes never fires",
 			extra:  series("acme", "k1", "203.0.113.9", burstAt, burstAt.Add(5*time.Minute), 10*time.Second, constant(100<<20)),
-			cfg:    config.Config{Detectors: config.Detectors{MinBytes: 1 << 40}},
+			cfg:    Config{Settings: Settings{MinBytes: 1 << 40}},
 			wantAt: time.Time{},
 		},
 		{
 			name:   "a quarter of the sensitivity for the vendor: one 100 MiB event is not enough",
 			extra:  series("acme", "k1", "203.0.113.9", burstAt, burstAt.Add(time.Second), 10*time.Second, constant(100<<20)),
-			cfg:    config.Config{Vendors: map[string]config.Vendor{"acme": {Sensitivity: 0.25}}},
+			cfg:    Config{Vendors: killswitch.Inventory{"acme": {Sensitivity: 0.25}}},
 			wantAt: time.Time{},
 		},
 		{
 			name:   "disabled for the vendor",
 			extra:  series("acme", "k1", "203.0.113.9", burstAt, burstAt.Add(5*time.Minute), 10*time.Second, constant(100<<20)),
-			cfg:    config.Config{Vendors: map[string]config.Vendor{"acme": {Disable: []string{"spike"}}}},
+			cfg:    Config{Vendors: killswitch.Inventory{"acme": {Disable: []string{"spike"}}}},
 			wantAt: time.Time{},
 		},
 	}
@@ -299,7 +299,7 @@ func TestSpikeCrossingExact(t *testing.T) {
 		steadyTraffic("acme", "k1", day(0), day(4), 20<<20, 1),
 		series("acme", "k1", "203.0.113.9", burstAt, burstAt.Add(4*time.Minute), 5*time.Second, constant(8<<20)),
 	)
-	e := mustEngine(t, config.Config{})
+	e := mustEngine(t, Config{})
 	got := ofKind(run(e, evs), KindSpike)
 	var d *emitted
 	for i := range got {
@@ -342,7 +342,7 @@ func TestNightlyBatchDoesNotFire(t *testing.T) {
 		return 2 << 20
 	}
 	evs := series("acme", "etl", "198.51.100.1", day(0), day(10), time.Minute, batch)
-	e := mustEngine(t, config.Config{})
+	e := mustEngine(t, Config{})
 	all := run(e, evs)
 	for _, g := range all {
 		if g.d.Detector == KindSpike || g.d.Detector == KindSustained {
@@ -384,7 +384,7 @@ func TestSustained(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			evs := series("acme", "k1", "198.51.100.1", day(0), day(8), time.Minute, normal(5, tc.low))
-			e := mustEngine(t, config.Config{})
+			e := mustEngine(t, Config{})
 			got := run(e, evs)
 			sust := ofKind(got, KindSustained)
 			if !tc.want {
@@ -451,7 +451,7 @@ func TestNewDestination(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := config.Config{Vendors: map[string]config.Vendor{"acme": {AllowedDestinations: tc.allow}}}
+			cfg := Config{Vendors: killswitch.Inventory{"acme": {AllowedDestinations: tc.allow}}}
 			e := mustEngine(t, cfg)
 			got := ofKind(run(e, tc.events), KindNewDestination)
 			var dsts []string
@@ -494,8 +494,8 @@ func TestDestSetBounded(t *testing.T) {
 func itoa(i int) string { return strconv.Itoa(i) }
 
 func TestDormant(t *testing.T) {
-	cfg := config.Config{Vendors: map[string]config.Vendor{"acme": {Credentials: map[string]config.Credential{
-		"breakglass": {Kind: config.CredTokenAccessor, Accessor: "acc", ExpectedIdle: true},
+	cfg := Config{Vendors: killswitch.Inventory{"acme": {Credentials: map[string]killswitch.Credential{
+		"breakglass": {Kind: killswitch.CredTokenAccessor, Accessor: "acc", ExpectedIdle: true},
 	}}}}
 	ev := func(tm time.Time, cred string, b int64) telemetry.Event {
 		return telemetry.Event{Time: tm, Vendor: "acme", Credential: cred, Dst: "198.51.100.1", Bytes: b}
@@ -557,7 +557,7 @@ func TestSilence(t *testing.T) {
 	last := a[len(a)-1].Time
 
 	t.Run("event time through another vendor", func(t *testing.T) {
-		e := mustEngine(t, config.Config{})
+		e := mustEngine(t, Config{})
 		got := ofKind(run(e, merge(a, b)), KindSilence)
 		if len(got) != 1 {
 			t.Fatalf("got %v, want one silence alert", got)
@@ -571,7 +571,7 @@ func TestSilence(t *testing.T) {
 		}
 	})
 	t.Run("processing time through Tick", func(t *testing.T) {
-		e := mustEngine(t, config.Config{})
+		e := mustEngine(t, Config{})
 		if got := run(e, a); len(ofKind(got, KindSilence)) != 0 {
 			t.Fatalf("silence while sending: %v", got)
 		}
@@ -605,14 +605,14 @@ func TestSilence(t *testing.T) {
 				s1[i].Sensor = "gw-2" // gw-1 stops seeing anything
 			}
 		}
-		e := mustEngine(t, config.Config{})
+		e := mustEngine(t, Config{})
 		got := ofKind(run(e, s1), KindSilence)
 		if len(got) != 1 || got[0].d.Sensor != "gw-1" || got[0].d.Vendor != "" {
 			t.Fatalf("got %v, want one alert for sensor gw-1", got)
 		}
 	})
 	t.Run("not during the learning period, not for irregular vendors", func(t *testing.T) {
-		e := mustEngine(t, config.Config{})
+		e := mustEngine(t, Config{})
 		early := series("new", "n1", "198.51.100.1", day(0), day(0).Add(2*time.Hour), time.Minute, constant(1000))
 		rare := series("rare", "r1", "198.51.100.1", day(0), day(3), 2*time.Hour, constant(1000))
 		if got := ofKind(run(e, merge(early, rare, b)), KindSilence); len(got) != 0 {
@@ -626,7 +626,7 @@ func TestSilence(t *testing.T) {
 			}
 			return 0
 		})
-		e := mustEngine(t, config.Config{})
+		e := mustEngine(t, Config{})
 		got := ofKind(run(e, merge(nightly, series("busy", "b1", "198.51.100.1", day(0), day(7), time.Minute, constant(1000)))), KindSilence)
 		for _, g := range got {
 			if g.d.DetectedAt.After(day(2)) {
@@ -637,8 +637,8 @@ func TestSilence(t *testing.T) {
 }
 
 func TestDisableAndRejected(t *testing.T) {
-	cfg := config.Config{Detectors: config.Detectors{Disable: []string{"new_destination"}},
-		Vendors: map[string]config.Vendor{"acme": {AllowedDestinations: []string{"198.51.100.1"}}}}
+	cfg := Config{Settings: Settings{Disable: []string{"new_destination"}},
+		Vendors: killswitch.Inventory{"acme": {AllowedDestinations: []string{"198.51.100.1"}}}}
 	e := mustEngine(t, cfg)
 	evs := []telemetry.Event{
 		{Time: day(0), Vendor: "acme", Dst: "192.0.2.1", Bytes: 10},
@@ -653,13 +653,13 @@ func TestDisableAndRejected(t *testing.T) {
 	if c := e.Counters(); c.Events != 5 || c.Rejected != 4 || c.Keys != 1 || c.Vendors != 1 {
 		t.Fatalf("counters %+v", c)
 	}
-	if _, err := New(config.Config{Detectors: config.Detectors{Disable: []string{"nope"}}}); err == nil {
+	if _, err := New(Config{Settings: Settings{Disable: []string{"nope"}}}); err == nil {
 		t.Fatal("unknown kind accepted")
 	}
 }
 
 func TestMaxKeys(t *testing.T) {
-	e := mustEngine(t, config.Config{}, WithMaxKeys(3))
+	e := mustEngine(t, Config{}, WithMaxKeys(3))
 	for i := range 5 {
 		ev := telemetry.Event{Time: day(0), Vendor: "acme", Credential: "k" + itoa(i), Bytes: 1}
 		e.Process(&ev, nil)
@@ -670,7 +670,7 @@ func TestMaxKeys(t *testing.T) {
 }
 
 func TestMaxKeysBoundsVendors(t *testing.T) {
-	e := mustEngine(t, config.Config{}, WithMaxKeys(2))
+	e := mustEngine(t, Config{}, WithMaxKeys(2))
 	for i := range 5 {
 		ev := telemetry.Event{Time: day(0), Vendor: "v" + itoa(i), Bytes: 1}
 		e.Process(&ev, nil)
@@ -681,7 +681,7 @@ func TestMaxKeysBoundsVendors(t *testing.T) {
 }
 
 func TestBand(t *testing.T) {
-	e, err := New(config.Config{})
+	e, err := New(Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,8 +5,7 @@ import (
 	"math"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/clock"
-	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
@@ -21,10 +20,12 @@ const maxSensors = 64
 type Option func(*options)
 
 type options struct {
-	clock   clock.Clock
-	maxKeys int
-	params  ModelParams
-	buffer  int
+	clock    clock.Clock
+	maxKeys  int
+	params   ModelParams
+	buffer   int
+	inline   bool
+	observer Observer
 	// shardSensors: sensor silence is evaluated by the Sharded engine over all
 	// shards, not by each shard.
 	shardSensors bool
@@ -49,6 +50,21 @@ func WithModelParams(p ModelParams) Option { return func(o *options) { o.params 
 
 // WithQueue sets the per-shard queue length of a Sharded engine (default 256 messages).
 func WithQueue(n int) Option { return func(o *options) { o.buffer = max(1, n) } }
+
+// WithInline makes a Sharded engine process on the goroutine that submits, one message
+// at a time and in order, with no shard goroutines: SubmitBatch has handed every
+// detection to the sink and called its callback when it returns. Replay runs inline,
+// so that the same recording always gives the same detections in the same order.
+func WithInline() Option { return func(o *options) { o.inline = true } }
+
+// An Observer sees every event right after an engine processed it (and after the
+// event's detections were handed on), on the goroutine that owns the engine, so it may
+// call the engine's read methods (Band, Watermark). It must not keep e. Replay draws its
+// charts with one.
+type Observer func(e *Engine, ev *telemetry.Event)
+
+// WithObserver sets an Observer on a Sharded engine's shards.
+func WithObserver(o Observer) Option { return func(o2 *options) { o2.observer = o } }
 
 // Engine is one shard of the event-time detection engine. It keeps per-key state for
 // every (vendor, credential) and every vendor, and runs the six detector kinds on
@@ -145,7 +161,7 @@ func (c *Counters) Add(o Counters) {
 
 // New returns an Engine for the configuration. The zero Config works: every vendor
 // and credential seen in telemetry gets the default detectors.
-func New(cfg config.Config, opts ...Option) (*Engine, error) {
+func New(cfg Config, opts ...Option) (*Engine, error) {
 	o := defaultOptions()
 	for _, f := range opts {
 		f(&o)
@@ -153,8 +169,8 @@ func New(cfg config.Config, opts ...Option) (*Engine, error) {
 	return newEngine(cfg, o)
 }
 
-func newEngine(cfg config.Config, o options) (*Engine, error) {
-	set, err := resolveSettings(cfg.Detectors)
+func newEngine(cfg Config, o options) (*Engine, error) {
+	set, err := resolveSettings(cfg.Settings)
 	if err != nil {
 		return nil, err
 	}

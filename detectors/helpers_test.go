@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
@@ -14,7 +13,7 @@ var t0 = time.Date(2026, 2, 2, 0, 0, 0, 0, time.UTC)
 
 func day(d int) time.Time { return t0.Add(time.Duration(d) * 24 * time.Hour) }
 
-func mustEngine(t testing.TB, cfg config.Config, opts ...Option) *Engine {
+func mustEngine(t testing.TB, cfg Config, opts ...Option) *Engine {
 	t.Helper()
 	e, err := New(cfg, opts...)
 	if err != nil {

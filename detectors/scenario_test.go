@@ -10,8 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
-	"github.com/killswitch-dev/killswitch/internal/scenario"
+	"github.com/killswitch-dev/killswitch/scenario"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
@@ -32,7 +31,7 @@ func TestScenario(t *testing.T) {
 	for _, seed := range []uint64{1, 2, 3} {
 		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
 			s := scenario.New(scenario.Config{Seed: seed, Days: 14})
-			e := mustEngine(t, config.Config{})
+			e := mustEngine(t, Config{})
 			var dets []Detection
 			s.Events(func(ev *telemetry.Event) bool {
 				e.Process(ev, func(d Detection) { dets = append(dets, d) })
@@ -79,7 +78,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 // zero-configuration engine on one seed of the scenario. Run with -update after an
 // intended change to the detectors and review the diff.
 func TestScenarioGolden(t *testing.T) {
-	e := mustEngine(t, config.Config{})
+	e := mustEngine(t, Config{})
 	var dets []Detection
 	scenario.New(scenario.Config{Seed: 1, Days: 14}).Events(func(ev *telemetry.Event) bool {
 		e.Process(ev, func(d Detection) { dets = append(dets, d) })

@@ -1,15 +1,90 @@
 package detectors
 
 import (
+	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
+	killswitch "github.com/killswitch-dev/killswitch"
 )
 
-// Defaults applied when a config field is zero (they match internal/config's docs).
+// Settings configures the streaming detectors (the `detectors:` section of the
+// configuration). Zero values mean the documented default.
+type Settings struct {
+	// Interval is the bucket width for volume detectors (spike, sustained). Default 5m.
+	Interval time.Duration `yaml:"interval"`
+	// AllowedLateness is how far behind the watermark an event may arrive and still be
+	// counted in its bucket. Default 1m.
+	AllowedLateness time.Duration `yaml:"allowed_lateness"`
+	// Sensitivity scales every detector: 2 makes them twice as eager, 0.5 half. Default 1.
+	Sensitivity float64 `yaml:"sensitivity"`
+	// Disable lists detector kinds turned off for everyone.
+	Disable []string `yaml:"disable"`
+	// LearningPeriod is how long a key is observed before the spike, sustained and new
+	// destination detectors may fire for it. Default 24h.
+	LearningPeriod time.Duration `yaml:"learning_period"`
+	// DormantAfter is how long a credential must be idle to count as dormant. Default 168h.
+	DormantAfter time.Duration `yaml:"dormant_after"`
+	// SilenceAfter is how long a vendor may send nothing before a silence alert. Default 30m.
+	SilenceAfter time.Duration `yaml:"silence_after"`
+	// MinBytes is the smallest interval volume a spike may be raised for. Default 1 MiB.
+	MinBytes killswitch.ByteSize `yaml:"min_bytes"`
+}
+
+// Config is what an engine is built from: the settings and the vendor inventory (caps,
+// allow-lists, expected-idle credentials, per-vendor sensitivity and disabled kinds).
+// The zero Config works: every vendor and credential seen in telemetry gets the default
+// detectors.
+type Config struct {
+	Settings
+	// Vendors is the vendor inventory.
+	Vendors killswitch.Inventory
+}
+
+// Validate checks the settings, and the detector kinds the inventory's vendors disable,
+// returning every problem found, each naming its field and wrapping killswitch.ErrInvalid.
+func (s Settings) Validate(vendors killswitch.Inventory) error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{killswitch.ErrInvalid}, args...)...))
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"detectors.interval", s.Interval}, {"detectors.allowed_lateness", s.AllowedLateness},
+		{"detectors.learning_period", s.LearningPeriod}, {"detectors.dormant_after", s.DormantAfter},
+		{"detectors.silence_after", s.SilenceAfter},
+	} {
+		if f.v < 0 {
+			bad("%s: must not be negative, got %s", f.name, f.v)
+		}
+	}
+	if s.Interval != 0 && s.Interval < time.Second {
+		bad("detectors.interval: must be at least 1s, got %s", s.Interval)
+	}
+	if s.Sensitivity < 0 {
+		bad("detectors.sensitivity: must not be negative, got %g", s.Sensitivity)
+	}
+	checkKinds := func(field string, kinds []string) {
+		for _, k := range kinds {
+			if kindBit(Kind(k)) == 0 {
+				bad("%s: unknown detector kind %q (known: cap, spike, sustained, new_destination, dormant_credential, silence)", field, k)
+			}
+		}
+	}
+	checkKinds("detectors.disable", s.Disable)
+	for _, name := range slices.Sorted(maps.Keys(vendors)) {
+		checkKinds("vendors."+name+".disable", vendors[name].Disable)
+	}
+	return errors.Join(errs...)
+}
+
+// Defaults applied when a Settings field is zero.
 const (
 	// DefaultInterval is the bucket width of the volume detectors.
 	DefaultInterval = 5 * time.Minute
@@ -54,7 +129,7 @@ func maskOf(kinds []string) (kindMask, error) {
 	return m, nil
 }
 
-// settings are the engine-wide settings, resolved from config.Detectors with defaults.
+// settings are the engine-wide settings, resolved from Settings with defaults.
 type settings struct {
 	interval     time.Duration
 	lateness     time.Duration
@@ -71,7 +146,7 @@ type settings struct {
 	decayEvery int
 }
 
-func resolveSettings(d config.Detectors) (settings, error) {
+func resolveSettings(d Settings) (settings, error) {
 	s := settings{
 		interval: d.Interval, lateness: d.AllowedLateness, learning: d.LearningPeriod,
 		dormantAfter: d.DormantAfter, silenceAfter: d.SilenceAfter,
@@ -137,7 +212,7 @@ type capSpec struct {
 	per        time.Duration
 }
 
-func newVendorConfig(s *settings, base ModelParams, v *config.Vendor) (*vendorConfig, error) {
+func newVendorConfig(s *settings, base ModelParams, v *killswitch.Vendor) (*vendorConfig, error) {
 	vc := &vendorConfig{disabled: s.disabled}
 	sens := s.sensitivity
 	if v != nil && v.Sensitivity > 0 {

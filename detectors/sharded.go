@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -12,8 +13,7 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/killswitch-dev/killswitch/internal/clock"
-	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
@@ -61,9 +61,13 @@ type Sharded struct {
 	clock  clock.Clock
 	sink   Sink
 	eval   *Engine // an empty engine with the shards' configuration, for sensor alerts
+	inline bool
+
+	inlineMu sync.Mutex // inline: one message at a time
 
 	tickMu sync.Mutex       // serialises ticks
 	silent map[string]int64 // sensors in a silence episode → last event time then
+	report TickReport       // what the last tick found (guarded by tickMu)
 
 	mu     sync.RWMutex // held for reading while enqueueing; Close takes it for writing
 	closed bool
@@ -89,7 +93,7 @@ type shardMsg struct {
 	now  time.Time
 	eng  *Engine                  // msgSwap
 	buf  *bytes.Buffer            // msgSnapshot
-	sens *[]sensorState           // msgTick: the shard's sensors are copied here
+	view *tickView                // msgTick: the shard's sensors and latest event time
 	done func(error)              // msgEvent
 	tr   *tracker                 // every other kind
 	out  chan<- shardSnapshotDone // msgSnapshot
@@ -130,12 +134,31 @@ func (t *tracker) finish(err error) {
 	}
 }
 
+// tickView is what one shard reports on a tick.
+type tickView struct {
+	sensors []sensorState
+	latest  int64 // largest event time processed (ns); 0 before the first event
+}
+
+// TickReport is what the last tick found, for the telemetry health the playbooks see.
+type TickReport struct {
+	// At is the time of the tick.
+	At time.Time
+	// Latest is the largest event time processed (the zero time before the first event).
+	Latest time.Time
+	// Sensors is the number of sensors tracked.
+	Sensors int
+	// SilentSensors names the sensors in a silence episode, sorted.
+	SilentSensors []string
+}
+
 type shard struct {
-	i       int
-	eng     *Engine
-	in      chan shardMsg
-	sink    Sink
-	pending []Detection // refused by the sink, handed again first
+	i        int
+	eng      *Engine
+	observer Observer
+	in       chan shardMsg
+	sink     Sink
+	pending  []Detection // refused by the sink, handed again first
 
 	// emission state of the message being processed
 	ctx  context.Context
@@ -149,7 +172,7 @@ type shard struct {
 
 // NewSharded returns a Sharded engine with n shards (at least 1) for the
 // configuration, handing detections to sink. Close it when done.
-func NewSharded(cfg config.Config, n int, sink Sink, opts ...Option) (*Sharded, error) {
+func NewSharded(cfg Config, n int, sink Sink, opts ...Option) (*Sharded, error) {
 	if sink == nil {
 		return nil, fmt.Errorf("%w: nil sink", ErrConfig)
 	}
@@ -163,15 +186,21 @@ func NewSharded(cfg config.Config, n int, sink Sink, opts ...Option) (*Sharded, 
 	if err != nil {
 		return nil, err
 	}
-	s := &Sharded{clock: o.clock, sink: sink, eval: eval, silent: map[string]int64{}}
+	s := &Sharded{clock: o.clock, sink: sink, eval: eval, inline: o.inline, silent: map[string]int64{}}
 	for i := range n {
 		eng, err := newEngine(cfg, o)
 		if err != nil {
 			return nil, err
 		}
-		sh := &shard{i: i, eng: eng, in: make(chan shardMsg, o.buffer), sink: sink}
+		sh := &shard{i: i, eng: eng, observer: o.observer, sink: sink}
+		if !o.inline {
+			sh.in = make(chan shardMsg, o.buffer)
+		}
 		sh.emit = sh.handOn
 		s.shards = append(s.shards, sh)
+	}
+	if o.inline {
+		return s, nil
 	}
 	for _, sh := range s.shards {
 		s.wg.Add(1)
@@ -191,6 +220,15 @@ func (s *Sharded) send(ctx context.Context, i int, m shardMsg) error {
 	defer s.mu.RUnlock()
 	if s.closed {
 		return ErrClosed
+	}
+	if s.inline {
+		s.inlineMu.Lock()
+		defer s.inlineMu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		s.shards[i].handle(m)
+		return nil
 	}
 	select {
 	case s.shards[i].in <- m:
@@ -265,17 +303,40 @@ func (s *Sharded) Tick(ctx context.Context) error {
 func (s *Sharded) TickAt(ctx context.Context, now time.Time) error {
 	s.tickMu.Lock()
 	defer s.tickMu.Unlock()
-	views := make([][]sensorState, len(s.shards))
+	views := make([]tickView, len(s.shards))
 	if err := s.broadcast(ctx, func(i int, tr *tracker) shardMsg {
-		return shardMsg{kind: msgTick, ctx: ctx, now: now, tr: tr, sens: &views[i]}
+		return shardMsg{kind: msgTick, ctx: ctx, now: now, tr: tr, view: &views[i]}
 	}); err != nil {
 		return err
 	}
-	return s.sensorSilence(ctx, now, views)
+	err := s.sensorSilence(ctx, now, views)
+	rep := TickReport{At: now, SilentSensors: slices.Sorted(maps.Keys(s.silent))}
+	sensors := map[string]bool{}
+	for _, v := range views {
+		if v.latest > 0 && (rep.Latest.IsZero() || v.latest > rep.Latest.UnixNano()) {
+			rep.Latest = utc(v.latest)
+		}
+		for _, ss := range v.sensors {
+			sensors[ss.name] = true
+		}
+	}
+	rep.Sensors = len(sensors)
+	s.report = rep
+	return err
+}
+
+// LastTick returns what the last tick found (the zero TickReport before the first).
+// It is safe for concurrent use.
+func (s *Sharded) LastTick() TickReport {
+	s.tickMu.Lock()
+	defer s.tickMu.Unlock()
+	r := s.report
+	r.SilentSensors = slices.Clone(r.SilentSensors)
+	return r
 }
 
 // sensorSilence merges the shards' views of each sensor and raises the alerts.
-func (s *Sharded) sensorSilence(ctx context.Context, now time.Time, views [][]sensorState) error {
+func (s *Sharded) sensorSilence(ctx context.Context, now time.Time, views []tickView) error {
 	e := s.eval
 	if e.set.disabled.has(KindSilence) {
 		return nil
@@ -283,7 +344,7 @@ func (s *Sharded) sensorSilence(ctx context.Context, now time.Time, views [][]se
 	merged := map[string]*activity{}
 	var names []string
 	for _, v := range views {
-		for _, ss := range v {
+		for _, ss := range v.sensors {
 			a, ok := merged[ss.name]
 			if !ok {
 				a = new(activity)
@@ -364,7 +425,9 @@ func (s *Sharded) Close() error {
 	}
 	s.closed = true
 	for _, sh := range s.shards {
-		close(sh.in)
+		if sh.in != nil {
+			close(sh.in)
+		}
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -399,6 +462,14 @@ func (sh *shard) handOn(d Detection) {
 	if err := sh.sink.Detect(sh.ctx, d); err != nil {
 		sh.err = fmt.Errorf("detectors: sink refused detection %s: %w", d.ID, err)
 		sh.pending = append(sh.pending, d)
+	}
+}
+
+// process runs the engine on one event, then the observer.
+func (sh *shard) process(ev *telemetry.Event) {
+	sh.eng.Process(ev, sh.emit)
+	if sh.observer != nil {
+		sh.observer(sh.eng, ev)
 	}
 }
 
@@ -449,21 +520,24 @@ func (sh *shard) handle(m shardMsg) {
 	sh.ctx, sh.err = ctx, nil
 	switch m.kind {
 	case msgEvent:
-		sh.eng.Process(&m.ev, sh.emit)
+		sh.process(&m.ev)
 	case msgBatch:
 		if m.idx == nil {
 			for i := range m.evs {
-				sh.eng.Process(&m.evs[i], sh.emit)
+				sh.process(&m.evs[i])
 			}
 		} else {
 			for _, i := range m.idx {
-				sh.eng.Process(&m.evs[i], sh.emit)
+				sh.process(&m.evs[i])
 			}
 		}
 	case msgTick:
 		sh.eng.Tick(m.now, sh.emit)
-		if m.sens != nil {
-			*m.sens = slices.Clone(sh.eng.sensors)
+		if m.view != nil {
+			m.view.sensors = slices.Clone(sh.eng.sensors)
+			if sh.eng.seen {
+				m.view.latest = sh.eng.maxT
+			}
 		}
 	}
 	err := sh.err

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/clock"
-	"github.com/killswitch-dev/killswitch/internal/config"
+	killswitch "github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
@@ -195,7 +195,7 @@ func TestShardedAcksAfterSink(t *testing.T) {
 // are not processed.
 func TestShardedSinkFailure(t *testing.T) {
 	rec := &recorder{}
-	cfg := config.Config{Vendors: map[string]config.Vendor{"acme": {Caps: []config.Cap{{Bytes: 10, Per: time.Hour}}}}}
+	cfg := Config{Vendors: killswitch.Inventory{"acme": {Caps: []killswitch.Cap{{Bytes: 10, Per: time.Hour}}}}}
 	s, err := NewSharded(cfg, 2, rec)
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +240,7 @@ func TestShardedSinkFailure(t *testing.T) {
 func TestShardedCloseAndTick(t *testing.T) {
 	rec := &recorder{}
 	clk := clock.NewManual(day(0))
-	s, err := NewSharded(config.Config{}, 2, rec, WithClock(clk))
+	s, err := NewSharded(Config{}, 2, rec, WithClock(clk))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,19 +9,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
-	"github.com/killswitch-dev/killswitch/internal/scenario"
+	killswitch "github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/scenario"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
 // snapshotConfig exercises every part of the state: caps, an allow-list, an
 // expected-idle credential.
-var snapshotConfig = config.Config{Vendors: map[string]config.Vendor{
+var snapshotConfig = Config{Vendors: killswitch.Inventory{
 	"mailer": {
-		Caps: []config.Cap{{Bytes: 200 << 20, Per: time.Hour}, {Credential: "mailer-key-1", Records: 5000, Per: 10 * time.Minute}},
-		Credentials: map[string]config.Credential{
-			"mailer-key-1": {Kind: config.CredTokenAccessor, Accessor: "a1"},
-			"mailer-key-2": {Kind: config.CredTokenAccessor, Accessor: "a2", ExpectedIdle: true},
+		Caps: []killswitch.Cap{{Bytes: 200 << 20, Per: time.Hour}, {Credential: "mailer-key-1", Records: 5000, Per: 10 * time.Minute}},
+		Credentials: map[string]killswitch.Credential{
+			"mailer-key-1": {Kind: killswitch.CredTokenAccessor, Accessor: "a1"},
+			"mailer-key-2": {Kind: killswitch.CredTokenAccessor, Accessor: "a2", ExpectedIdle: true},
 		},
 	},
 	"crm": {AllowedDestinations: []string{"198.51.0.0/16"}},
@@ -123,7 +123,7 @@ func TestRestoreRejectsBadInput(t *testing.T) {
 	cases := []struct {
 		name string
 		data []byte
-		cfg  config.Config
+		cfg  Config
 	}{
 		{"empty", nil, snapshotConfig},
 		{"short", good[:7], snapshotConfig},
@@ -133,7 +133,7 @@ func TestRestoreRejectsBadInput(t *testing.T) {
 		{"truncated", good[:len(good)-100], snapshotConfig},
 		{"truncated with a valid checksum", resum(good[:len(good)-100]), snapshotConfig},
 		{"trailing bytes", trailing, snapshotConfig},
-		{"another interval", good, config.Config{Detectors: config.Detectors{Interval: time.Minute}}},
+		{"another interval", good, Config{Settings: Settings{Interval: time.Minute}}},
 		{"a sharded snapshot", append([]byte("KSSH"), good[4:]...), snapshotConfig},
 	}
 	for _, tc := range cases {
@@ -161,7 +161,7 @@ func FuzzRestore(f *testing.F) {
 	evs := scenarioEvents(f, 5, 2)
 	detect(small, evs[:3000])
 	f.Add(snapshotBytes(f, small), false)
-	f.Add(snapshotBytes(f, mustEngine(f, config.Config{})), false)
+	f.Add(snapshotBytes(f, mustEngine(f, Config{})), false)
 	f.Add([]byte("KSDS\x01\x00\x00\x00"), true)
 	f.Fuzz(func(t *testing.T, data []byte, fix bool) {
 		if fix && len(data) >= 12 {

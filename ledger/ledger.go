@@ -8,6 +8,92 @@ import (
 	"sync"
 )
 
+// Appender appends entries to a ledger: Memory here, the JetStream stream in
+// ledger/jetstream. An entry whose type and ID are already recorded is recorded once; an
+// error means the entry may not be recorded (wrapping ErrUnavailable, or ErrBroken when
+// the stored chain is damaged), and then nothing that depends on it may be applied.
+type Appender interface {
+	Append(ctx context.Context, e Entry) (Record, error)
+}
+
+// Queuer appends entries without waiting for each one: a caller that must record
+// several facts before acting (a detection, the incident, the decision, then the
+// action's intent) queues them all and waits for the last, paying about one storage
+// round instead of one per record.
+//
+// Queue validates and normalizes e (see Entry.Normalize) and, if it is valid, places it
+// in the chain at once: entries are chained in the order Queue is called, also across
+// goroutines. It returns without waiting; the returned Pending resolves to the stored
+// record or to an error, with the same meaning as Appender.Append's result (an entry
+// whose type and ID are already recorded resolves to the stored record). An invalid
+// entry takes no place in the chain: its Pending has already failed when Queue returns.
+//
+// A queued record is stored only if every record queued before it is stored: once the
+// Pending of the last of several entries resolves without error, all the earlier ones
+// are durable too (their Pendings have resolved, or resolve at once, to their records).
+// When a record fails, every record queued after it that is not stored yet fails as
+// well; entries queued after the failure is seen start a fresh run.
+type Queuer interface {
+	Queue(e Entry) *Pending
+}
+
+var (
+	_ Appender = (*Memory)(nil)
+	_ Queuer   = (*Memory)(nil)
+)
+
+// Pending is the outcome of a queued entry: the stored record, or the error that kept it
+// from being stored. It is safe for concurrent use; any number of goroutines may wait.
+// Pendings come from Queue, NewPending or Resolved; the zero Pending never resolves.
+type Pending struct {
+	done chan struct{}
+	once sync.Once
+	rec  Record
+	err  error
+}
+
+// NewPending returns an unresolved Pending and the function that resolves it, for
+// implementations of Queuer. Only the first call of resolve counts; it never blocks.
+func NewPending() (p *Pending, resolve func(Record, error)) {
+	p = &Pending{done: make(chan struct{})}
+	return p, p.resolve
+}
+
+// Resolved returns a Pending that has already resolved to r and err.
+func Resolved(r Record, err error) *Pending {
+	p, resolve := NewPending()
+	resolve(r, err)
+	return p
+}
+
+func (p *Pending) resolve(r Record, err error) {
+	p.once.Do(func() {
+		p.rec, p.err = r, err
+		close(p.done)
+	})
+}
+
+// Done returns a channel that is closed once the Pending has resolved, for select.
+func (p *Pending) Done() <-chan struct{} { return p.done }
+
+// Wait waits until the entry is stored, and returns its record, or the error that kept
+// it from being stored. If ctx ends first, Wait returns an error wrapping ErrUnavailable
+// and ctx's error; the entry stays queued and may still be stored, so the caller must
+// treat it as not recorded (and apply nothing that depends on it).
+func (p *Pending) Wait(ctx context.Context) (Record, error) {
+	select {
+	case <-p.done:
+		return p.rec, p.err
+	default:
+	}
+	select {
+	case <-p.done:
+		return p.rec, p.err
+	case <-ctx.Done():
+		return Record{}, fmt.Errorf("%w: waiting for the record to be stored: %w", ErrUnavailable, ctx.Err())
+	}
+}
+
 // Memory is a ledger kept in memory: replay and tests use it. It chains and
 // de-duplicates exactly like the JetStream ledger. It is safe for concurrent use.
 type Memory struct {
@@ -19,15 +105,21 @@ type Memory struct {
 // NewMemory returns an empty in-memory ledger.
 func NewMemory() *Memory { return &Memory{byID: make(map[string]int)} }
 
+// Queue appends e at once (Memory stores synchronously) and returns its resolved
+// Pending; see Queuer.
+func (m *Memory) Queue(e Entry) *Pending {
+	return Resolved(m.Append(context.Background(), e))
+}
+
 // Append links e to the end of the chain. Appending an entry whose type and ID are
 // already recorded returns the stored record and changes nothing.
 func (m *Memory) Append(_ context.Context, e Entry) (Record, error) {
-	if err := e.normalize(); err != nil {
+	if err := e.Normalize(); err != nil {
 		return Record{}, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	k := dedupKey(e)
+	k := e.Key()
 	if i, ok := m.byID[k]; ok {
 		return m.records[i], nil
 	}
@@ -35,7 +127,7 @@ func (m *Memory) Append(_ context.Context, e Entry) (Record, error) {
 	if n := len(m.records); n > 0 {
 		seq, prev = m.records[n-1].Seq, m.records[n-1].Hash
 	}
-	r := link(e, seq, prev)
+	r := Link(e, seq, prev)
 	m.byID[k] = len(m.records)
 	m.records = append(m.records, r)
 	return r, nil
@@ -84,12 +176,14 @@ func Verify(records iter.Seq2[Record, error]) (VerifyResult, error) {
 	return res, nil
 }
 
-func dedupKey(e Entry) string { return string(e.Type) + ":" + e.ID }
+// Key returns the entry's identity in the ledger, "type:id": appending two entries with
+// the same key records the first only.
+func (e Entry) Key() string { return string(e.Type) + ":" + e.ID }
 
-// normalize validates e and rewrites its payload in the form the JSON encoder emits
+// Normalize validates e and rewrites its payload in the form the JSON encoder emits
 // (compact, HTML-escaped), so the hash computed before storing is the hash of what is
-// stored.
-func (e *Entry) normalize() error {
+// stored. Every Appender calls it before linking.
+func (e *Entry) Normalize() error {
 	switch {
 	case e.Type == "":
 		return fmt.Errorf("ledger: entry without type")

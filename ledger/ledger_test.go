@@ -7,12 +7,8 @@ import (
 	"fmt"
 	"iter"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/killswitch-dev/killswitch/internal/testharness"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 var t0 = time.Date(2026, 2, 5, 10, 0, 0, 0, time.UTC)
@@ -110,101 +106,8 @@ func TestAppendRejectsIncompleteEntries(t *testing.T) {
 	}
 }
 
-func openStream(t *testing.T, js jetstream.JetStream) *Stream {
-	t.Helper()
-	s, err := OpenStream(context.Background(), js, StreamConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-func TestStreamLedger(t *testing.T) {
-	ctx := context.Background()
-	srv := testharness.NATS(t)
-	js, err := jetstream.New(testharness.Connect(t, srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := openStream(t, js)
-	for i := range 5 {
-		if _, err := s.Append(ctx, entry(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// A second writer (another process) opened on the same stream continues the chain,
-	// and the first writer, now behind, relinks after the other's records.
-	s2 := openStream(t, js)
-	var wg sync.WaitGroup
-	for w, l := range []*Stream{s, s2} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range 20 {
-				if _, err := l.Append(ctx, entry(100*(w+1)+i)); err != nil {
-					t.Error(err)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	// A duplicate is stored once and the stored record comes back.
-	dup, err := s2.Append(ctx, entry(2))
-	if err != nil || dup.Seq != 3 || dup.ID != "det-002" {
-		t.Fatalf("duplicate append = %+v, %v", dup, err)
-	}
-	res, err := Verify(s.All(ctx))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Records != 45 {
-		t.Fatalf("verified %d records, want 45", res.Records)
-	}
-
-	// A NATS restart: the writer reconnects and the chain continues.
-	if err := srv.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := s.Append(ctx, entry(999))
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, ErrUnavailable) || time.Now().After(deadline) {
-			t.Fatalf("append after restart: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	reopened := openStream(t, js)
-	res, err = Verify(reopened.All(ctx))
-	if err != nil || res.Records != 46 {
-		t.Fatalf("after restart: %+v, %v", res, err)
-	}
-	// The stream refuses deletion: the ledger is append-only.
-	if err := reopened.stream.DeleteMsg(ctx, 3); err == nil {
-		t.Fatal("deleting a ledger record succeeded")
-	}
-}
-
-func TestStreamUnavailable(t *testing.T) {
-	ctx := context.Background()
-	srv := testharness.NATS(t)
-	js, err := jetstream.New(testharness.Connect(t, srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := openStream(t, js)
-	srv.Shutdown()
-	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-	defer cancel()
-	if _, err := s.Append(cctx, entry(1)); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("append with NATS down = %v, want ErrUnavailable", err)
-	}
-}
-
 func FuzzDecodeRecord(f *testing.F) {
-	r := link(entry(1), 0, Genesis)
+	r := Link(entry(1), 0, Genesis)
 	b, _ := json.Marshal(r)
 	f.Add(b)
 	f.Add([]byte(`{"seq":1}`))
@@ -220,4 +123,100 @@ func FuzzDecodeRecord(f *testing.F) {
 		// A decoded record re-encodes to something that decodes to the same hash check.
 		_ = r.Check(r.Seq-1, r.Prev)
 	})
+}
+
+func TestMemoryQueue(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemory()
+	invalid := entry(9)
+	invalid.Payload = nil
+	tests := []struct {
+		name    string
+		e       Entry
+		wantSeq uint64
+		wantErr bool
+	}{
+		{"first", entry(0), 1, false},
+		{"second", entry(1), 2, false},
+		{"invalid takes no place", invalid, 0, true},
+		{"duplicate returns the stored record", entry(0), 1, false},
+		{"third", entry(2), 3, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := m.Queue(tt.e)
+			select {
+			case <-p.Done():
+			default:
+				t.Fatal("Memory.Queue returned an unresolved Pending")
+			}
+			r, err := p.Wait(ctx)
+			if (err != nil) != tt.wantErr || r.Seq != tt.wantSeq {
+				t.Fatalf("Wait = seq %d, %v; want seq %d, error %v", r.Seq, err, tt.wantSeq, tt.wantErr)
+			}
+		})
+	}
+	if res, err := Verify(m.All(ctx)); err != nil || res.Records != 3 {
+		t.Fatalf("Verify = %+v, %v", res, err)
+	}
+}
+
+func TestPendingWait(t *testing.T) {
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	rec := Link(entry(1), 0, Genesis)
+	errStore := errors.New("store failed")
+	tests := []struct {
+		name    string
+		pending func() *Pending
+		ctx     context.Context
+		want    Record
+		wantErr []error
+	}{
+		{"resolved", func() *Pending { return Resolved(rec, nil) }, context.Background(), rec, nil},
+		{"failed", func() *Pending { return Resolved(Record{}, errStore) }, context.Background(), Record{}, []error{errStore}},
+		{"resolved beats a done context", func() *Pending { return Resolved(rec, nil) }, cancelled, rec, nil},
+		{"first resolution counts", func() *Pending {
+			p, resolve := NewPending()
+			resolve(rec, nil)
+			resolve(Record{}, errStore)
+			return p
+		}, context.Background(), rec, nil},
+		{"unresolved and the context ends", func() *Pending { p, _ := NewPending(); return p }, cancelled,
+			Record{}, []error{ErrUnavailable, context.Canceled}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := tt.pending().Wait(tt.ctx)
+			if r.Hash != tt.want.Hash || r.Seq != tt.want.Seq {
+				t.Fatalf("Wait = record %d %.12s, want %d %.12s", r.Seq, r.Hash, tt.want.Seq, tt.want.Hash)
+			}
+			if (err != nil) != (len(tt.wantErr) > 0) {
+				t.Fatalf("Wait error = %v, want %v", err, tt.wantErr)
+			}
+			for _, want := range tt.wantErr {
+				if !errors.Is(err, want) {
+					t.Fatalf("Wait error = %v, does not wrap %v", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestPendingResolvesWaiters(t *testing.T) {
+	p, resolve := NewPending()
+	rec := Link(entry(1), 0, Genesis)
+	results := make(chan Record, 3)
+	for range 3 {
+		go func() {
+			r, _ := p.Wait(context.Background())
+			results <- r
+		}()
+	}
+	resolve(rec, nil)
+	for range 3 {
+		if r := <-results; r.Hash != rec.Hash {
+			t.Fatalf("waiter got %+v", r)
+		}
+	}
 }

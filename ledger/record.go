@@ -1,13 +1,20 @@
-// Package ledger keeps the audit trail of Killswitch and the incidents it is about.
+// Package ledger keeps the audit trail of Killswitch: every detection, incident change,
+// decision, guard outcome, intent, attempt, application, verification and operator
+// control, as records of an append-only, hash-chained log.
 //
-// The ledger is append-only and hash-chained: every record names the hash of the one
-// before it, so removing, reordering or editing any record breaks the chain at that
-// point, and Verify reports the first broken record. Records are written to a JetStream
-// stream (one writer appends at a time, enforced by the expected-last-sequence check) or,
-// for replay and tests, kept in memory; both chain the same way.
+// Every record names the hash of the one before it, so removing, reordering or editing
+// any record breaks the chain at that point, and Verify reports the first broken record.
+// Records are kept in memory (Memory: replay and tests) or in a JetStream stream
+// (ledger/jetstream); both chain the same way.
 //
-// Intent is written before an action is applied and the outcome after; when the ledger
-// cannot be written, nothing is applied (the caller gets the error).
+// Append (Appender) stores one record and waits for it. Queue (Queuer) places an entry in
+// the chain at once and returns a Pending: a caller recording several facts queues them
+// all and waits for the last, since a record is stored only if every record queued
+// before it is.
+//
+// The ledger is a leaf: it imports no stage, and every stage may append to it. Intent is
+// written before an action is applied and the outcome after; when the ledger cannot be
+// written, nothing is applied (the caller gets the error).
 package ledger
 
 import (
@@ -98,8 +105,9 @@ func computeHash(r *Record) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// link fills in r's chain fields so it follows the record with sequence seq and hash prev.
-func link(e Entry, seq uint64, prev string) Record {
+// Link returns the record of e following the record with sequence seq and hash prev
+// (0 and Genesis for the first record). e must be normalized (see Entry.Normalize).
+func Link(e Entry, seq uint64, prev string) Record {
 	r := Record{Entry: e, Seq: seq + 1, Prev: prev}
 	r.Time = r.Time.UTC()
 	r.Hash = computeHash(&r)

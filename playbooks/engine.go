@@ -20,8 +20,9 @@ import (
 	"github.com/open-policy-agent/opa/v1/topdown"
 	"go.uber.org/zap"
 
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/detectors"
-	"github.com/killswitch-dev/killswitch/internal/clock"
 )
 
 // Defaults of Options.
@@ -406,7 +407,7 @@ func (e *Engine) evaluate(ctx context.Context, snap *snapshot, in Input, cfg eva
 	// Merge: union of actions (deduplicated), approval if any asks, the worst severity.
 	merged := Decision{Actions: []Action{}, Severity: string(in.Detection.Severity)}
 	type actionKey struct {
-		t                                  ActionType
+		t                                  killswitch.ActionType
 		credential, subject, webhook, text string
 	}
 	byKey := map[actionKey]*Action{}
@@ -422,7 +423,7 @@ func (e *Engine) evaluate(ctx context.Context, snap *snapshot, in Input, cfg eva
 			k := actionKey{a.Type, a.Credential, a.Subject, a.Webhook, a.Message}
 			if m, ok := byKey[k]; ok {
 				m.Playbooks = append(m.Playbooks, o.pb.Name)
-				m.Mode = strongerMode(m.Mode, o.pb.Mode)
+				m.Mode = killswitch.Loosest(m.Mode, o.pb.Mode)
 				continue
 			}
 			m := a
@@ -494,7 +495,7 @@ func (e *Engine) escalate(res Result, in Input, reason EscalationReason, errs []
 	msg := fmt.Sprintf("Killswitch: the playbooks could not decide on %s detection %s for %s (%s): %s. Nothing was revoked; a human must decide.",
 		in.Detection.Detector, in.Detection.ID, who, reason, detail)
 	res.Decision = Decision{
-		Actions:          []Action{{Type: ActionNotify, Message: truncate(msg, maxMessageLen), Mode: ModeEnforce}},
+		Actions:          []Action{{Type: killswitch.ActionNotify, Message: truncate(msg, maxMessageLen), Mode: killswitch.ModeEnforce}},
 		RequiresApproval: true,
 		Reason:           truncate("escalated ("+string(reason)+"): "+detail, maxReasonLen),
 		Severity:         maxSeverity("high", string(in.Detection.Severity)),
@@ -531,30 +532,13 @@ func truncate(s string, n int) string {
 	return s[:cut] + "..."
 }
 
-func modeRank(m Mode) int {
-	switch m {
-	case ModeEnforce:
-		return 2
-	case ModeShadow:
-		return 1
-	}
-	return 0
-}
-
-func strongerMode(a, b Mode) Mode {
-	if modeRank(b) > modeRank(a) {
-		return b
-	}
-	return a
-}
-
-func typeRank(t ActionType) int {
-	for i, k := range ActionTypes {
+func typeRank(t killswitch.ActionType) int {
+	for i, k := range killswitch.ActionTypes {
 		if k == t {
 			return i
 		}
 	}
-	return len(ActionTypes)
+	return len(killswitch.ActionTypes)
 }
 
 func actionLess(a, b Action) bool {

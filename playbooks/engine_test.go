@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/playbooks"
 )
 
@@ -202,10 +202,10 @@ func TestMergeIsDeterministic(t *testing.T) {
 		t.Fatal(res.Errors)
 	}
 	want := []playbooks.Action{
-		{Type: playbooks.ActionRevokeTokenAccessor, Credential: "mailer-api", Mode: playbooks.ModeEnforce, Playbooks: []string{"killswitch.playbooks.a", "killswitch.playbooks.b"}},
-		{Type: playbooks.ActionNATSPublish, Credential: "mailer-api", Subject: "egress.block.mailer", Mode: playbooks.ModeDryRun, Playbooks: []string{"killswitch.playbooks.c"}},
-		{Type: playbooks.ActionWebhook, Webhook: "soc", Mode: playbooks.ModeEnforce, Playbooks: []string{"killswitch.playbooks.b"}},
-		{Type: playbooks.ActionNotify, Message: "same", Mode: playbooks.ModeEnforce, Playbooks: []string{"killswitch.playbooks.a", "killswitch.playbooks.b"}},
+		{Type: killswitch.ActionRevokeTokenAccessor, Credential: "mailer-api", Mode: killswitch.ModeEnforce, Playbooks: []string{"killswitch.playbooks.a", "killswitch.playbooks.b"}},
+		{Type: killswitch.ActionNATSPublish, Credential: "mailer-api", Subject: "egress.block.mailer", Mode: killswitch.ModeDryRun, Playbooks: []string{"killswitch.playbooks.c"}},
+		{Type: killswitch.ActionWebhook, Webhook: "soc", Mode: killswitch.ModeEnforce, Playbooks: []string{"killswitch.playbooks.b"}},
+		{Type: killswitch.ActionNotify, Message: "same", Mode: killswitch.ModeEnforce, Playbooks: []string{"killswitch.playbooks.a", "killswitch.playbooks.b"}},
 	}
 	if !reflect.DeepEqual(res.Decision.Actions, want) {
 		t.Errorf("actions =\n%+v\nwant\n%+v", res.Decision.Actions, want)
@@ -264,13 +264,13 @@ func TestResultRecord(t *testing.T) {
 // TestVendorViewHasNoSecrets: the view of a vendor built from the inventory carries the
 // kind, action and flags of each credential, never its Vault identity.
 func TestVendorViewHasNoSecrets(t *testing.T) {
-	v := config.Vendor{Owner: "team", Credentials: map[string]config.Credential{
-		"api":    {Kind: config.CredTokenAccessor, Accessor: "acc-SECRET-1"},
-		"batch":  {Kind: config.CredAppRoleSecretID, Role: "role-SECRET-2", SecretIDAccessor: "sid-SECRET-3"},
-		"db":     {Kind: config.CredLeasePrefix, LeasePrefix: "database/creds/SECRET-4"},
-		"static": {Kind: config.CredKV, Path: "vendors/SECRET-5"},
-		"pol":    {Kind: config.CredPolicy, Policy: "SECRET-6", Protected: true},
-		"one":    {Kind: config.CredLease, LeaseID: "lease/SECRET-7"},
+	v := killswitch.Vendor{Owner: "team", Credentials: map[string]killswitch.Credential{
+		"api":    {Kind: killswitch.CredTokenAccessor, Accessor: "acc-SECRET-1"},
+		"batch":  {Kind: killswitch.CredAppRoleSecretID, Role: "role-SECRET-2", SecretIDAccessor: "sid-SECRET-3"},
+		"db":     {Kind: killswitch.CredLeasePrefix, LeasePrefix: "database/creds/SECRET-4"},
+		"static": {Kind: killswitch.CredKV, Path: "vendors/SECRET-5"},
+		"pol":    {Kind: killswitch.CredPolicy, Policy: "SECRET-6", Protected: true},
+		"one":    {Kind: killswitch.CredLease, LeaseID: "lease/SECRET-7"},
 	}}
 	view := playbooks.NewVendorView("mailer", &v)
 	b, err := json.Marshal(view)
@@ -280,7 +280,7 @@ func TestVendorViewHasNoSecrets(t *testing.T) {
 	if strings.Contains(string(b), "SECRET") {
 		t.Fatalf("vendor view leaks Vault identities: %s", b)
 	}
-	if c := view.Credentials["pol"]; c.Action != playbooks.ActionQuarantinePolicy || !c.Protected || !view.Known {
+	if c := view.Credentials["pol"]; c.Action != killswitch.ActionQuarantinePolicy || !c.Protected || !view.Known {
 		t.Errorf("view = %+v", view)
 	}
 	if unknown := playbooks.NewVendorView("x", nil); unknown.Known || unknown.Credentials == nil {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/playbooks"
 )
 
@@ -170,7 +171,7 @@ func assertEscalation(t *testing.T, res playbooks.Result) {
 	if len(destructive(d)) != 0 {
 		t.Errorf("escalation carries destructive actions: %+v", d.Actions)
 	}
-	if !d.RequiresApproval || len(d.Actions) != 1 || d.Actions[0].Type != playbooks.ActionNotify || d.Actions[0].Mode != playbooks.ModeEnforce {
+	if !d.RequiresApproval || len(d.Actions) != 1 || d.Actions[0].Type != killswitch.ActionNotify || d.Actions[0].Mode != killswitch.ModeEnforce {
 		t.Errorf("escalation decision = %+v, want one enforced notify and approval", d)
 	}
 	if len(res.Errors) == 0 || res.Revision == "" || res.ID == "" {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/clock"
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"github.com/killswitch-dev/killswitch/rego"
 )

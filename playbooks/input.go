@@ -12,8 +12,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/detectors"
-	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch/incidents"
 )
 
 // ErrInvalidInput is wrapped by every error about an input document.
@@ -81,7 +82,7 @@ const (
 // ActionRecord is one action of an incident.
 type ActionRecord struct {
 	// Type is the action type.
-	Type ActionType `json:"type"`
+	Type killswitch.ActionType `json:"type"`
 	// Credential is the targeted credential, if any.
 	Credential string `json:"credential,omitempty"`
 	// Status says where the action stands.
@@ -99,7 +100,7 @@ type VendorView struct {
 	// Owner is the team that owns the relationship.
 	Owner string `json:"owner,omitempty"`
 	// Mode is the vendor's action mode override (enforce, shadow, dry-run), if any.
-	Mode string `json:"mode,omitempty"`
+	Mode killswitch.Mode `json:"mode,omitempty"`
 	// Credentials are the vendor's credentials keyed by inventory name.
 	Credentials map[string]CredentialView `json:"credentials"`
 }
@@ -107,9 +108,9 @@ type VendorView struct {
 // CredentialView describes one credential without its identity in Vault.
 type CredentialView struct {
 	// Kind says how the credential is revoked.
-	Kind config.CredentialKind `json:"kind"`
+	Kind killswitch.CredentialKind `json:"kind"`
 	// Action is the action type that takes this credential away (for a policy: quarantine).
-	Action ActionType `json:"action"`
+	Action killswitch.ActionType `json:"action"`
 	// Protected credentials are never targets.
 	Protected bool `json:"protected"`
 	// ExpectedIdle marks a credential that is normally idle.
@@ -142,29 +143,41 @@ type Budget struct {
 	BreakerOpen bool `json:"breaker_open"`
 }
 
-// ActionFor returns the action type that takes a credential of kind k away, or "" for an
-// unknown kind.
-func ActionFor(k config.CredentialKind) ActionType {
-	switch k {
-	case config.CredTokenAccessor:
-		return ActionRevokeTokenAccessor
-	case config.CredAppRoleSecretID:
-		return ActionDestroySecretID
-	case config.CredLease:
-		return ActionRevokeLease
-	case config.CredLeasePrefix:
-		return ActionRevokeLeasePrefix
-	case config.CredKV:
-		return ActionRotateKV
-	case config.CredPolicy:
-		return ActionQuarantinePolicy
+// SummaryOf is the playbooks' view of an incident.
+func SummaryOf(inc *incidents.Incident) IncidentSummary {
+	s := IncidentSummary{
+		ID:               inc.ID,
+		Detections:       DetectionCounts{Count: inc.DetectionCount, Kinds: map[detectors.Kind]int{}},
+		FirstAnomalousAt: inc.FirstAnomalousAt,
+		Actions:          []ActionRecord{},
 	}
-	return ""
+	for _, d := range inc.Detections {
+		s.Detections.Kinds[d.Detector]++
+	}
+	for _, a := range inc.Actions {
+		s.Actions = append(s.Actions, ActionRecord{Type: a.Type, Credential: a.Credential, Status: statusOf(a.Status), At: a.At})
+	}
+	return s
+}
+
+// statusOf maps an incident's action status onto the five the playbooks know.
+func statusOf(s incidents.ActionStatus) ActionStatus {
+	switch s {
+	case incidents.ActionPlanned, incidents.ActionSkipped:
+		return StatusPlanned
+	case incidents.ActionHeld:
+		return StatusHeld
+	case incidents.ActionApplied, incidents.ActionUnverified:
+		return StatusApplied
+	case incidents.ActionVerified:
+		return StatusVerified
+	}
+	return StatusFailed
 }
 
 // NewVendorView builds the playbook view of a vendor. v is the inventory entry, or nil for
 // a vendor seen only in telemetry. No secret or Vault identity is copied.
-func NewVendorView(name string, v *config.Vendor) VendorView {
+func NewVendorView(name string, v *killswitch.Vendor) VendorView {
 	view := VendorView{Name: name, Credentials: map[string]CredentialView{}}
 	if v == nil {
 		return view
@@ -174,7 +187,7 @@ func NewVendorView(name string, v *config.Vendor) VendorView {
 	view.Mode = v.Mode
 	for cn, c := range v.Credentials {
 		view.Credentials[cn] = CredentialView{
-			Kind: c.Kind, Action: ActionFor(c.Kind), Protected: c.Protected, ExpectedIdle: c.ExpectedIdle,
+			Kind: c.Kind, Action: c.Kind.Action(), Protected: c.Protected, ExpectedIdle: c.ExpectedIdle,
 		}
 	}
 	return view
@@ -230,7 +243,7 @@ func (in *Input) Validate() error {
 	if !knownKind(d.Detector) {
 		bad("detection.detector: unknown kind %q", d.Detector)
 	}
-	if severityRank(string(d.Severity)) < 0 {
+	if d.Severity.Rank() < 0 {
 		bad("detection.severity: unknown severity %q", d.Severity)
 	}
 	if in.Vendor.Name != d.Vendor {
@@ -242,7 +255,7 @@ func (in *Input) Validate() error {
 		if err := checkName(n); err != nil {
 			bad("vendor.credentials: %v", err)
 		}
-		if want := ActionFor(c.Kind); want == "" || c.Action != want {
+		if want := c.Kind.Action(); want == "" || c.Action != want {
 			bad("vendor.credentials.%s: kind %q needs action %q, got %q", n, c.Kind, want, c.Action)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/rego"
 )
 
@@ -305,7 +306,7 @@ type Playbook struct {
 	// Description is the METADATA description.
 	Description string `json:"description"`
 	// Mode is custom.mode: enforce, shadow or dry-run.
-	Mode Mode `json:"mode"`
+	Mode killswitch.Mode `json:"mode"`
 	// File and Line locate the entrypoint rule.
 	File string `json:"file"`
 	Line int    `json:"line"`
@@ -429,10 +430,9 @@ func discover(c *ast.Compiler) ([]Playbook, []Problem) {
 			ok = false
 		}
 		mode, _ := a.Custom["mode"].(string)
-		switch Mode(mode) {
-		case ModeEnforce, ModeShadow, ModeDryRun:
-			pb.Mode = Mode(mode)
-		default:
+		if m := killswitch.Mode(mode); m != "" && m.Valid() {
+			pb.Mode = m
+		} else {
 			bad(a.Location, "package %s: METADATA custom.mode must be enforce, shadow or dry-run, got %q", name, mode)
 			ok = false
 		}

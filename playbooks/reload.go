@@ -47,9 +47,13 @@ func (e *Engine) Reload(ctx context.Context) (bool, error) {
 		}
 		return false, err
 	}
+	// Swap and clear the status under one lock: whoever sees the new revision and then
+	// asks LastReloadError sees this attempt's outcome, never a stale error.
+	e.statusMu.Lock()
 	e.cur.Store(snap)
+	e.lastErr, e.lastAt = nil, e.clock.Now()
+	e.statusMu.Unlock()
 	e.failedRev = ""
-	e.setStatus(nil)
 	e.log.Info("playbooks reloaded", zap.String("previous", prev.revision),
 		zap.String("revision", snap.revision), zap.Int("playbooks", len(snap.playbooks)))
 	if e.onReload != nil {
@@ -68,8 +72,12 @@ func (e *Engine) setStatus(err error) {
 // Watch reloads the playbooks when files under the sources' directories change, until
 // ctx ends (it then returns nil). File-system events are debounced (Options.Debounce);
 // the directories are also re-read every Options.PollInterval in case an event was
-// missed. Reload errors are reported through Reload's channels, never returned: the
-// previous playbooks keep serving. Watch returns an error only when the watcher cannot
+// missed. Once the directories are watched, Watch re-reads them, so a change made
+// between New and Watch is not missed either. The debounce restarts on every event. A
+// file read half-written (an editor that truncates, then writes) is refused when it does
+// not compile, and an empty or comment-only file never does: the previous playbooks keep
+// serving until the write's own event reloads. Reload errors are reported through
+// Reload's channels, never returned. Watch returns an error only when the watcher cannot
 // start. With no directory source it just waits for ctx.
 func (e *Engine) Watch(ctx context.Context) error {
 	var dirs []string
@@ -102,6 +110,7 @@ func (e *Engine) Watch(ctx context.Context) error {
 		e.watchTrees(w, dirs) // directories created or replaced since
 		_, _ = e.Reload(ctx)
 	}
+	_, _ = e.Reload(ctx) // changes made before the directories were watched
 	for {
 		select {
 		case <-ctx.Done():

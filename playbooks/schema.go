@@ -7,6 +7,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/detectors"
 	"github.com/open-policy-agent/opa/v1/util"
 )
 
@@ -20,22 +22,9 @@ const (
 	maxReasonLen  = 4096
 )
 
-// The severities, least severe first: a decision's severity is one of them.
-var severities = [...]string{"info", "low", "medium", "high", "critical"}
-
-// severityRank returns the rank of a severity (0 for info) or -1 for an unknown one.
-func severityRank(s string) int {
-	for i, v := range severities {
-		if v == s {
-			return i
-		}
-	}
-	return -1
-}
-
 // maxSeverity returns the more severe of a and b (a known severity beats an unknown one).
 func maxSeverity(a, b string) string {
-	if severityRank(b) > severityRank(a) {
+	if detectors.Severity(b).Rank() > detectors.Severity(a).Rank() {
 		return b
 	}
 	return a
@@ -136,7 +125,7 @@ func ParseDecision(raw any, maxActions int) (Decision, error) {
 	}
 	if v, ok := obj["severity"]; ok {
 		s, isStr := v.(string)
-		if !isStr || (s != "" && severityRank(s) < 0) {
+		if !isStr || (s != "" && detectors.Severity(s).Rank() < 0) {
 			bad("severity: want one of info, low, medium, high, critical, got %s", describe(v))
 		}
 		d.Severity = s
@@ -178,13 +167,13 @@ type actionFields struct {
 	required, optional []string
 }
 
-func fieldsFor(t ActionType) actionFields {
+func fieldsFor(t killswitch.ActionType) actionFields {
 	switch {
 	case t.Destructive():
 		return actionFields{required: []string{"credential"}}
-	case t == ActionNATSPublish:
+	case t == killswitch.ActionNATSPublish:
 		return actionFields{required: []string{"subject"}, optional: []string{"credential", "message"}}
-	case t == ActionWebhook:
+	case t == killswitch.ActionWebhook:
 		return actionFields{required: []string{"webhook"}, optional: []string{"credential", "message"}}
 	default: // notify
 		return actionFields{required: []string{"message"}, optional: []string{"credential"}}
@@ -204,7 +193,7 @@ func parseAction(v any) (Action, error) {
 	if !ok {
 		return Action{}, fmt.Errorf("type: want a string, got %s", typeName(tv))
 	}
-	t := ActionType(ts)
+	t := killswitch.ActionType(ts)
 	if !t.Known() {
 		return Action{}, fmt.Errorf("type: unknown action type %q", ts)
 	}

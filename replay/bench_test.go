@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/scenario"
+	"github.com/killswitch-dev/killswitch/scenario"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/ledger"
 )
 
@@ -45,7 +46,7 @@ type incidentView struct {
 	Status    string
 	StatusCSS string
 	Chart     template.HTML
-	Decisions []ledger.DecisionRef
+	Decisions []incidents.DecisionRef
 	Trail     []trailRow
 }
 
@@ -89,7 +90,7 @@ func (r *Report) view() pageView {
 }
 
 // trail lists the incident's ledger records in order: what happened, step by step.
-func trail(in *ledger.Incident, records []ledger.Record) []trailRow {
+func trail(in *incidents.Incident, records []ledger.Record) []trailRow {
 	var rows []trailRow
 	for _, rec := range records {
 		if rec.Incident != in.ID {
@@ -131,7 +132,7 @@ func payloadSummary(rec ledger.Record) string {
 
 // chart draws the incident's volume per bucket against the expected band, with the
 // milestones and the exposure window shaded.
-func chart(in *ledger.Incident, s *series, containment string) template.HTML {
+func chart(in *incidents.Incident, s *series, containment string) template.HTML {
 	const W, H, left, right, top, bottom = 960.0, 260.0, 70.0, 20.0, 24.0, 40.0
 	if s == nil || len(s.points) == 0 {
 		return template.HTML(`<p class="muted">No volume history kept for this key (more keys than --chart-keys).</p>`)

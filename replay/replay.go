@@ -1,9 +1,9 @@
-// Package replay drives recorded telemetry through the same pipeline as the service
-// (detectors, incidents, playbooks, guard rails and actions) on a virtual clock that
-// follows event time, so days of telemetry replay in seconds and the same input always
-// gives byte-identical reports. It writes the JSON report (a stable contract, see
-// DESIGN.md) and a self-contained HTML report, and can compare two playbook sets on the
-// same telemetry.
+// Package replay drives recorded telemetry through the very pipeline the service runs
+// (detectors, incidents, playbooks, guard rails and actions; see package pipeline) on a
+// virtual clock that follows event time, so days of telemetry replay in seconds and the
+// same input always gives byte-identical reports. It writes the JSON report (a stable
+// contract, see DESIGN.md) and a self-contained HTML report, and can compare two
+// playbook sets on the same telemetry.
 package replay
 
 import (
@@ -15,32 +15,30 @@ import (
 	"slices"
 	"time"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/detectors"
-	"github.com/killswitch-dev/killswitch/internal/clock"
-	"github.com/killswitch-dev/killswitch/internal/config"
-	"github.com/killswitch-dev/killswitch/internal/pace"
-	"github.com/killswitch-dev/killswitch/internal/pipeline"
+	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/ledger"
+	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"github.com/killswitch-dev/killswitch/telemetry"
 	"go.uber.org/zap"
 )
 
-// Source feeds recorded telemetry to a handler in event order (as recorded).
-type Source interface {
-	Run(ctx context.Context, h telemetry.Handler) error
-}
-
 // ActorFactory builds the actor (guard rails and executors) for a replay, on the
 // replay's virtual clock and ledger.
-type ActorFactory func(clk clock.Clock, led pipeline.Recorder) (pipeline.Actor, error)
+type ActorFactory func(clk clock.Clock, led ledger.Appender) (pipeline.Actor, error)
 
 // Options configures a replay.
 type Options struct {
-	// Config is the team's configuration; the zero Config works (vendors and credentials
-	// come from the telemetry).
-	Config config.Config
+	// Detectors, Vendors, Incidents and Actions are the team's settings and vendor
+	// inventory; the zero values work (vendors and credentials come from the telemetry).
+	Detectors detectors.Settings
+	Vendors   killswitch.Inventory
+	Incidents incidents.Settings
+	Actions   actions.Settings
 	// Playbooks evaluates decisions.
 	Playbooks pipeline.Decider
 	// Baseline, when set, is evaluated on the same inputs and every decision that differs
@@ -57,6 +55,9 @@ type Options struct {
 	// Events receives detections, incidents, decisions and action states as they
 	// happen (e.g. published to NATS in a live exercise); may be nil.
 	Events pipeline.EventSink
+	// Counters are the source's counters: the telemetry health the playbooks see is
+	// computed from them, as in the service. May be nil.
+	Counters *telemetry.Counters
 	// Progress receives a progress line a few times a second; nil is quiet.
 	Progress io.Writer
 	// Log receives warnings (bad input lines…).
@@ -69,10 +70,11 @@ type Options struct {
 // PlanActions is the actor of a replay without a Vault: every guard rail runs as in the
 // service (budget, breaker, cooldown, approvals, protected credentials), on the virtual
 // clock and in memory, and destructive actions that pass them are planned, not applied.
-func PlanActions(cfg config.Config) ActorFactory {
-	return func(clk clock.Clock, led pipeline.Recorder) (pipeline.Actor, error) {
-		return actions.New(cfg.Actions, actions.Options{PlanOnly: true}, actions.Deps{
-			Store: actions.NewMemoryStore(), Ledger: led, Inventory: cfg.Vendors, Clock: clk,
+func PlanActions(s actions.Settings, inv killswitch.Inventory) ActorFactory {
+	return func(clk clock.Clock, led ledger.Appender) (pipeline.Actor, error) {
+		s.PlanOnly = true
+		return actions.New(s, actions.Deps{
+			Store: actions.NewMemoryStore(), Ledger: led, Inventory: inv, Clock: clk,
 			Sleep:       func(context.Context, time.Duration) error { return nil },
 			Fingerprint: actions.NewFingerprinter([]byte("killswitch-replay")),
 			Instance:    "replay",
@@ -81,46 +83,42 @@ func PlanActions(cfg config.Config) ActorFactory {
 }
 
 // Run replays src and returns the report.
-func Run(ctx context.Context, src Source, o Options) (*Report, error) {
-	r, err := newRunner(ctx, o)
+func Run(ctx context.Context, src telemetry.Source, o Options) (*Report, error) {
+	r, err := newRunner(o)
 	if err != nil {
 		return nil, err
 	}
+	defer r.p.Close()
 	if err := src.Run(ctx, r); err != nil {
 		return nil, fmt.Errorf("replay: %w", err)
-	}
-	if r.err != nil {
-		return nil, r.err
 	}
 	return r.finish(ctx)
 }
 
-// runner is one replay in progress; it is the telemetry.Handler of the source.
+// runner is one replay in progress; it is the telemetry.Handler of the source, in
+// front of the pipeline's ingest.
 type runner struct {
-	o         Options
-	clk       *clock.Manual
-	engine    *detectors.Engine
-	responder *pipeline.Responder
-	ledger    *ledger.Memory
-	store     *memoryStore
-	flips     *flipRecorder
-	pacer     *pace.Pacer
-	progress  *progress
-	err       error
+	o        Options
+	clk      *clock.Manual
+	p        *pipeline.Pipeline
+	ledger   *ledger.Memory
+	store    *memoryStore
+	flips    *flipRecorder
+	pacer    *clock.Pacer
+	progress *progress
 
-	events      int64
+	events      int64 // events handed to the pipeline
+	seen        int64 // events the detectors processed (the observer's count)
 	first, last time.Time
 	nextTick    time.Time
-	pending     []detectors.Detection
-	emit        func(detectors.Detection)
 	trackers    map[detectors.Key]*tracker
 	charts      *charts
 }
 
-// tickEvery is how often, in event time, the processing-time checks (silence) run.
+// tickEvery is how often, in event time, the processing-time checks run.
 const tickEvery = time.Minute
 
-func newRunner(ctx context.Context, o Options) (*runner, error) {
+func newRunner(o Options) (*runner, error) {
 	if o.Playbooks == nil {
 		return nil, errors.New("replay: no playbooks")
 	}
@@ -130,18 +128,13 @@ func newRunner(ctx context.Context, o Options) (*runner, error) {
 	if o.ChartKeys <= 0 {
 		o.ChartKeys = 20_000
 	}
-	clk := clock.NewManual(time.Time{})
-	engine, err := detectors.New(o.Config, detectors.WithClock(clk))
-	if err != nil {
-		return nil, fmt.Errorf("replay: %w", err)
-	}
 	r := &runner{
-		o: o, clk: clk, engine: engine, ledger: ledger.NewMemory(), store: newMemoryStore(),
+		o: o, clk: clock.NewManual(time.Time{}), ledger: ledger.NewMemory(), store: newMemoryStore(),
 		trackers: make(map[detectors.Key]*tracker),
 	}
-	width := o.Config.Detectors.Interval
+	width := o.Detectors.Interval
 	if width <= 0 {
-		width = 5 * time.Minute
+		width = detectors.DefaultInterval
 	}
 	r.charts = newCharts(o.ChartKeys, width)
 	decider := o.Playbooks
@@ -151,37 +144,44 @@ func newRunner(ctx context.Context, o Options) (*runner, error) {
 	}
 	var actor pipeline.Actor
 	if o.NewActor != nil {
-		if actor, err = o.NewActor(clk, r.ledger); err != nil {
+		var err error
+		if actor, err = o.NewActor(r.clk, r.ledger); err != nil {
 			return nil, fmt.Errorf("replay: %w", err)
 		}
 	}
-	r.responder = pipeline.NewResponder(pipeline.ResponderConfig{
-		Incidents: ledger.NewIncidents(ledger.IncidentConfig{PlannedContains: o.PlannedContains}),
-		Decider:   decider, Actor: actor, Ledger: r.ledger, Store: r.store,
-		Inventory: o.Config.Vendors, Events: o.Events, Clock: clk, Log: o.Log,
-		Storm: pipeline.StormConfig{Vendors: -1}, // a replay shows every incident
+	inc := o.Incidents
+	inc.PlannedContains = o.PlannedContains
+	p, err := pipeline.New(pipeline.Config{
+		Detectors: detectors.Config{Settings: o.Detectors, Vendors: o.Vendors},
+		Inline:    true, // one recording, one order: byte-identical reports
+		Observer:  r.observe,
+		Responder: pipeline.ResponderConfig{
+			Incidents: inc, Decider: decider, Actor: actor, Ledger: r.ledger, Store: r.store,
+			Inventory: o.Vendors, Events: o.Events, Log: o.Log, // no storm guard: a replay shows every incident
+		},
+		Counters: o.Counters, Virtual: r.clk, Log: o.Log,
 	})
+	if err != nil {
+		return nil, fmt.Errorf("replay: %w", err)
+	}
+	r.p = p
 	r.store.onSave = r.track
-	r.emit = func(d detectors.Detection) { r.pending = append(r.pending, d) }
 	if o.Speed > 0 {
-		r.pacer = pace.New(o.Speed)
+		r.pacer = clock.NewPacer(o.Speed)
 	}
 	if o.Progress != nil {
 		r.progress = newProgress(o.Progress)
 	}
-	_ = ctx
 	return r, nil
 }
 
-// Handle implements telemetry.Handler: the replay's hot path.
+// Handle implements telemetry.Handler: it hands the batch to the pipeline, running the
+// processing-time checks whenever event time passes a tick (and, at a replay speed,
+// pacing each event).
 func (r *runner) Handle(ctx context.Context, batch []telemetry.Event) error {
+	start := 0
 	for i := range batch {
 		ev := &batch[i]
-		if r.pacer != nil {
-			if err := r.pacer.Wait(ctx, ev.Time); err != nil {
-				return err
-			}
-		}
 		if r.events == 0 {
 			r.first, r.nextTick = ev.Time, ev.Time.Truncate(tickEvery).Add(tickEvery)
 		}
@@ -189,17 +189,28 @@ func (r *runner) Handle(ctx context.Context, batch []telemetry.Event) error {
 			r.last = ev.Time
 		}
 		r.events++
-		r.clk.Set(ev.Time)
+		tick := !ev.Time.Before(r.nextTick)
+		if r.pacer == nil && !tick {
+			continue
+		}
+		if err := r.submit(ctx, batch[start:i]); err != nil {
+			return err
+		}
+		start = i
 		for !ev.Time.Before(r.nextTick) {
-			r.engine.Tick(r.nextTick, r.emit)
+			if err := r.p.Tick(ctx, r.nextTick); err != nil {
+				return fmt.Errorf("replay: tick at %s: %w", r.nextTick.Format(time.RFC3339), err)
+			}
 			r.nextTick = r.nextTick.Add(tickEvery)
 		}
-		r.engine.Process(ev, r.emit)
-		if err := r.respond(ctx); err != nil {
-			r.err = err
-			return telemetry.Permanent(err)
+		if r.pacer != nil {
+			if err := r.pacer.Wait(ctx, ev.Time); err != nil {
+				return err
+			}
 		}
-		r.account(ev)
+	}
+	if err := r.submit(ctx, batch[start:]); err != nil {
+		return err
 	}
 	if r.progress != nil {
 		r.progress.update(r.events, r.last, r.store.len())
@@ -207,42 +218,39 @@ func (r *runner) Handle(ctx context.Context, batch []telemetry.Event) error {
 	return nil
 }
 
-// respond hands the detections of the last event to the responder.
-func (r *runner) respond(ctx context.Context) error {
-	if len(r.pending) == 0 {
+// submit hands events to the pipeline.
+func (r *runner) submit(ctx context.Context, evs []telemetry.Event) error {
+	if len(evs) == 0 {
 		return nil
 	}
-	for _, d := range r.pending {
-		if err := r.responder.Handle(ctx, d); err != nil {
-			return fmt.Errorf("replay: detection %s: %w", d.ID, err)
-		}
-	}
-	r.pending = r.pending[:0]
-	return nil
+	return r.p.Ingest().Handle(ctx, evs)
 }
 
-// account counts the event's bytes for incidents and charts.
-func (r *runner) account(ev *telemetry.Event) {
+// observe is the detectors' observer: it counts every event's bytes for the incidents
+// of its keys and the charts, right after the event's detections were responded to.
+func (r *runner) observe(e *detectors.Engine, ev *telemetry.Event) {
+	r.seen++
 	cred := detectors.Key{Vendor: ev.Vendor, Credential: ev.Credential}
 	vendor := detectors.Key{Vendor: ev.Vendor}
 	if len(r.trackers) > 0 {
 		if t := r.trackers[cred]; t != nil && ev.Credential != "" {
-			t.add(r.events, ev)
+			t.add(r.seen, ev)
 		}
 		if t := r.trackers[vendor]; t != nil {
-			t.add(r.events, ev)
+			t.add(r.seen, ev)
 		}
 	}
-	r.charts.add(r.engine, cred, ev)
+	r.charts.add(e, cred, ev)
 	if ev.Credential != "" {
-		r.charts.add(r.engine, vendor, ev)
+		r.charts.add(e, vendor, ev)
 	}
 }
 
-// tracker counts the bytes of an incident's key before and after containment.
+// tracker counts the bytes of an incident's key before and after containment, until a
+// new incident opens on the key.
 type tracker struct {
 	incident    string
-	openedAt    int64 // the replay's event count when the incident opened
+	openedAt    int64 // the number of the event being processed when the incident opened
 	contained   *time.Time
 	closed      bool
 	before      int64 // after the first detection's crossing event, up to containment
@@ -264,15 +272,18 @@ func (t *tracker) add(n int64, ev *telemetry.Event) {
 	}
 }
 
-// track follows an incident's changes (the incident store's save hook).
-func (r *runner) track(in *ledger.Incident) {
+// track follows an incident's changes (the incident store's save hook). An incident
+// opens while the detectors process event number seen+1 (or, on a tick, before it). Its
+// bytes are counted until a new incident opens on the key: an incident that closed
+// because its key went quiet still says what its revocation would have stopped.
+func (r *runner) track(in *incidents.Incident) {
 	key := in.Key()
 	t := r.trackers[key]
 	if t == nil || t.incident != in.ID {
 		if t != nil {
 			t.closed = true
 		}
-		t = &tracker{incident: in.ID, openedAt: r.events, base: in.AnomalousBytes}
+		t = &tracker{incident: in.ID, openedAt: r.seen + 1, base: in.AnomalousBytes}
 		t.chartSeries = r.charts.open(key, in.ID)
 		r.trackers[key] = t
 		r.store.trackers[in.ID] = t
@@ -281,17 +292,13 @@ func (r *runner) track(in *ledger.Incident) {
 		c := *in.ContainedAt
 		t.contained = &c
 	}
-	if in.State == ledger.StateClosed {
-		t.closed = true
-	}
 }
 
 // finish builds the report.
 func (r *runner) finish(ctx context.Context) (*Report, error) {
 	if r.events > 0 {
-		r.engine.Tick(r.last, r.emit)
-		if err := r.respond(ctx); err != nil {
-			return nil, err
+		if err := r.p.Tick(ctx, r.last); err != nil {
+			return nil, fmt.Errorf("replay: last tick: %w", err)
 		}
 	}
 	if r.progress != nil {
@@ -322,7 +329,7 @@ func (r *runner) finish(ctx context.Context) (*Report, error) {
 			inc.ExposureWindowSeconds = &w
 		}
 		for _, a := range in.Actions {
-			inc.Actions = append(inc.Actions, Action{Type: a.Type, Target: a.Target, Status: string(a.Status), At: ts(a.At)})
+			inc.Actions = append(inc.Actions, Action{Type: string(a.Type), Target: a.Target, Status: string(a.Status), At: ts(a.At)})
 		}
 		rep.Incidents = append(rep.Incidents, inc)
 		rep.details = append(rep.details, detail{incident: in, series: t.chartSeries})
@@ -345,18 +352,18 @@ func round3(f float64) float64 { return math.Round(f*1000) / 1000 }
 
 // memoryStore keeps the latest copy of every incident, in order of first appearance.
 type memoryStore struct {
-	byID     map[string]*ledger.Incident
+	byID     map[string]*incidents.Incident
 	order    []string
-	onSave   func(*ledger.Incident)
+	onSave   func(*incidents.Incident)
 	trackers map[string]*tracker
 }
 
 func newMemoryStore() *memoryStore {
-	return &memoryStore{byID: make(map[string]*ledger.Incident), trackers: make(map[string]*tracker)}
+	return &memoryStore{byID: make(map[string]*incidents.Incident), trackers: make(map[string]*tracker)}
 }
 
 // Save implements pipeline.IncidentStore.
-func (s *memoryStore) Save(_ context.Context, in *ledger.Incident) error {
+func (s *memoryStore) Save(_ context.Context, in *incidents.Incident) error {
 	if _, ok := s.byID[in.ID]; !ok {
 		s.order = append(s.order, in.ID)
 	}
@@ -370,12 +377,12 @@ func (s *memoryStore) Save(_ context.Context, in *ledger.Incident) error {
 func (s *memoryStore) len() int { return len(s.order) }
 
 // all returns the incidents ordered by detection time, then ID.
-func (s *memoryStore) all() []*ledger.Incident {
-	out := make([]*ledger.Incident, 0, len(s.order))
+func (s *memoryStore) all() []*incidents.Incident {
+	out := make([]*incidents.Incident, 0, len(s.order))
 	for _, id := range s.order {
 		out = append(out, s.byID[id])
 	}
-	slices.SortStableFunc(out, func(a, b *ledger.Incident) int {
+	slices.SortStableFunc(out, func(a, b *incidents.Incident) int {
 		if c := a.DetectedAt.Compare(b.DetectedAt); c != 0 {
 			return c
 		}

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/scenario"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/playbooks"
+	"github.com/killswitch-dev/killswitch/scenario"
 	"github.com/killswitch-dev/killswitch/telemetry"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -48,8 +48,8 @@ func writeScenario(t testing.TB, cfg scenario.Config) (*scenario.Scenario, strin
 // planned is a replay as `killswitch replay` runs it without a Vault: the scenario's
 // inventory, the guard rails, planned actions.
 func planned(sc *scenario.Scenario, o Options) Options {
-	o.Config.Vendors = sc.Inventory()
-	o.NewActor = PlanActions(o.Config)
+	o.Vendors = sc.Inventory()
+	o.NewActor = PlanActions(o.Actions, o.Vendors)
 	o.PlannedContains = true
 	return o
 }
@@ -189,7 +189,7 @@ func TestStreamRangeMatchesFile(t *testing.T) {
 	if _, err := sc.Publish(ctx, pub, nil); err != nil {
 		t.Fatal(err)
 	}
-	rng := &StreamRange{Stream: st, Since: since, Until: time.Now().Add(time.Minute)}
+	rng := &telemetry.StreamRange{Stream: st, Since: since, Until: time.Now().Add(time.Minute)}
 	streamRep, err := Run(ctx, rng, planned(sc, Options{Playbooks: shipped(t)}))
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/ledger"
 	"github.com/killswitch-dev/killswitch/playbooks"
 )
@@ -83,7 +85,7 @@ type Flip struct {
 
 // detail is what the HTML report needs beyond the JSON.
 type detail struct {
-	incident *ledger.Incident
+	incident *incidents.Incident
 	series   *series
 }
 
@@ -132,7 +134,7 @@ func summarizeDecision(res playbooks.Result) string {
 		if a.Credential != "" {
 			p += " " + a.Credential
 		}
-		if a.Mode != "" && a.Mode != playbooks.ModeEnforce {
+		if a.Mode != "" && a.Mode != killswitch.ModeEnforce {
 			p += " [" + string(a.Mode) + "]"
 		}
 		parts = append(parts, p)

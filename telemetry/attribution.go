@@ -7,11 +7,11 @@ import (
 	"slices"
 	"sort"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch"
 )
 
 // Attributor attributes network addresses to vendors using the vendor inventory's
-// CIDRs (config.Vendor.CIDRs): the longest matching prefix wins. It is immutable and
+// CIDRs (killswitch.Vendor.CIDRs): the longest matching prefix wins. It is immutable and
 // safe for concurrent use. Flow-log decoders use it to name the vendor a record's
 // destination belongs to; an address in no vendor CIDR is unattributed, never guessed.
 type Attributor struct {
@@ -23,7 +23,7 @@ type Attributor struct {
 // NewAttributor builds an Attributor from the vendor inventory. The same prefix listed
 // for two vendors is an error: attribution must be unambiguous. IPv4-mapped IPv6
 // prefixes (::ffff:a.b.c.d/n, n ≥ 96) are treated as the IPv4 prefix they map.
-func NewAttributor(vendors map[string]config.Vendor) (*Attributor, error) {
+func NewAttributor(vendors killswitch.Inventory) (*Attributor, error) {
 	a := &Attributor{byPrefix: map[netip.Prefix]string{}}
 	names := slices.Sorted(maps.Keys(vendors))
 	for _, name := range names {

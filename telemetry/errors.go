@@ -3,6 +3,8 @@ package telemetry
 import (
 	"errors"
 	"strconv"
+
+	"github.com/killswitch-dev/killswitch"
 )
 
 // ErrInvalid is wrapped by every error that rejects a message: it did not decode or did
@@ -14,27 +16,6 @@ var ErrInvalid = errors.New("telemetry: invalid message")
 // attributed to any vendor. Sources count such records by reason and acknowledge them;
 // they are not dead letters.
 var ErrSkipped = errors.New("telemetry: record skipped")
-
-// ErrPermanent marks a handler error that retrying cannot fix. A Handler wraps it (see
-// Permanent) to have a JetStream source dead-letter and terminate the batch instead of
-// redelivering it. Errors that do not wrap ErrPermanent are treated as retryable.
-var ErrPermanent = errors.New("permanent failure")
-
-// Permanent wraps err so that IsPermanent reports true for it.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &permanentError{err: err}
-}
-
-type permanentError struct{ err error }
-
-func (p *permanentError) Error() string   { return "permanent: " + p.err.Error() }
-func (p *permanentError) Unwrap() []error { return []error{ErrPermanent, p.err} }
-
-// IsPermanent reports whether err wraps ErrPermanent.
-func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }
 
 // Reason is a short, stable, machine-readable reason why a message was rejected or
 // skipped. It is the value of the Killswitch-Reason dead-letter header and the label of
@@ -161,12 +142,13 @@ func (e *Error) Error() string {
 	return s
 }
 
-// Unwrap returns ErrSkipped for skip reasons and ErrInvalid otherwise.
-func (e *Error) Unwrap() error {
+// Unwrap returns ErrSkipped for skip reasons, and otherwise ErrInvalid and
+// killswitch.ErrPermanent.
+func (e *Error) Unwrap() []error {
 	if e.Reason.IsSkip() {
-		return ErrSkipped
+		return []error{ErrSkipped}
 	}
-	return ErrInvalid
+	return []error{ErrInvalid, killswitch.ErrPermanent} // no retry makes a bad message good
 }
 
 // ReasonOf returns the Reason carried by err (or by an error it wraps), and "" when err

@@ -127,7 +127,7 @@ func ReadFile(ctx context.Context, path string, h Handler, o FileOptions) (FileS
 //
 // Bad lines are counted, logged (up to MaxLoggedBadLines), reported to OnBadLine with
 // their position, and skipped; reading goes on, unless Strict. A poison event (a
-// *PartialError wrapping ErrPermanent, see Handler) is reported the same way. Any other
+// *PartialError with a permanent error, see Handler) is reported the same way. Any other
 // handler error stops the read and is returned as a *LineError naming the first line
 // whose event was not handed on, so a replay can resume there. Read returns the statistics so far in every
 // case, and ctx.Err() if ctx is done first.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/klauspost/compress/gzip"
 	"go.uber.org/zap/zaptest"
 )
@@ -151,7 +152,7 @@ func TestReadNDJSONHandlerErrors(t *testing.T) {
 		c.fail = func(_ int, batch []Event) error {
 			for i, e := range batch {
 				if e.Bytes == 6 {
-					return &PartialError{Handled: i, Err: Permanent(errors.New("cannot process"))}
+					return &PartialError{Handled: i, Err: killswitch.Permanent(killswitch.ReasonInvalid, errors.New("cannot process"))}
 				}
 			}
 			return nil

@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch"
 )
 
-func testVendors() map[string]config.Vendor {
-	return map[string]config.Vendor{
+func testVendors() killswitch.Inventory {
+	return killswitch.Inventory{
 		"mailer":  {CIDRs: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8:1::/48")}},
 		"mailer2": {CIDRs: []netip.Prefix{netip.MustParsePrefix("203.0.113.128/25")}},
 		"crm":     {CIDRs: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32"), netip.MustParsePrefix("::ffff:192.0.2.0/120")}},
@@ -59,7 +59,7 @@ func TestAttributor(t *testing.T) {
 	if _, ok := nilA.Vendor(netip.MustParseAddr("203.0.113.7")); ok {
 		t.Error("nil Attributor attributed an address")
 	}
-	_, err := NewAttributor(map[string]config.Vendor{
+	_, err := NewAttributor(killswitch.Inventory{
 		"a": {CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
 		"b": {CIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/8")}},
 	})

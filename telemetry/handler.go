@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/killswitch-dev/killswitch"
 	"go.uber.org/zap"
 )
 
@@ -17,8 +18,9 @@ import (
 // batch is acknowledged, unless the error is a *PartialError, which says how many
 // leading events were handed on; the others are then treated according to its Err.
 //
-// Errors are retryable unless they wrap ErrPermanent (see Permanent). A retryable error
-// means "later": a JetStream source redelivers the events not handed on after a delay.
+// Errors follow the killswitch error model: retryable unless marked with
+// killswitch.Permanent. A retryable error means "later": a JetStream source redelivers
+// the events not handed on after a delay.
 // A permanent error means "never": wrapped in a *PartialError it condemns only the
 // event at index Handled (a poison event, dead-lettered with ReasonHandlerFailed), and
 // the events after it are offered to the handler again at once; returned on its own it
@@ -43,7 +45,7 @@ func (f HandlerFunc) Handle(ctx context.Context, batch []Event) error { return f
 type PartialError struct {
 	// Handled is how many leading events of the batch were handed on.
 	Handled int
-	// Err is why the event at index Handled was not; wrap ErrPermanent to make it
+	// Err is why the event at index Handled was not; mark it with killswitch.Permanent to make it
 	// permanent.
 	Err error
 }
@@ -76,10 +78,10 @@ type Source interface {
 }
 
 // poisonEvent reports whether err condemns exactly one event, the one at index
-// handledCount(err, n): a *PartialError wrapping ErrPermanent.
+// handledCount(err, n): a *PartialError whose Err is permanent.
 func poisonEvent(err error) bool {
 	var pe *PartialError
-	return errors.As(err, &pe) && IsPermanent(pe.Err)
+	return errors.As(err, &pe) && killswitch.IsPermanent(pe.Err)
 }
 
 // sourceDefaults fills the options every source shares: fresh counters, a no-op

@@ -10,7 +10,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
-	"github.com/killswitch-dev/killswitch/internal/clock"
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/clock"
 )
 
 // Defaults of JetStreamOptions.
@@ -604,7 +605,7 @@ func (p *jsProcessor) failed(ctx context.Context, items []item, err error) {
 		}
 		return
 	}
-	permanent := IsPermanent(err)
+	permanent := killswitch.IsPermanent(err)
 	var final []item
 	var letters []deadLetter
 	for _, it := range items {
@@ -731,7 +732,7 @@ func (p *jsProcessor) processFetched(ctx context.Context, m *jetstream.RawStream
 		return
 	}
 	c.handlerErrors.Add(1)
-	if IsPermanent(err) || attempt >= uint64(p.o.MaxDeliver) {
+	if killswitch.IsPermanent(err) || attempt >= uint64(p.o.MaxDeliver) {
 		c.reject(ReasonHandlerFailed)
 		l.reason, l.detail = ReasonHandlerFailed, err.Error()
 		p.deadLetterFetched(ctx, l, attempt)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -387,7 +388,7 @@ func TestJetStreamSourceHandlerFailureDeadLetters(t *testing.T) {
 			for i, e := range batch {
 				switch e.Bytes {
 				case 3:
-					return &PartialError{Handled: i, Err: Permanent(errors.New("event 3 cannot be processed"))}
+					return &PartialError{Handled: i, Err: killswitch.Permanent(killswitch.ReasonInvalid, errors.New("event 3 cannot be processed"))}
 				case 9:
 					return &PartialError{Handled: i, Err: errors.New("event 9 keeps failing")}
 				}

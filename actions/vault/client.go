@@ -9,9 +9,36 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
-	"github.com/killswitch-dev/killswitch/internal/config"
 	"go.uber.org/zap"
 )
+
+// Settings configures the Vault connection (the `service.vault:` section of the
+// configuration).
+type Settings struct {
+	// Addr is Vault's address (also VAULT_ADDR). Empty: actions are planned, not applied.
+	Addr string `yaml:"addr"`
+	// TokenFile holds a Vault token (also VAULT_TOKEN).
+	TokenFile string `yaml:"token_file"`
+	// AppRole logs in with a role id and a secret id instead of a token.
+	AppRole *AppRole `yaml:"approle"`
+	// CACert verifies Vault's TLS certificate.
+	CACert string `yaml:"ca_cert"`
+}
+
+// AppRole is an AppRole login.
+type AppRole struct {
+	// Mount is the AppRole auth mount. Default approle.
+	Mount string `yaml:"mount"`
+	// RoleID is the role id.
+	RoleID string `yaml:"role_id"`
+	// SecretIDFile holds the secret id, or a response-wrapping token for it when Wrapped.
+	SecretIDFile string `yaml:"secret_id_file"`
+	// Wrapped says SecretIDFile holds a wrapping token to unwrap (single use).
+	Wrapped bool `yaml:"wrapped"`
+}
+
+// EnvToken is the environment variable holding a Vault token.
+const EnvToken = "VAULT_TOKEN"
 
 // ErrNoToken is returned by Connect when neither a token nor an AppRole login is configured.
 var ErrNoToken = errors.New("no Vault token: set VAULT_TOKEN, service.vault.token_file or service.vault.approle")
@@ -22,7 +49,7 @@ var ErrNoToken = errors.New("no Vault token: set VAULT_TOKEN, service.vault.toke
 // VAULT_TOKEN (getenv), service.vault.token_file, or an AppRole login whose secret-id
 // file may hold a response-wrapping token (unwrapped once; the secret-id stays in
 // memory only). No token or secret-id is ever logged.
-func Connect(ctx context.Context, vc config.Vault, getenv func(string) string, log *zap.Logger) (*api.Client, error) {
+func Connect(ctx context.Context, vc Settings, getenv func(string) string, log *zap.Logger) (*api.Client, error) {
 	cfg := api.DefaultConfig()
 	cfg.Address = vc.Addr
 	cfg.Timeout = 10 * time.Second
@@ -57,7 +84,7 @@ func Connect(ctx context.Context, vc config.Vault, getenv func(string) string, l
 			return s, nil
 		}
 	default:
-		token := getenv(config.EnvVaultToken)
+		token := getenv(EnvToken)
 		if token == "" && vc.TokenFile != "" {
 			b, err := os.ReadFile(vc.TokenFile)
 			if err != nil {
@@ -90,7 +117,7 @@ func Connect(ctx context.Context, vc config.Vault, getenv func(string) string, l
 }
 
 // readSecretID reads the AppRole secret-id, unwrapping it when it is wrapped.
-func readSecretID(ctx context.Context, client *api.Client, a *config.AppRole) (string, error) {
+func readSecretID(ctx context.Context, client *api.Client, a *AppRole) (string, error) {
 	b, err := os.ReadFile(a.SecretIDFile)
 	if err != nil {
 		return "", fmt.Errorf("vault: approle secret_id_file: %w", err)

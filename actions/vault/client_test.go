@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions/vault"
-	"github.com/killswitch-dev/killswitch/internal/config"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -49,28 +49,28 @@ func TestConnect(t *testing.T) {
 		}
 		return p
 	}
-	inv := map[string]config.Vendor{"acme": {Credentials: map[string]config.Credential{"api": {Kind: config.CredTokenAccessor, Accessor: "x"}}}}
+	inv := killswitch.Inventory{"acme": {Credentials: map[string]killswitch.Credential{"api": {Kind: killswitch.CredTokenAccessor, Accessor: "x"}}}}
 	noEnv := func(string) string { return "" }
 	wrapped := secretID(true)
 	ksToken := e.ks.Token()
 	tests := []struct {
 		name    string
-		vc      config.Vault
+		vc      vault.Settings
 		getenv  func(string) string
 		wantErr string
 	}{
-		{"token from the environment", config.Vault{}, func(k string) string {
-			if k == config.EnvVaultToken {
+		{"token from the environment", vault.Settings{}, func(k string) string {
+			if k == vault.EnvToken {
 				return ksToken
 			}
 			return ""
 		}, ""},
-		{"token file", config.Vault{TokenFile: file(ksToken)}, noEnv, ""},
-		{"approle", config.Vault{AppRole: &config.AppRole{Mount: "approle", RoleID: roleID.Data["role_id"].(string), SecretIDFile: file(secretID(false))}}, noEnv, ""},
-		{"approle with a wrapped secret-id", config.Vault{AppRole: &config.AppRole{Mount: "approle", RoleID: roleID.Data["role_id"].(string), SecretIDFile: file(wrapped), Wrapped: true}}, noEnv, ""},
-		{"a wrapping token works once", config.Vault{AppRole: &config.AppRole{Mount: "approle", RoleID: roleID.Data["role_id"].(string), SecretIDFile: file(wrapped), Wrapped: true}}, noEnv, "unwrap"},
-		{"no token", config.Vault{}, noEnv, "no Vault token"},
-		{"a token that does not work", config.Vault{}, func(string) string { return "hvs.nope" }, "does not work"},
+		{"token file", vault.Settings{TokenFile: file(ksToken)}, noEnv, ""},
+		{"approle", vault.Settings{AppRole: &vault.AppRole{Mount: "approle", RoleID: roleID.Data["role_id"].(string), SecretIDFile: file(secretID(false))}}, noEnv, ""},
+		{"approle with a wrapped secret-id", vault.Settings{AppRole: &vault.AppRole{Mount: "approle", RoleID: roleID.Data["role_id"].(string), SecretIDFile: file(wrapped), Wrapped: true}}, noEnv, ""},
+		{"a wrapping token works once", vault.Settings{AppRole: &vault.AppRole{Mount: "approle", RoleID: roleID.Data["role_id"].(string), SecretIDFile: file(wrapped), Wrapped: true}}, noEnv, "unwrap"},
+		{"no token", vault.Settings{}, noEnv, "no Vault token"},
+		{"a token that does not work", vault.Settings{}, func(string) string { return "hvs.nope" }, "does not work"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
 )
 
@@ -35,7 +36,7 @@ func (e TokenAccessor) lookup(ctx context.Context, t actions.Target) (alive bool
 }
 
 func errNoAccessor(t actions.Target) error {
-	return actions.Permanent(fmt.Errorf("vault.revoke_token_accessor: %s/%s has no accessor in the inventory", t.Vendor, t.Credential))
+	return killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("vault.revoke_token_accessor: %s/%s has no accessor in the inventory", t.Vendor, t.Credential))
 }
 
 // Plan implements actions.Executor.
@@ -95,7 +96,7 @@ var _ actions.Executor = SecretID{}
 func (e SecretID) base(t actions.Target) (string, error) {
 	id := t.Identity
 	if id.Role == "" || id.SecretIDAccessor == "" || strings.ContainsAny(id.Role, "/*+") {
-		return "", actions.Permanent(fmt.Errorf("vault.destroy_secret_id: %s/%s needs a role and a secret_id_accessor in the inventory", t.Vendor, t.Credential))
+		return "", killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("vault.destroy_secret_id: %s/%s needs a role and a secret_id_accessor in the inventory", t.Vendor, t.Credential))
 	}
 	mount := id.Mount
 	if mount == "" {
@@ -119,12 +120,12 @@ func (e SecretID) lookup(ctx context.Context, t actions.Target) (alive bool, inf
 		return true, r.data, nil
 	case r.status == http.StatusNoContent:
 		// Vault answers 204 when the accessor exists but under another role.
-		return false, nil, actions.Permanent(fmt.Errorf("vault.destroy_secret_id: secret-id accessor %s does not belong to role %s: refusing to touch it",
+		return false, nil, killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("vault.destroy_secret_id: secret-id accessor %s does not belong to role %s: refusing to touch it",
 			t.Fingerprint.Of(acc), t.Identity.Role))
 	case r.has("failed to find accessor entry"):
 		return false, nil, nil
 	case r.has("does not exist"):
-		return false, nil, actions.Permanent(fmt.Errorf("vault.destroy_secret_id: role %s does not exist", t.Identity.Role))
+		return false, nil, killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("vault.destroy_secret_id: role %s does not exist", t.Identity.Role))
 	}
 	return false, nil, fail("secret-id-accessor/lookup", r, redactor(t, acc))
 }

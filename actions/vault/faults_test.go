@@ -10,10 +10,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/actions/vault"
-	"github.com/killswitch-dev/killswitch/internal/config"
-	"github.com/killswitch-dev/killswitch/playbooks"
 )
 
 // fakeVault answers every request with status and body, optionally after a delay: the
@@ -43,8 +42,8 @@ func fakeVault(t *testing.T, status int, body string, delay time.Duration) *api.
 
 func TestErrorClassification(t *testing.T) {
 	const acc = "accessor-in-clear-123"
-	token := target(playbooks.ActionRevokeTokenAccessor, config.Credential{Kind: config.CredTokenAccessor, Accessor: acc})
-	secretID := target(playbooks.ActionDestroySecretID, config.Credential{Kind: config.CredAppRoleSecretID, Role: "r", SecretIDAccessor: acc})
+	token := target(killswitch.ActionRevokeTokenAccessor, killswitch.Credential{Kind: killswitch.CredTokenAccessor, Accessor: acc})
+	secretID := target(killswitch.ActionDestroySecretID, killswitch.Credential{Kind: killswitch.CredAppRoleSecretID, Role: "r", SecretIDAccessor: acc})
 	tests := []struct {
 		name      string
 		status    int
@@ -82,9 +81,9 @@ func TestErrorClassification(t *testing.T) {
 			switch {
 			case err == nil:
 				t.Fatalf("apply = %+v, want an error", out)
-			case tt.retryable != actions.IsRetryable(err):
-				t.Fatalf("apply error %v: retryable=%t, want %t", err, actions.IsRetryable(err), tt.retryable)
-			case !tt.retryable && !errors.Is(err, actions.ErrPermanent):
+			case tt.retryable != killswitch.IsRetryable(err):
+				t.Fatalf("apply error %v: retryable=%t, want %t", err, killswitch.IsRetryable(err), tt.retryable)
+			case !tt.retryable && !errors.Is(err, killswitch.ErrPermanent):
 				t.Fatalf("apply error %v is not marked permanent", err)
 			case strings.Contains(err.Error(), acc):
 				t.Fatalf("error %q shows the accessor in clear", err)
@@ -100,9 +99,9 @@ func TestConnectionRefusedIsRetryable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = vault.New(c)[playbooks.ActionRevokeLease].Apply(context.Background(),
-		target(playbooks.ActionRevokeLease, config.Credential{Kind: config.CredLease, LeaseID: "database/creds/r/x"}))
-	if !actions.IsRetryable(err) {
+	_, err = vault.New(c)[killswitch.ActionRevokeLease].Apply(context.Background(),
+		target(killswitch.ActionRevokeLease, killswitch.Credential{Kind: killswitch.CredLease, LeaseID: "database/creds/r/x"}))
+	if !killswitch.IsRetryable(err) {
 		t.Fatalf("connection refused: %v, want retryable", err)
 	}
 }
@@ -110,20 +109,20 @@ func TestConnectionRefusedIsRetryable(t *testing.T) {
 func TestInventoryMistakesArePermanent(t *testing.T) {
 	ex := vault.New(fakeVault(t, 200, `{}`, 0))
 	tests := []struct {
-		typ playbooks.ActionType
-		id  config.Credential
+		typ killswitch.ActionType
+		id  killswitch.Credential
 	}{
-		{playbooks.ActionRevokeTokenAccessor, config.Credential{Kind: config.CredTokenAccessor}},
-		{playbooks.ActionDestroySecretID, config.Credential{Kind: config.CredAppRoleSecretID, SecretIDAccessor: "x"}},
-		{playbooks.ActionRevokeLease, config.Credential{Kind: config.CredLease, LeaseID: "database/creds/*"}},
-		{playbooks.ActionRevokeLeasePrefix, config.Credential{Kind: config.CredLeasePrefix, LeasePrefix: "database"}},
-		{playbooks.ActionRevokeLeasePrefix, config.Credential{Kind: config.CredLeasePrefix, LeasePrefix: "database/../sys"}},
-		{playbooks.ActionRotateKV, config.Credential{Kind: config.CredKV, Path: "vendors/*"}},
-		{playbooks.ActionQuarantinePolicy, config.Credential{Kind: config.CredPolicy, Policy: "root"}},
+		{killswitch.ActionRevokeTokenAccessor, killswitch.Credential{Kind: killswitch.CredTokenAccessor}},
+		{killswitch.ActionDestroySecretID, killswitch.Credential{Kind: killswitch.CredAppRoleSecretID, SecretIDAccessor: "x"}},
+		{killswitch.ActionRevokeLease, killswitch.Credential{Kind: killswitch.CredLease, LeaseID: "database/creds/*"}},
+		{killswitch.ActionRevokeLeasePrefix, killswitch.Credential{Kind: killswitch.CredLeasePrefix, LeasePrefix: "database"}},
+		{killswitch.ActionRevokeLeasePrefix, killswitch.Credential{Kind: killswitch.CredLeasePrefix, LeasePrefix: "database/../sys"}},
+		{killswitch.ActionRotateKV, killswitch.Credential{Kind: killswitch.CredKV, Path: "vendors/*"}},
+		{killswitch.ActionQuarantinePolicy, killswitch.Credential{Kind: killswitch.CredPolicy, Policy: "root"}},
 	}
 	for _, tt := range tests {
 		_, err := ex[tt.typ].Apply(context.Background(), target(tt.typ, tt.id))
-		if err == nil || actions.IsRetryable(err) {
+		if err == nil || killswitch.IsRetryable(err) {
 			t.Errorf("%s with %+v: %v, want a permanent error", tt.typ, tt.id, err)
 		}
 	}

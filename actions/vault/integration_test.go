@@ -11,10 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
+	"github.com/killswitch-dev/killswitch/actions/natskv"
 	"github.com/killswitch-dev/killswitch/actions/vault"
-	"github.com/killswitch-dev/killswitch/internal/clock"
-	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch/clock"
+	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/ledger"
 	"github.com/killswitch-dev/killswitch/playbooks"
@@ -38,34 +40,34 @@ type runnerRig struct {
 	runner *actions.Runner
 	led    *ledger.Memory
 	exec   *counted
-	inv    map[string]config.Vendor
+	inv    killswitch.Inventory
 	clk    *clock.Manual
 }
 
 type rigOpts struct {
-	cfg      config.Actions
+	cfg      actions.Settings
 	store    actions.Store
 	instance string
 	sleep    func(context.Context, time.Duration) error
 	exec     *counted
 }
 
-func newRunnerRig(t testing.TB, e *env, inv map[string]config.Vendor, o rigOpts) *runnerRig {
+func newRunnerRig(t testing.TB, e *env, inv killswitch.Inventory, o rigOpts) *runnerRig {
 	t.Helper()
 	if o.store == nil {
 		o.store = actions.NewMemoryStore()
 	}
 	if o.exec == nil {
-		o.exec = &counted{Executor: e.execs[playbooks.ActionRevokeTokenAccessor]}
+		o.exec = &counted{Executor: e.execs[killswitch.ActionRevokeTokenAccessor]}
 	}
 	if o.sleep == nil {
 		o.sleep = func(context.Context, time.Duration) error { return nil }
 	}
 	r := &runnerRig{e: e, led: ledger.NewMemory(), exec: o.exec, inv: inv, clk: clock.NewManual(time.Now())}
 	var err error
-	r.runner, err = actions.New(o.cfg, actions.Options{}, actions.Deps{
+	r.runner, err = actions.New(o.cfg, actions.Deps{
 		Store: o.store, Ledger: r.led, Inventory: inv, Clock: r.clk, Instance: o.instance, Sleep: o.sleep,
-		Executors: actions.Registry{playbooks.ActionRevokeTokenAccessor: o.exec}, Fingerprint: fp,
+		Executors: actions.Registry{killswitch.ActionRevokeTokenAccessor: o.exec}, Fingerprint: fp,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -74,28 +76,28 @@ func newRunnerRig(t testing.TB, e *env, inv map[string]config.Vendor, o rigOpts)
 }
 
 // tokens creates n vendors with a real token each ("api") and a protected one ("root").
-func (e *env) tokens(t testing.TB, n int) (map[string]config.Vendor, map[string]string) {
+func (e *env) tokens(t testing.TB, n int) (killswitch.Inventory, map[string]string) {
 	t.Helper()
-	inv, secret := map[string]config.Vendor{}, map[string]string{}
+	inv, secret := killswitch.Inventory{}, map[string]string{}
 	for i := range n {
 		v := fmt.Sprintf("v%02d", i)
-		creds := map[string]config.Credential{}
+		creds := map[string]killswitch.Credential{}
 		for _, name := range []string{"api", "root"} {
 			tok, acc := e.vendorToken(t)
-			creds[name] = config.Credential{Kind: config.CredTokenAccessor, Accessor: acc, Protected: name == "root"}
+			creds[name] = killswitch.Credential{Kind: killswitch.CredTokenAccessor, Accessor: acc, Protected: name == "root"}
 			secret[v+"/"+name] = tok
 		}
-		inv[v] = config.Vendor{Credentials: creds}
+		inv[v] = killswitch.Vendor{Credentials: creds}
 	}
 	return inv, secret
 }
 
-func (r *runnerRig) act(t testing.TB, vendor, incident string, credential string) ledger.ActionRef {
+func (r *runnerRig) act(t testing.TB, vendor, incident string, credential string) incidents.ActionRef {
 	t.Helper()
 	v := r.inv[vendor]
-	a := playbooks.Action{Type: playbooks.ActionRevokeTokenAccessor, Credential: credential, Mode: playbooks.ModeEnforce}
+	a := playbooks.Action{Type: killswitch.ActionRevokeTokenAccessor, Credential: credential, Mode: killswitch.ModeEnforce}
 	refs, err := r.runner.Act(context.Background(), actions.Request{
-		Incident: &ledger.Incident{ID: incident, Vendor: vendor, Credential: credential},
+		Incident: &incidents.Incident{ID: incident, Vendor: vendor, Credential: credential},
 		Result:   playbooks.Result{ID: "dec-" + incident, Decision: playbooks.Decision{Actions: []playbooks.Action{a}, Reason: "critical exfiltration"}},
 		Vendor:   &v,
 	})
@@ -134,8 +136,8 @@ func (r *runnerRig) stages(t testing.TB) map[string]int {
 func TestRunnerBudgetAgainstVault(t *testing.T) {
 	e := newEnv(t)
 	inv, secret := e.tokens(t, 20)
-	r := newRunnerRig(t, e, inv, rigOpts{cfg: config.Actions{Budget: 3, VendorBudget: 100}})
-	counts := map[ledger.ActionStatus]int{}
+	r := newRunnerRig(t, e, inv, rigOpts{cfg: actions.Settings{Budget: 3, VendorBudget: 100}})
+	counts := map[incidents.ActionStatus]int{}
 	var vendors []string
 	for v := range inv {
 		vendors = append(vendors, v)
@@ -144,10 +146,10 @@ func TestRunnerBudgetAgainstVault(t *testing.T) {
 	for i, v := range vendors {
 		counts[r.act(t, v, fmt.Sprintf("inc-%d", i), "api").Status]++
 	}
-	if counts[ledger.ActionVerified] != 3 || counts[ledger.ActionHeld] != 17 {
+	if counts[incidents.ActionVerified] != 3 || counts[incidents.ActionHeld] != 17 {
 		t.Fatalf("statuses %v, want 3 verified and 17 held", counts)
 	}
-	st, err := r.runner.Status(context.Background())
+	st, err := r.runner.Control().Status(context.Background())
 	if err != nil || !st.Breaker.On {
 		t.Fatalf("breaker not open: %+v, %v", st, err)
 	}
@@ -167,7 +169,7 @@ func TestRunnerBudgetAgainstVault(t *testing.T) {
 		t.Fatalf("ledger stages %v", s)
 	}
 	// Protected credentials are never touched, whatever the playbook asks.
-	if ref := r.act(t, vendors[0], "inc-protected", "root"); ref.Status != ledger.ActionSkipped {
+	if ref := r.act(t, vendors[0], "inc-protected", "root"); ref.Status != incidents.ActionSkipped {
 		t.Fatalf("protected credential: %+v", ref)
 	}
 	if !e.alive(t, secret[vendors[0]+"/root"]) {
@@ -183,18 +185,18 @@ func TestRunnerIdempotencyAgainstVault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := actions.NewKVStore(ctx, js, 1)
+	store, err := natskv.Open(ctx, js, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	inv, secret := e.tokens(t, 2)
 
 	t.Run("two instances at once", func(t *testing.T) {
-		exec := &counted{Executor: e.execs[playbooks.ActionRevokeTokenAccessor]}
+		exec := &counted{Executor: e.execs[killswitch.ActionRevokeTokenAccessor]}
 		a := newRunnerRig(t, e, inv, rigOpts{store: store, instance: "a", sleep: clock.Sleep, exec: exec})
 		b := newRunnerRig(t, e, inv, rigOpts{store: store, instance: "b", sleep: clock.Sleep, exec: exec})
 		var wg sync.WaitGroup
-		refs := make([]ledger.ActionRef, 2)
+		refs := make([]incidents.ActionRef, 2)
 		for i, x := range []*runnerRig{a, b} {
 			wg.Go(func() { refs[i] = x.act(t, "v00", "inc-twice", "api") })
 		}
@@ -204,7 +206,7 @@ func TestRunnerIdempotencyAgainstVault(t *testing.T) {
 		}
 		done := 0
 		for _, ref := range refs {
-			if ref.Status != ledger.ActionVerified {
+			if ref.Status != incidents.ActionVerified {
 				t.Fatalf("status %s, want verified for both instances", ref.Status)
 			}
 			if strings.HasPrefix(ref.Detail, "already done") {
@@ -218,24 +220,24 @@ func TestRunnerIdempotencyAgainstVault(t *testing.T) {
 			t.Fatal("the token still works")
 		}
 		// The same decision delivered again: nothing more reaches Vault.
-		if ref := a.act(t, "v00", "inc-twice", "api"); ref.Status != ledger.ActionVerified || exec.applies.Load() != 1 {
+		if ref := a.act(t, "v00", "inc-twice", "api"); ref.Status != incidents.ActionVerified || exec.applies.Load() != 1 {
 			t.Fatalf("redelivery: %+v after %d applies", ref, exec.applies.Load())
 		}
 	})
 
 	t.Run("crash between claim and apply", func(t *testing.T) {
-		exec := &counted{Executor: e.execs[playbooks.ActionRevokeTokenAccessor]}
-		r := newRunnerRig(t, e, inv, rigOpts{cfg: config.Actions{ClaimStale: 30 * time.Second}, store: store, instance: "restarted", exec: exec})
-		a := playbooks.Action{Type: playbooks.ActionRevokeTokenAccessor, Credential: "api", Mode: playbooks.ModeEnforce}
+		exec := &counted{Executor: e.execs[killswitch.ActionRevokeTokenAccessor]}
+		r := newRunnerRig(t, e, inv, rigOpts{cfg: actions.Settings{ClaimStale: 30 * time.Second}, store: store, instance: "restarted", exec: exec})
+		a := playbooks.Action{Type: killswitch.ActionRevokeTokenAccessor, Credential: "api", Mode: killswitch.ModeEnforce}
 		claim, _ := json.Marshal(actions.Claim{State: "claimed", Instance: "crashed", At: r.clk.Now()})
 		if _, err := store.Create(ctx, actions.ClaimsBucket, actions.ActionID("inc-crash", a), claim); err != nil {
 			t.Fatal(err)
 		}
 		r.clk.Advance(31 * time.Second)
-		if ref := r.act(t, "v01", "inc-crash", "api"); ref.Status != ledger.ActionVerified {
+		if ref := r.act(t, "v01", "inc-crash", "api"); ref.Status != incidents.ActionVerified {
 			t.Fatalf("after restart: %+v", ref)
 		}
-		if ref := r.act(t, "v01", "inc-crash", "api"); ref.Status != ledger.ActionVerified {
+		if ref := r.act(t, "v01", "inc-crash", "api"); ref.Status != incidents.ActionVerified {
 			t.Fatalf("second delivery: %+v", ref)
 		}
 		if n := exec.applies.Load(); n != 1 {
@@ -269,9 +271,9 @@ func TestRunnerVaultDownThenBack(t *testing.T) {
 			_ = e.v.Process.Resume()
 		}
 	})
-	r := newRunnerRig(t, e, inv, rigOpts{cfg: config.Actions{Attempts: 5, CallTimeout: 200 * time.Millisecond}, sleep: sleep})
+	r := newRunnerRig(t, e, inv, rigOpts{cfg: actions.Settings{Attempts: 5, CallTimeout: 200 * time.Millisecond}, sleep: sleep})
 	ref := r.act(t, "v00", "inc-down", "api")
-	if ref.Status != ledger.ActionVerified {
+	if ref.Status != incidents.ActionVerified {
 		t.Fatalf("status %s (%s), want verified once Vault is back", ref.Status, ref.Detail)
 	}
 	s := r.stages(t)
@@ -290,10 +292,10 @@ func TestRunnerForbiddenNoRetryStorm(t *testing.T) {
 	e := newEnv(t)
 	inv, secret := e.tokens(t, 1)
 	weak := e.tokenClient(t, "weak", `path "auth/token/lookup-accessor" { capabilities = ["update"] }`)
-	exec := &counted{Executor: vault.New(weak)[playbooks.ActionRevokeTokenAccessor]}
-	r := newRunnerRig(t, e, inv, rigOpts{cfg: config.Actions{Attempts: 5}, exec: exec})
+	exec := &counted{Executor: vault.New(weak)[killswitch.ActionRevokeTokenAccessor]}
+	r := newRunnerRig(t, e, inv, rigOpts{cfg: actions.Settings{Attempts: 5}, exec: exec})
 	ref := r.act(t, "v00", "inc-403", "api")
-	if ref.Status != ledger.ActionFailed || exec.applies.Load() != 1 {
+	if ref.Status != incidents.ActionFailed || exec.applies.Load() != 1 {
 		t.Fatalf("status %s after %d applies; want failed after exactly one", ref.Status, exec.applies.Load())
 	}
 	if s := r.stages(t); s["apply-attempt-1"] != 1 || s["apply-attempt-2"] != 0 {
@@ -313,12 +315,12 @@ func BenchmarkRevokeTokenAccessor(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		b.StopTimer()
 		inv, _ := e.tokens(b, 1)
-		r := newRunnerRig(b, e, inv, rigOpts{cfg: config.Actions{Budget: 1 << 30, VendorBudget: 1 << 30}})
+		r := newRunnerRig(b, e, inv, rigOpts{cfg: actions.Settings{Budget: 1 << 30, VendorBudget: 1 << 30}})
 		b.StartTimer()
 		start := time.Now()
 		ref := r.act(b, "v00", fmt.Sprintf("inc-%d", i), "api")
 		lat = append(lat, time.Since(start))
-		if ref.Status != ledger.ActionVerified {
+		if ref.Status != incidents.ActionVerified {
 			b.Fatalf("status %s", ref.Status)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
 )
 
@@ -43,7 +44,7 @@ func kvPaths(t actions.Target) (mount, path string, err error) {
 		mount = "secret"
 	}
 	if path == "" || strings.ContainsAny(path, "*+") || strings.Contains(path, "..") {
-		return "", "", actions.Permanent(fmt.Errorf("vault.rotate_kv: %s/%s needs an exact path in the inventory", t.Vendor, t.Credential))
+		return "", "", killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("vault.rotate_kv: %s/%s needs an exact path in the inventory", t.Vendor, t.Credential))
 	}
 	return mount, path, nil
 }
@@ -168,12 +169,12 @@ func (e KV) rotate(ctx context.Context, t actions.Target, mount, path string, cu
 	data, _ := r.data["data"].(map[string]any)
 	for k := range data {
 		if fresh[k], err = randomValue(); err != nil {
-			return 0, actions.Permanent(err)
+			return 0, killswitch.Permanent(killswitch.ReasonInternal, err)
 		}
 	}
 	if len(fresh) == 0 {
 		if fresh["value"], err = randomValue(); err != nil {
-			return 0, actions.Permanent(err)
+			return 0, killswitch.Permanent(killswitch.ReasonInternal, err)
 		}
 	}
 	r, err = e.c.call(ctx, http.MethodPut, mount+"/data/"+path, map[string]any{"options": map[string]any{"cas": current}, "data": fresh})
@@ -181,7 +182,7 @@ func (e KV) rotate(ctx context.Context, t actions.Target, mount, path string, cu
 	case err != nil:
 		return 0, err
 	case r.has("check-and-set"):
-		return 0, actions.Retryable(fmt.Errorf("vault.rotate_kv: %s/%s changed while rotating: %s", mount, path, r.message()))
+		return 0, killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("vault.rotate_kv: %s/%s changed while rotating: %s", mount, path, r.message()))
 	case !r.ok():
 		return 0, fail("kv write", r, nil)
 	}

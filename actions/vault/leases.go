@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
 )
 
@@ -20,7 +21,7 @@ var _ actions.Executor = Lease{}
 func (e Lease) lookup(ctx context.Context, t actions.Target) (alive bool, info map[string]any, err error) {
 	id := t.Identity.LeaseID
 	if id == "" || strings.ContainsAny(id, "*+") {
-		return false, nil, actions.Permanent(fmt.Errorf("vault.revoke_lease: %s/%s needs an exact lease_id in the inventory", t.Vendor, t.Credential))
+		return false, nil, killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("vault.revoke_lease: %s/%s needs an exact lease_id in the inventory", t.Vendor, t.Credential))
 	}
 	r, err := e.c.call(ctx, http.MethodPut, "sys/leases/lookup", map[string]any{"lease_id": id})
 	switch {
@@ -94,7 +95,7 @@ func prefixOf(t actions.Target) (string, error) {
 	p := strings.Trim(t.Identity.LeasePrefix, "/")
 	segs := strings.Split(p, "/")
 	if p == "" || len(segs) < 2 || strings.ContainsAny(p, "*+ ") || strings.Contains(p, "..") {
-		return "", actions.Permanent(fmt.Errorf("vault.revoke_lease_prefix: %s/%s: lease_prefix %q must name a mount and a path below it (e.g. database/creds/<role>), no wildcards",
+		return "", killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("vault.revoke_lease_prefix: %s/%s: lease_prefix %q must name a mount and a path below it (e.g. database/creds/<role>), no wildcards",
 			t.Vendor, t.Credential, t.Identity.LeasePrefix))
 	}
 	return p, nil

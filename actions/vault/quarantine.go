@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
 )
 
@@ -53,9 +54,9 @@ func policyName(t actions.Target) (string, error) {
 	name := t.Identity.Policy
 	switch {
 	case name == "" || strings.ContainsAny(name, "/*+ "):
-		return "", actions.Permanent(fmt.Errorf("vault.quarantine_policy: %s/%s needs an exact policy name in the inventory", t.Vendor, t.Credential))
+		return "", killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("vault.quarantine_policy: %s/%s needs an exact policy name in the inventory", t.Vendor, t.Credential))
 	case name == "root" || name == "default":
-		return "", actions.Permanent(fmt.Errorf("vault.quarantine_policy: the %s policy is never quarantined", name))
+		return "", killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("vault.quarantine_policy: the %s policy is never quarantined", name))
 	}
 	return name, nil
 }

@@ -29,8 +29,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
-	"github.com/killswitch-dev/killswitch/playbooks"
 )
 
 // New returns the Vault executors, one per vault.* action type, on client. It sets the
@@ -41,12 +41,12 @@ func New(client *api.Client) actions.Registry {
 	client.SetMaxRetries(0)
 	c := &caller{c: client}
 	return actions.Registry{
-		playbooks.ActionRevokeTokenAccessor: TokenAccessor{c},
-		playbooks.ActionDestroySecretID:     SecretID{c},
-		playbooks.ActionRevokeLease:         Lease{c},
-		playbooks.ActionRevokeLeasePrefix:   LeasePrefix{c},
-		playbooks.ActionRotateKV:            KV{c},
-		playbooks.ActionQuarantinePolicy:    Quarantine{c},
+		killswitch.ActionRevokeTokenAccessor: TokenAccessor{c},
+		killswitch.ActionDestroySecretID:     SecretID{c},
+		killswitch.ActionRevokeLease:         Lease{c},
+		killswitch.ActionRevokeLeasePrefix:   LeasePrefix{c},
+		killswitch.ActionRotateKV:            KV{c},
+		killswitch.ActionQuarantinePolicy:    Quarantine{c},
 	}
 }
 
@@ -109,7 +109,7 @@ func (c *caller) call(ctx context.Context, method, path string, body any) (*repl
 	case http.MethodPut:
 		b, merr := json.Marshal(body)
 		if merr != nil {
-			return nil, actions.Permanent(fmt.Errorf("vault %s %s: %w", method, path, merr))
+			return nil, killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("vault %s %s: %w", method, path, merr))
 		}
 		resp, err = l.WriteRawWithContext(ctx, path, b)
 	case http.MethodPatch:
@@ -121,7 +121,7 @@ func (c *caller) call(ctx context.Context, method, path string, body any) (*repl
 		case errors.As(err, &re):
 			return &reply{status: re.StatusCode, errs: re.Errors}, nil
 		case err != nil:
-			return nil, actions.Retryable(fmt.Errorf("vault %s %s: %w", method, path, err))
+			return nil, unreachable(fmt.Errorf("vault %s %s: %w", method, path, err))
 		}
 		r := &reply{status: http.StatusOK}
 		if sec != nil {
@@ -129,18 +129,18 @@ func (c *caller) call(ctx context.Context, method, path string, body any) (*repl
 		}
 		return r, nil
 	default:
-		return nil, actions.Permanent(fmt.Errorf("vault: method %s is not supported", method))
+		return nil, killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("vault: method %s is not supported", method))
 	}
 	if resp == nil {
 		if err == nil {
 			err = errors.New("no response")
 		}
-		return nil, actions.Retryable(fmt.Errorf("vault %s %s: %w", method, path, err))
+		return nil, unreachable(fmt.Errorf("vault %s %s: %w", method, path, err))
 	}
 	defer resp.Body.Close()
 	raw, rerr := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	if rerr != nil {
-		return nil, actions.Retryable(fmt.Errorf("vault %s %s: read answer: %w", method, path, rerr))
+		return nil, unreachable(fmt.Errorf("vault %s %s: read answer: %w", method, path, rerr))
 	}
 	r := &reply{status: resp.StatusCode}
 	if len(bytes.TrimSpace(raw)) > 0 {
@@ -150,7 +150,7 @@ func (c *caller) call(ctx context.Context, method, path string, body any) (*repl
 			Warnings []string       `json:"warnings"`
 		}
 		if jerr := json.Unmarshal(raw, &doc); jerr != nil && r.status < 400 {
-			return nil, actions.Permanent(fmt.Errorf("vault %s %s: answer is not JSON: %w", method, path, jerr))
+			return nil, killswitch.Permanent(killswitch.ReasonInvalid, fmt.Errorf("vault %s %s: answer is not JSON: %w", method, path, jerr))
 		}
 		r.data, r.errs, r.warnings = doc.Data, doc.Errors, doc.Warnings
 	}
@@ -167,12 +167,24 @@ func fail(op string, r *reply, redact func(string) string) error {
 	}
 	err := fmt.Errorf("%w: %s answered %d: %s", ErrVault, op, r.status, msg)
 	switch {
-	case r.status >= 500, r.status == http.StatusTooManyRequests, r.status == http.StatusPreconditionFailed:
-		return actions.Retryable(err)
+	case r.status >= 500:
+		return killswitch.Retryable(killswitch.ReasonUnavailable, err)
+	case r.status == http.StatusTooManyRequests:
+		return killswitch.Retryable(killswitch.ReasonRateLimited, err)
+	case r.status == http.StatusPreconditionFailed:
+		return killswitch.Retryable(killswitch.ReasonConflict, err)
 	case r.status == http.StatusForbidden:
-		return actions.Permanent(fmt.Errorf("%w (the kill switch's token lacks this capability: grant the policy of `killswitch vault policy`)", err))
+		return killswitch.Permanent(killswitch.ReasonDenied, fmt.Errorf("%w (the kill switch's token lacks this capability: grant the policy of `killswitch vault policy`)", err))
 	}
-	return actions.Permanent(err)
+	return killswitch.Permanent(killswitch.ReasonInvalid, err)
+}
+
+// unreachable marks a transport failure: retryable, and a timeout when a deadline passed.
+func unreachable(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return killswitch.Retryable(killswitch.ReasonTimeout, err)
+	}
+	return killswitch.Retryable(killswitch.ReasonUnavailable, err)
 }
 
 // ok reports a 2xx answer.

@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/actions/vault"
-	"github.com/killswitch-dev/killswitch/internal/config"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/playbooks"
 )
@@ -74,7 +74,7 @@ func (e *env) vendorToken(t testing.TB) (token, accessor string) {
 	return sec.Auth.ClientToken, sec.Auth.Accessor
 }
 
-func target(typ playbooks.ActionType, id config.Credential) actions.Target {
+func target(typ killswitch.ActionType, id killswitch.Credential) actions.Target {
 	return actions.Target{Incident: "inc-1", Vendor: "acme", Credential: "cred", Identity: id,
 		Action: playbooks.Action{Type: typ, Credential: "cred"}, Fingerprint: fp}
 }
@@ -124,8 +124,8 @@ func TestRevokeTokenAccessor(t *testing.T) {
 	if _, err := vc.KVv2("secret").Get(context.Background(), "vendors/acme/customers"); err != nil {
 		t.Fatalf("the vendor token reads before revocation: %v", err)
 	}
-	plan, out, ver := lifecycle(t, e.execs[playbooks.ActionRevokeTokenAccessor], target(playbooks.ActionRevokeTokenAccessor,
-		config.Credential{Kind: config.CredTokenAccessor, Accessor: acc}))
+	plan, out, ver := lifecycle(t, e.execs[killswitch.ActionRevokeTokenAccessor], target(killswitch.ActionRevokeTokenAccessor,
+		killswitch.Credential{Kind: killswitch.CredTokenAccessor, Accessor: acc}))
 	if !strings.Contains(plan.Summary, `"token-acme-api"`) || !strings.Contains(plan.Targets[0], fp.Of(acc)) {
 		t.Errorf("plan %+v does not name the token by display name and fingerprint", plan)
 	}
@@ -157,19 +157,19 @@ func TestDestroySecretID(t *testing.T) {
 	if _, err := l.Write("auth/approle/login", login); err != nil {
 		t.Fatalf("login before: %v", err)
 	}
-	ex := e.execs[playbooks.ActionDestroySecretID]
+	ex := e.execs[killswitch.ActionDestroySecretID]
 
 	// The accessor is checked against the role the inventory names.
-	wrong := target(playbooks.ActionDestroySecretID, config.Credential{Kind: config.CredAppRoleSecretID, Role: "other", SecretIDAccessor: acc})
-	if _, err := ex.Apply(ctx, wrong); err == nil || actions.IsRetryable(err) || !strings.Contains(err.Error(), "does not belong to role other") {
+	wrong := target(killswitch.ActionDestroySecretID, killswitch.Credential{Kind: killswitch.CredAppRoleSecretID, Role: "other", SecretIDAccessor: acc})
+	if _, err := ex.Apply(ctx, wrong); err == nil || killswitch.IsRetryable(err) || !strings.Contains(err.Error(), "does not belong to role other") {
 		t.Fatalf("apply under the wrong role = %v, want a permanent refusal", err)
 	}
 	if _, err := l.Write("auth/approle/login", login); err != nil {
 		t.Fatalf("the wrong-role attempt destroyed the secret-id: %v", err)
 	}
 
-	plan, out, ver := lifecycle(t, ex, target(playbooks.ActionDestroySecretID,
-		config.Credential{Kind: config.CredAppRoleSecretID, Role: "acme", SecretIDAccessor: acc}))
+	plan, out, ver := lifecycle(t, ex, target(killswitch.ActionDestroySecretID,
+		killswitch.Credential{Kind: killswitch.CredAppRoleSecretID, Role: "acme", SecretIDAccessor: acc}))
 	noClear(t, acc, append(plan.Targets, plan.Summary, out.Detail, ver.Evidence)...)
 	if _, err := l.Write("auth/approle/login", login); err == nil || !strings.Contains(err.Error(), "invalid secret id") {
 		t.Fatalf("login after destroy: %v, want invalid secret id", err)
@@ -217,8 +217,8 @@ func TestRevokeLeasesPostgres(t *testing.T) {
 
 	t.Run("exact lease", func(t *testing.T) {
 		one, other := issue(t, l, pg), issue(t, l, pg)
-		lifecycle(t, e.execs[playbooks.ActionRevokeLease], target(playbooks.ActionRevokeLease,
-			config.Credential{Kind: config.CredLease, LeaseID: one.lease}))
+		lifecycle(t, e.execs[killswitch.ActionRevokeLease], target(killswitch.ActionRevokeLease,
+			killswitch.Credential{Kind: killswitch.CredLease, LeaseID: one.lease}))
 		if err := pg.CanLogin(ctx, one.user, one.password); err == nil {
 			t.Fatal("PostgreSQL login still works after the lease was revoked")
 		}
@@ -228,8 +228,8 @@ func TestRevokeLeasesPostgres(t *testing.T) {
 	})
 	t.Run("prefix", func(t *testing.T) {
 		a, b := issue(t, l, pg), issue(t, l, pg)
-		plan, _, ver := lifecycle(t, e.execs[playbooks.ActionRevokeLeasePrefix], target(playbooks.ActionRevokeLeasePrefix,
-			config.Credential{Kind: config.CredLeasePrefix, LeasePrefix: "database/creds/acme"}))
+		plan, _, ver := lifecycle(t, e.execs[killswitch.ActionRevokeLeasePrefix], target(killswitch.ActionRevokeLeasePrefix,
+			killswitch.Credential{Kind: killswitch.CredLeasePrefix, LeasePrefix: "database/creds/acme"}))
 		// Three leases: a, b and "other" from the exact-lease case.
 		if len(plan.Targets) != 3 || !strings.Contains(plan.Summary, "3 lease(s)") {
 			t.Errorf("plan %+v, want the 3 live leases", plan)
@@ -244,9 +244,9 @@ func TestRevokeLeasesPostgres(t *testing.T) {
 		}
 	})
 	t.Run("a whole mount is refused", func(t *testing.T) {
-		_, err := e.execs[playbooks.ActionRevokeLeasePrefix].Apply(ctx, target(playbooks.ActionRevokeLeasePrefix,
-			config.Credential{Kind: config.CredLeasePrefix, LeasePrefix: "database/"}))
-		if err == nil || actions.IsRetryable(err) {
+		_, err := e.execs[killswitch.ActionRevokeLeasePrefix].Apply(ctx, target(killswitch.ActionRevokeLeasePrefix,
+			killswitch.Credential{Kind: killswitch.CredLeasePrefix, LeasePrefix: "database/"}))
+		if err == nil || killswitch.IsRetryable(err) {
 			t.Fatalf("apply on a whole mount = %v, want a permanent refusal", err)
 		}
 	})
@@ -262,8 +262,8 @@ func TestRotateKV(t *testing.T) {
 	if _, err := kv.Put(ctx, "vendors/acme/api", map[string]any{"key": "old-2", "user": "acme"}); err != nil {
 		t.Fatal(err)
 	}
-	plan, out, _ := lifecycle(t, e.execs[playbooks.ActionRotateKV], target(playbooks.ActionRotateKV,
-		config.Credential{Kind: config.CredKV, Path: "vendors/acme/api"}))
+	plan, out, _ := lifecycle(t, e.execs[killswitch.ActionRotateKV], target(killswitch.ActionRotateKV,
+		killswitch.Credential{Kind: killswitch.CredKV, Path: "vendors/acme/api"}))
 	if !strings.Contains(plan.Summary, "[1 2]") || !strings.Contains(out.Detail, "version 3") {
 		t.Errorf("plan %q / outcome %q", plan.Summary, out.Detail)
 	}
@@ -302,8 +302,8 @@ func TestQuarantinePolicy(t *testing.T) {
 	if err := read(); err != nil {
 		t.Fatalf("read before quarantine: %v", err)
 	}
-	lifecycle(t, e.execs[playbooks.ActionQuarantinePolicy], target(playbooks.ActionQuarantinePolicy,
-		config.Credential{Kind: config.CredPolicy, Policy: "vendor-acme"}))
+	lifecycle(t, e.execs[killswitch.ActionQuarantinePolicy], target(killswitch.ActionQuarantinePolicy,
+		killswitch.Credential{Kind: killswitch.CredPolicy, Policy: "vendor-acme"}))
 	var re *api.ResponseError
 	if err := read(); !errors.As(err, &re) || re.StatusCode != 403 {
 		t.Fatalf("read under quarantine = %v, want 403", err)
@@ -318,8 +318,8 @@ func TestQuarantinePolicy(t *testing.T) {
 		t.Fatalf("second restore = %v, want ErrNotQuarantined", err)
 	}
 	for _, p := range []string{"root", "default"} {
-		_, err := e.execs[playbooks.ActionQuarantinePolicy].Apply(ctx, target(playbooks.ActionQuarantinePolicy, config.Credential{Kind: config.CredPolicy, Policy: p}))
-		if err == nil || actions.IsRetryable(err) {
+		_, err := e.execs[killswitch.ActionQuarantinePolicy].Apply(ctx, target(killswitch.ActionQuarantinePolicy, killswitch.Credential{Kind: killswitch.CredPolicy, Policy: p}))
+		if err == nil || killswitch.IsRetryable(err) {
 			t.Errorf("quarantine %s = %v, want a permanent refusal", p, err)
 		}
 	}
@@ -329,9 +329,9 @@ func TestForbiddenIsPermanent(t *testing.T) {
 	e := newEnv(t)
 	_, acc := e.vendorToken(t)
 	weak := e.tokenClient(t, "weak", `path "auth/token/lookup-accessor" { capabilities = ["update"] }`)
-	ex := vault.New(weak)[playbooks.ActionRevokeTokenAccessor]
-	_, err := ex.Apply(context.Background(), target(playbooks.ActionRevokeTokenAccessor, config.Credential{Kind: config.CredTokenAccessor, Accessor: acc}))
-	if err == nil || actions.IsRetryable(err) || !errors.Is(err, actions.ErrPermanent) || !strings.Contains(err.Error(), "403") {
+	ex := vault.New(weak)[killswitch.ActionRevokeTokenAccessor]
+	_, err := ex.Apply(context.Background(), target(killswitch.ActionRevokeTokenAccessor, killswitch.Credential{Kind: killswitch.CredTokenAccessor, Accessor: acc}))
+	if err == nil || killswitch.IsRetryable(err) || !errors.Is(err, killswitch.ErrPermanent) || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("apply without the capability = %v, want a permanent 403", err)
 	}
 	noClear(t, acc, err.Error())
@@ -340,14 +340,14 @@ func TestForbiddenIsPermanent(t *testing.T) {
 func TestCheckCapabilities(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	inv := map[string]config.Vendor{"acme": {Credentials: map[string]config.Credential{
-		"api":    {Kind: config.CredTokenAccessor, Accessor: "x"},
-		"worker": {Kind: config.CredAppRoleSecretID, Role: "acme", SecretIDAccessor: "y"},
-		"lease":  {Kind: config.CredLease, LeaseID: "database/creds/acme/z"},
-		"db":     {Kind: config.CredLeasePrefix, LeasePrefix: "database/creds/acme"},
-		"kv":     {Kind: config.CredKV, Path: "vendors/acme/api"},
-		"policy": {Kind: config.CredPolicy, Policy: "vendor-acme"},
-		"root":   {Kind: config.CredTokenAccessor, Accessor: "r", Protected: true},
+	inv := killswitch.Inventory{"acme": {Credentials: map[string]killswitch.Credential{
+		"api":    {Kind: killswitch.CredTokenAccessor, Accessor: "x"},
+		"worker": {Kind: killswitch.CredAppRoleSecretID, Role: "acme", SecretIDAccessor: "y"},
+		"lease":  {Kind: killswitch.CredLease, LeaseID: "database/creds/acme/z"},
+		"db":     {Kind: killswitch.CredLeasePrefix, LeasePrefix: "database/creds/acme"},
+		"kv":     {Kind: killswitch.CredKV, Path: "vendors/acme/api"},
+		"policy": {Kind: killswitch.CredPolicy, Policy: "vendor-acme"},
+		"root":   {Kind: killswitch.CredTokenAccessor, Accessor: "r", Protected: true},
 	}}}
 	if root, err := vault.CheckCapabilities(ctx, e.ks, inv); err != nil || root {
 		t.Fatalf("shipped policy: root=%t err=%v", root, err)
@@ -366,7 +366,7 @@ func TestCheckCapabilities(t *testing.T) {
 		t.Fatalf("weak token: %v", err)
 	}
 	// A shipped policy does not stretch beyond its conventions.
-	other := map[string]config.Vendor{"x": {Credentials: map[string]config.Credential{"kv": {Kind: config.CredKV, Mount: "kv", Path: "team/x"}}}}
+	other := killswitch.Inventory{"x": {Credentials: map[string]killswitch.Credential{"kv": {Kind: killswitch.CredKV, Mount: "kv", Path: "team/x"}}}}
 	if _, err := vault.CheckCapabilities(ctx, e.ks, other); !errors.Is(err, vault.ErrMissingCapabilities) {
 		t.Fatalf("shipped policy on kv/team/x: %v, want missing capabilities", err)
 	}
@@ -378,11 +378,11 @@ func TestCheckCapabilities(t *testing.T) {
 // TestRunnerIdempotencyAgainstVault: one Apply, the other instance reports it done).
 func TestTwoExecutorsAtOnce(t *testing.T) {
 	e := newEnv(t)
-	other := vault.New(e.tokenClient(t, "killswitch", ""))[playbooks.ActionRevokeTokenAccessor]
-	mine := e.execs[playbooks.ActionRevokeTokenAccessor]
+	other := vault.New(e.tokenClient(t, "killswitch", ""))[killswitch.ActionRevokeTokenAccessor]
+	mine := e.execs[killswitch.ActionRevokeTokenAccessor]
 	for range 10 {
 		_, acc := e.vendorToken(t)
-		tg := target(playbooks.ActionRevokeTokenAccessor, config.Credential{Kind: config.CredTokenAccessor, Accessor: acc})
+		tg := target(killswitch.ActionRevokeTokenAccessor, killswitch.Credential{Kind: killswitch.CredTokenAccessor, Accessor: acc})
 		errs := make([]error, 2)
 		var wg sync.WaitGroup
 		for i, ex := range []actions.Executor{mine, other} {

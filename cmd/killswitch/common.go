@@ -5,7 +5,7 @@ import (
 	"io"
 	"os"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
+	"github.com/killswitch-dev/killswitch/config"
 	"github.com/killswitch-dev/killswitch/telemetry"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"

@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/demo"
+	"github.com/killswitch-dev/killswitch/demo"
 )
 
 // runDemo implements `killswitch demo`: the whole loop on embedded defaults.

@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/internal/natsconn"
-	"github.com/killswitch-dev/killswitch/internal/pace"
-	"github.com/killswitch-dev/killswitch/internal/scenario"
+	"github.com/killswitch-dev/killswitch/scenario"
 	"github.com/killswitch-dev/killswitch/telemetry"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -137,9 +137,9 @@ func generatePublish(ctx context.Context, sc *scenario.Scenario, nopts natsconn.
 	if err != nil {
 		return 0, err
 	}
-	var p *pace.Pacer
+	var p *clock.Pacer
 	if speed > 0 {
-		p = pace.New(speed)
+		p = clock.NewPacer(speed)
 	}
 	return sc.Publish(ctx, pub, p)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	"github.com/killswitch-dev/killswitch/ledger"
+	ledgerjs "github.com/killswitch-dev/killswitch/ledger/jetstream"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 )
@@ -48,7 +49,7 @@ func runLedger(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "killswitch ledger verify: stream %s: %v\n", *stream, err)
 		return 1
 	}
-	res, err := ledger.Verify(ledger.ReadStream(ctx, st))
+	res, err := ledger.Verify(ledgerjs.ReadStream(ctx, st))
 	switch {
 	case errors.Is(err, ledger.ErrBroken):
 		fmt.Fprintf(stdout, "BROKEN after %d intact records: %v\n", res.Records, err)

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/config"
 	"github.com/killswitch-dev/killswitch/detectors"
-	"github.com/killswitch-dev/killswitch/internal/config"
 	"github.com/killswitch-dev/killswitch/playbooks"
 )
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,7 +10,7 @@ import (
 	"time"
 
 	"github.com/killswitch-dev/killswitch/internal/natsconn"
-	"github.com/killswitch-dev/killswitch/internal/pipeline"
+	pipejs "github.com/killswitch-dev/killswitch/pipeline/jetstream"
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"github.com/killswitch-dev/killswitch/replay"
 	"github.com/killswitch-dev/killswitch/telemetry"
@@ -87,7 +86,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		printCompileError(stderr, "replay", err)
 		return 1
 	}
-	o := replay.Options{Config: *cfg, Playbooks: pb}
+	o := replay.Options{Detectors: cfg.Detectors, Vendors: cfg.Vendors, Incidents: cfg.Incidents, Actions: cfg.Actions, Playbooks: pb}
 	if len(basePB) > 0 {
 		baseSrc, err := playbookSources(basePB, false)
 		if err != nil {
@@ -105,14 +104,15 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		o.NewActor = factory
 	} else {
-		o.NewActor, o.PlannedContains = replay.PlanActions(*cfg), true
+		o.NewActor, o.PlannedContains = replay.PlanActions(cfg.Actions, cfg.Vendors), true
 	}
 	o.Speed = *speed
+	o.Counters = telemetry.NewCounters()
 	if !*quiet && isTerminal(os.Stderr) {
 		o.Progress = stderr
 	}
 
-	var src replay.Source
+	var src telemetry.Source
 	if *stream != "" {
 		nopts.Name = "killswitch-replay"
 		nc, err := nopts.Connect(zap.NewNop())
@@ -128,7 +128,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if err != nil {
 			return fail("stream %s: %v", *stream, err)
 		}
-		rng := &replay.StreamRange{Stream: st, NewDecoder: newDecoder}
+		rng := &telemetry.StreamRange{Stream: st, NewDecoder: newDecoder, Counters: o.Counters}
 		for flagName, p := range map[string]*time.Time{*since: &rng.Since, *until: &rng.Until} {
 			if flagName == "" {
 				continue
@@ -138,12 +138,12 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			}
 		}
 		if *speed > 0 {
-			o.Events = pipeline.NATSEvents{NC: nc}
+			o.Events = pipejs.NATSEvents{NC: nc}
 		}
 		src = rng
 	} else {
 		var bad int64
-		fopts := telemetry.FileOptions{NewDecoder: newDecoder, OnBadLine: func(p telemetry.Position, err error) {
+		fopts := telemetry.FileOptions{NewDecoder: newDecoder, Counters: o.Counters, OnBadLine: func(p telemetry.Position, err error) {
 			bad++
 			if bad <= 20 {
 				fmt.Fprintf(stderr, "killswitch replay: %s:%d: %v (skipped)\n", p.Name, p.Line, err)
@@ -152,9 +152,6 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		src = telemetry.NewFileSource(fopts, files...)
 	}
 	rep, err := replay.Run(ctx, src, o)
-	if errors.Is(err, replay.ErrEmptyRange) {
-		return fail("%v", err)
-	}
 	if err != nil {
 		return fail("%v", err)
 	}

@@ -7,8 +7,9 @@ import (
 	"io"
 	"os"
 
-	"github.com/killswitch-dev/killswitch/internal/config"
-	"github.com/killswitch-dev/killswitch/internal/service"
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/config"
+	"github.com/killswitch-dev/killswitch/service"
 )
 
 // runRun implements `killswitch run`, the long-running service.
@@ -49,11 +50,17 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	sc := &cfg.Service
 	sc.ApplyEnv(os.Getenv)
-	for flagVal, field := range map[string]*string{*natsURL: &sc.NATS.URL, *natsCreds: &sc.NATS.CredsFile,
-		*natsNKey: &sc.NATS.NKeyFile, *httpAddr: &sc.HTTP.Listen, *dataDir: &sc.DataDir, *mode: &cfg.Actions.Mode} {
-		if flagVal != "" {
-			*field = flagVal
+	for _, o := range []struct {
+		flag  string
+		field *string
+	}{{*natsURL, &sc.NATS.URL}, {*natsCreds, &sc.NATS.CredsFile}, {*natsNKey, &sc.NATS.NKeyFile},
+		{*httpAddr, &sc.HTTP.Listen}, {*dataDir, &sc.DataDir}} {
+		if o.flag != "" {
+			*o.field = o.flag
 		}
+	}
+	if *mode != "" {
+		cfg.Actions.Mode = killswitch.Mode(*mode)
 	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintln(stderr, "killswitch run:", err)

@@ -9,11 +9,13 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/actions/vault"
-	"github.com/killswitch-dev/killswitch/internal/clock"
-	"github.com/killswitch-dev/killswitch/internal/config"
-	"github.com/killswitch-dev/killswitch/internal/pipeline"
+	"github.com/killswitch-dev/killswitch/clock"
+	"github.com/killswitch-dev/killswitch/config"
+	"github.com/killswitch-dev/killswitch/ledger"
+	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/killswitch-dev/killswitch/replay"
 	"go.uber.org/zap"
 )
@@ -35,7 +37,7 @@ func vaultExecutors(ctx context.Context, cfg *config.Config, log *zap.Logger) (a
 }
 
 // checkToken refuses a token that lacks capabilities and warns about a root token.
-func checkToken(ctx context.Context, client *api.Client, inv map[string]config.Vendor, log *zap.Logger) error {
+func checkToken(ctx context.Context, client *api.Client, inv killswitch.Inventory, log *zap.Logger) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	root, err := vault.CheckCapabilities(cctx, client, inv)
@@ -61,8 +63,8 @@ func vaultActor(ctx context.Context, addr string, cfg *config.Config) (replay.Ac
 		return nil, err
 	}
 	execs := vault.New(client)
-	return func(clk clock.Clock, led pipeline.Recorder) (pipeline.Actor, error) {
-		return actions.New(cfg.Actions, actions.Options{}, actions.Deps{
+	return func(clk clock.Clock, led ledger.Appender) (pipeline.Actor, error) {
+		return actions.New(cfg.Actions, actions.Deps{
 			Store: actions.NewMemoryStore(), Ledger: led, Executors: execs, Inventory: cfg.Vendors, Clock: clk,
 			Fingerprint: actions.NewFingerprinter([]byte("killswitch-replay")), Instance: "replay",
 		})
@@ -74,8 +76,8 @@ func vaultPolicy() string { return vault.ShippedPolicy() }
 
 // demoExecutors builds the demo's Vault executors on the service's own token, after
 // checking that it holds what the demo inventory needs.
-func demoExecutors(log *zap.Logger) func(context.Context, *api.Client, map[string]config.Vendor) (actions.Registry, error) {
-	return func(ctx context.Context, client *api.Client, inv map[string]config.Vendor) (actions.Registry, error) {
+func demoExecutors(log *zap.Logger) func(context.Context, *api.Client, killswitch.Inventory) (actions.Registry, error) {
+	return func(ctx context.Context, client *api.Client, inv killswitch.Inventory) (actions.Registry, error) {
 		if err := checkToken(ctx, client, inv, log); err != nil {
 			return nil, err
 		}

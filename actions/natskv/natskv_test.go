@@ -1,0 +1,131 @@
+package natskv_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/actions"
+	"github.com/killswitch-dev/killswitch/actions/natskv"
+	"github.com/killswitch-dev/killswitch/clock"
+	"github.com/killswitch-dev/killswitch/incidents"
+	"github.com/killswitch-dev/killswitch/internal/testharness"
+	"github.com/killswitch-dev/killswitch/ledger"
+	"github.com/killswitch-dev/killswitch/playbooks"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// slowVault is one Vault shared by two instances: it revokes slowly and counts.
+type slowVault struct {
+	applies atomic.Int32
+	dead    atomic.Bool
+}
+
+func (v *slowVault) Plan(context.Context, actions.Target) (actions.Plan, error) {
+	return actions.Plan{}, nil
+}
+
+func (v *slowVault) Apply(ctx context.Context, _ actions.Target) (actions.Outcome, error) {
+	select {
+	case <-time.After(50 * time.Millisecond):
+	case <-ctx.Done():
+		return actions.Outcome{}, ctx.Err()
+	}
+	v.applies.Add(1)
+	return actions.Outcome{AlreadyDone: v.dead.Swap(true)}, nil
+}
+
+func (v *slowVault) Verify(context.Context, actions.Target) (actions.Verification, error) {
+	return actions.Verification{Dead: v.dead.Load(), Evidence: "lookup"}, nil
+}
+
+func open(t *testing.T) *natskv.Store {
+	t.Helper()
+	js, err := jetstream.New(testharness.Connect(t, testharness.NATS(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := natskv.Open(context.Background(), js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Two instances share the fleet state in JetStream KV and get the same decision at once:
+// the claim makes Vault see one revocation, and both report it verified.
+func TestTwoInstancesAtOnceRevokeOnce(t *testing.T) {
+	ctx := context.Background()
+	store := open(t)
+	vault := &slowVault{}
+	inv := killswitch.Inventory{"mailer": {Credentials: map[string]killswitch.Credential{
+		"api": {Kind: killswitch.CredTokenAccessor, Accessor: "acc"}}}}
+	act := playbooks.Action{Type: killswitch.ActionRevokeTokenAccessor, Credential: "api", Mode: killswitch.ModeEnforce}
+	req := actions.Request{
+		Incident: &incidents.Incident{ID: "inc-1", Vendor: "mailer", Credential: "api"},
+		Result:   playbooks.Result{ID: "dec-1", Decision: playbooks.Decision{Actions: []playbooks.Action{act}, Reason: "test"}},
+		Vendor:   inv.Vendor("mailer"),
+	}
+	var wg sync.WaitGroup
+	var verified atomic.Int32
+	for _, instance := range []string{"instance-a", "instance-b"} {
+		r, err := actions.New(actions.Settings{}, actions.Deps{
+			Store: store, Ledger: ledger.NewMemory(), Inventory: inv, Clock: clock.Real{}, Instance: instance,
+			Executors: actions.Registry{killswitch.ActionRevokeTokenAccessor: vault},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			refs, err := r.Act(ctx, req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if refs[0].Status == incidents.ActionVerified {
+				verified.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := vault.applies.Load(); n != 1 || verified.Load() != 2 {
+		t.Fatalf("applied %d times (want 1); %d instances report verified (want 2)", n, verified.Load())
+	}
+}
+
+// The store keeps JetStream KV's semantics: Create is a latch, Update a compare-and-set.
+func TestStoreSemantics(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	if _, _, err := s.Get(ctx, actions.ClaimsBucket, "k"); !errors.Is(err, actions.ErrNotFound) {
+		t.Fatalf("get missing = %v", err)
+	}
+	rev, err := s.Create(ctx, actions.ClaimsBucket, "k", []byte("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create(ctx, actions.ClaimsBucket, "k", []byte("2")); !errors.Is(err, actions.ErrExists) {
+		t.Fatalf("second create = %v", err)
+	}
+	if _, err := s.Update(ctx, actions.ClaimsBucket, "k", []byte("3"), rev+10); !errors.Is(err, actions.ErrStale) {
+		t.Fatalf("stale update = %v", err)
+	}
+	if _, err := s.Update(ctx, actions.ClaimsBucket, "k", []byte("4"), rev); err != nil {
+		t.Fatal(err)
+	}
+	if v, _, err := s.Get(ctx, actions.ClaimsBucket, "k"); err != nil || string(v) != "4" {
+		t.Fatalf("get = %q, %v", v, err)
+	}
+	if keys, err := s.Keys(ctx, actions.ClaimsBucket); err != nil || len(keys) != 1 || keys[0] != "k" {
+		t.Fatalf("keys = %v, %v", keys, err)
+	}
+	if _, _, err := s.Get(ctx, "nope", "k"); err == nil || !killswitch.IsPermanent(err) {
+		t.Fatalf("unknown bucket = %v, want a permanent error", err)
+	}
+}

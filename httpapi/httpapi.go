@@ -1,0 +1,294 @@
+// Package httpapi serves the service's HTTP interface on loopback by default: health
+// and readiness, Prometheus metrics, the incidents and their timelines, approvals of
+// held actions, and the global pause (the kill switch for the kill switch).
+//
+// Everything but /healthz and /readyz requires the bearer token.
+package httpapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/incidents"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+)
+
+// Errors a Controller or IncidentReader wraps so the API answers with the right status.
+var (
+	// ErrNotFound: no such incident or action (404).
+	ErrNotFound = errors.New("not found")
+	// ErrExpired: the held action's approval window has passed (410).
+	ErrExpired = errors.New("expired")
+	// ErrConflict: the action was already approved, rejected or run (409).
+	ErrConflict = errors.New("conflict")
+	// ErrBadRequest: the request is malformed (400).
+	ErrBadRequest = errors.New("bad request")
+)
+
+// IncidentReader reads incidents.
+type IncidentReader interface {
+	// Incidents lists incidents, newest first.
+	Incidents(ctx context.Context) ([]*incidents.Incident, error)
+	// Incident returns one incident with its timeline.
+	Incident(ctx context.Context, id string) (*incidents.Incident, error)
+}
+
+// Status is what GET /api/status answers.
+type Status struct {
+	Paused       bool      `json:"paused"`
+	PausedBy     string    `json:"paused_by,omitempty"`
+	PausedAt     time.Time `json:"paused_at,omitzero"`
+	BreakerOpen  bool      `json:"breaker_open"`
+	Mode         string    `json:"mode"`
+	DryRunReason string    `json:"dry_run_reason,omitempty"`
+}
+
+// Controller carries out operators' requests. Every call is recorded in the ledger by
+// the implementation.
+type Controller interface {
+	// Approve runs a held action once.
+	Approve(ctx context.Context, actionID, approver, comment string) error
+	// Reject drops a held action.
+	Reject(ctx context.Context, actionID, approver, comment string) error
+	// Pause stops all automation until Resume.
+	Pause(ctx context.Context, who, reason string) error
+	// Resume restarts automation.
+	Resume(ctx context.Context, who string) error
+	// ResetBreaker closes the revocation budget's circuit breaker.
+	ResetBreaker(ctx context.Context, who string) error
+	// Status reports the global switches.
+	Status(ctx context.Context) (Status, error)
+}
+
+// Config configures the server.
+type Config struct {
+	// Token is the bearer token required for everything but health. Required.
+	Token string
+	// Ready reports whether the service can do its job; nil means ready.
+	Ready func(ctx context.Context) error
+	// Gatherer is what /metrics serves.
+	Gatherer prometheus.Gatherer
+	// Incidents and Controller back the API.
+	Incidents  IncidentReader
+	Controller Controller
+	// Log receives request errors (never the token).
+	Log *zap.Logger
+}
+
+// ErrNoToken is returned by New when no token is configured.
+var ErrNoToken = errors.New("httpapi: an API token is required")
+
+// New returns the HTTP handler.
+func New(cfg Config) (http.Handler, error) {
+	if len(cfg.Token) < 16 {
+		return nil, fmt.Errorf("%w (at least 16 characters)", ErrNoToken)
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	s := &server{cfg: cfg, tokenSum: sha256.Sum256([]byte(cfg.Token))}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
+	mux.HandleFunc("GET /readyz", s.ready)
+	mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
+	mux.Handle("GET /api/incidents", s.auth(http.HandlerFunc(s.listIncidents)))
+	mux.Handle("GET /api/incidents/{id}", s.auth(http.HandlerFunc(s.getIncident)))
+	mux.Handle("POST /api/actions/{id}/approve", s.auth(http.HandlerFunc(s.decide(cfg.Controller.Approve))))
+	mux.Handle("POST /api/actions/{id}/reject", s.auth(http.HandlerFunc(s.decide(cfg.Controller.Reject))))
+	mux.Handle("POST /api/pause", s.auth(http.HandlerFunc(s.pause)))
+	mux.Handle("POST /api/resume", s.auth(http.HandlerFunc(s.control(cfg.Controller.Resume))))
+	mux.Handle("POST /api/breaker/reset", s.auth(http.HandlerFunc(s.control(cfg.Controller.ResetBreaker))))
+	mux.Handle("GET /api/status", s.auth(http.HandlerFunc(s.status)))
+	return mux, nil
+}
+
+type server struct {
+	cfg      Config
+	tokenSum [32]byte
+}
+
+func (s *server) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="killswitch"`)
+			writeJSON(w, http.StatusUnauthorized, errBody("missing or wrong bearer token"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *server) ready(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Ready != nil {
+		if err := s.cfg.Ready(r.Context()); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
+			return
+		}
+	}
+	writeJSON(w, 200, map[string]string{"status": "ready"})
+}
+
+// listIncidents answers GET /api/incidents?state=open&vendor=v&limit=n.
+func (s *server) listIncidents(w http.ResponseWriter, r *http.Request) {
+	all, err := s.cfg.Incidents.Incidents(r.Context())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	q := r.URL.Query()
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			s.fail(w, fmt.Errorf("%w: limit must be 1..1000", ErrBadRequest))
+			return
+		}
+		limit = n
+	}
+	out := slices.DeleteFunc(slices.Clone(all), func(in *incidents.Incident) bool {
+		return (q.Get("state") != "" && string(in.State) != q.Get("state")) ||
+			(q.Get("vendor") != "" && in.Vendor != q.Get("vendor"))
+	})
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	if out == nil {
+		out = []*incidents.Incident{}
+	}
+	writeJSON(w, 200, map[string]any{"incidents": out, "count": len(out)})
+}
+
+func (s *server) getIncident(w http.ResponseWriter, r *http.Request) {
+	in, err := s.cfg.Incidents.Incident(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, in)
+}
+
+// decisionRequest is the body of approve and reject.
+type decisionRequest struct {
+	Approver string `json:"approver"`
+	Comment  string `json:"comment"`
+}
+
+func (s *server) decide(f func(ctx context.Context, id, approver, comment string) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req decisionRequest
+		if err := decodeBody(r, &req); err != nil {
+			s.fail(w, err)
+			return
+		}
+		if strings.TrimSpace(req.Approver) == "" {
+			s.fail(w, fmt.Errorf("%w: approver is required", ErrBadRequest))
+			return
+		}
+		if err := f(r.Context(), r.PathValue("id"), req.Approver, req.Comment); err != nil {
+			s.fail(w, err)
+			return
+		}
+		writeJSON(w, 200, map[string]string{"status": "ok", "action": r.PathValue("id")})
+	}
+}
+
+// controlRequest is the body of pause, resume and breaker reset.
+type controlRequest struct {
+	Who    string `json:"who"`
+	Reason string `json:"reason"`
+}
+
+func (s *server) pause(w http.ResponseWriter, r *http.Request) {
+	var req controlRequest
+	if err := decodeBody(r, &req); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if strings.TrimSpace(req.Who) == "" {
+		s.fail(w, fmt.Errorf("%w: who is required", ErrBadRequest))
+		return
+	}
+	if err := s.cfg.Controller.Pause(r.Context(), req.Who, req.Reason); err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.status(w, r)
+}
+
+func (s *server) control(f func(ctx context.Context, who string) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req controlRequest
+		if err := decodeBody(r, &req); err != nil {
+			s.fail(w, err)
+			return
+		}
+		if strings.TrimSpace(req.Who) == "" {
+			s.fail(w, fmt.Errorf("%w: who is required", ErrBadRequest))
+			return
+		}
+		if err := f(r.Context(), req.Who); err != nil {
+			s.fail(w, err)
+			return
+		}
+		s.status(w, r)
+	}
+}
+
+func (s *server) status(w http.ResponseWriter, r *http.Request) {
+	st, err := s.cfg.Controller.Status(r.Context())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, st)
+}
+
+func (s *server) fail(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, ErrNotFound), errors.Is(err, incidents.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, ErrExpired):
+		code = http.StatusGone
+	case errors.Is(err, ErrConflict):
+		code = http.StatusConflict
+	case errors.Is(err, ErrBadRequest):
+		code = http.StatusBadRequest
+	default:
+		s.cfg.Log.Error("api request failed", zap.Error(err))
+	}
+	writeJSON(w, code, errBody(err.Error()))
+}
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: body: %w", ErrBadRequest, err)
+	}
+	return nil
+}
+
+func errBody(msg string) map[string]string { return map[string]string{"error": msg} }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client went away; nothing to tell it
+}

@@ -1,0 +1,137 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/internal/embeddednats"
+	"github.com/killswitch-dev/killswitch/internal/testharness"
+	"github.com/killswitch-dev/killswitch/ledger"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+var t0 = time.Date(2026, 2, 5, 10, 0, 0, 0, time.UTC)
+
+func entry(i int) ledger.Entry {
+	return ledger.Entry{
+		Type:     ledger.TypeDetection,
+		ID:       fmt.Sprintf("det-%03d", i),
+		Incident: "inc-1",
+		Time:     t0.Add(time.Duration(i) * time.Second),
+		Payload:  json.RawMessage(fmt.Sprintf(`{"n": %d}`, i)),
+	}
+}
+
+// openStream opens the ledger on js, as one writer (process), closed when the test ends.
+func openStream(tb testing.TB, js jetstream.JetStream, cfg ...StreamConfig) *Stream {
+	tb.Helper()
+	var c StreamConfig
+	if len(cfg) > 0 {
+		c = cfg[0]
+	}
+	s, err := OpenStream(context.Background(), js, c)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// connect opens a connection of its own to srv, as another process would.
+func connect(tb testing.TB, srv *embeddednats.Server) jetstream.JetStream {
+	tb.Helper()
+	js, err := jetstream.New(testharness.Connect(tb, srv))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return js
+}
+
+func TestStreamLedger(t *testing.T) {
+	ctx := context.Background()
+	srv := testharness.NATS(t)
+	js, err := jetstream.New(testharness.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openStream(t, js)
+	for i := range 5 {
+		if _, err := s.Append(ctx, entry(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A second writer (another process) opened on the same stream continues the chain,
+	// and the first writer, now behind, relinks after the other's records.
+	s2 := openStream(t, js)
+	var wg sync.WaitGroup
+	for w, l := range []*Stream{s, s2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				if _, err := l.Append(ctx, entry(100*(w+1)+i)); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// A duplicate is stored once and the stored record comes back.
+	dup, err := s2.Append(ctx, entry(2))
+	if err != nil || dup.Seq != 3 || dup.ID != "det-002" {
+		t.Fatalf("duplicate append = %+v, %v", dup, err)
+	}
+	res, err := ledger.Verify(s.All(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Records != 45 {
+		t.Fatalf("verified %d records, want 45", res.Records)
+	}
+
+	// A NATS restart: the writer reconnects and the chain continues.
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := s.Append(ctx, entry(999))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ledger.ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatalf("append after restart: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	reopened := openStream(t, js)
+	res, err = ledger.Verify(reopened.All(ctx))
+	if err != nil || res.Records != 46 {
+		t.Fatalf("after restart: %+v, %v", res, err)
+	}
+	// The stream refuses deletion: the ledger is append-only.
+	if err := reopened.stream.DeleteMsg(ctx, 3); err == nil {
+		t.Fatal("deleting a ledger record succeeded")
+	}
+}
+
+func TestStreamUnavailable(t *testing.T) {
+	ctx := context.Background()
+	srv := testharness.NATS(t)
+	js, err := jetstream.New(testharness.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openStream(t, js, StreamConfig{Timeout: time.Second})
+	srv.Shutdown()
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := s.Append(cctx, entry(1)); !errors.Is(err, ledger.ErrUnavailable) {
+		t.Fatalf("append with NATS down = %v, want ledger.ErrUnavailable", err)
+	}
+}

@@ -1,0 +1,89 @@
+// Package metrics defines the Prometheus metrics of the service: what flowed through
+// each stage, by outcome, and the latency histograms of detection, decision, revocation
+// and the exposure window.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics holds every metric, registered on its own registry (never the global one).
+type Metrics struct {
+	// Registry is what /metrics serves.
+	Registry *prometheus.Registry
+
+	// Events counts telemetry events processed.
+	Events prometheus.Counter
+	// DeadLetters counts malformed telemetry messages by reason.
+	DeadLetters *prometheus.CounterVec
+	// Detections counts detections by detector kind and severity.
+	Detections *prometheus.CounterVec
+	// Incidents counts incidents opened.
+	Incidents prometheus.Counter
+	// Decisions counts decisions by outcome (act, no_action, escalated).
+	Decisions *prometheus.CounterVec
+	// Actions counts action outcomes by type and status.
+	Actions *prometheus.CounterVec
+	// DetectionLatency observes event receipt → detection handed on, in seconds.
+	DetectionLatency prometheus.Histogram
+	// DecisionLatency observes playbook evaluation time, in seconds.
+	DecisionLatency prometheus.Histogram
+	// RevocationLatency observes decision → verified revocation, in seconds.
+	RevocationLatency prometheus.Histogram
+	// ExposureWindow observes first anomalous event → verified revocation, in seconds.
+	ExposureWindow prometheus.Histogram
+	// Paused is 1 while automation is paused.
+	Paused prometheus.Gauge
+	// EventsDropped counts events for other automation that could not be published, by kind.
+	EventsDropped *prometheus.CounterVec
+	// RespondFailures counts detections whose handling failed, by outcome (retried,
+	// paged, page_failed, undecodable, vendor_backlog).
+	RespondFailures *prometheus.CounterVec
+	// TickFailures counts processing-time checks that failed, by stage.
+	TickFailures prometheus.Counter
+}
+
+// New creates the metrics on a fresh registry, with the Go and process collectors.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := func(c prometheus.Collector) { r.MustRegister(c) }
+	// Sub-millisecond to minutes: revocations take milliseconds, exposure windows can take hours.
+	fast := prometheus.ExponentialBuckets(0.0001, 2.5, 14)
+	slow := []float64{0.01, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600}
+	m := &Metrics{
+		Registry: r,
+		Events:   prometheus.NewCounter(prometheus.CounterOpts{Name: "killswitch_events_total", Help: "Telemetry events processed."}),
+		DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "killswitch_dead_letters_total",
+			Help: "Malformed telemetry messages sent to the dead-letter subject, by reason."}, []string{"reason"}),
+		Detections: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "killswitch_detections_total",
+			Help: "Detections by detector kind and severity."}, []string{"detector", "severity"}),
+		Incidents: prometheus.NewCounter(prometheus.CounterOpts{Name: "killswitch_incidents_total", Help: "Incidents opened."}),
+		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "killswitch_decisions_total",
+			Help: "Playbook decisions by outcome (act, no_action, escalated)."}, []string{"outcome"}),
+		Actions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "killswitch_actions_total",
+			Help: "Action outcomes by type and status."}, []string{"type", "status"}),
+		DetectionLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "killswitch_detection_latency_seconds",
+			Help: "Telemetry event received to detection handed on.", Buckets: fast}),
+		DecisionLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "killswitch_decision_latency_seconds",
+			Help: "Playbook evaluation time.", Buckets: fast}),
+		RevocationLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "killswitch_revocation_latency_seconds",
+			Help: "Decision to verified revocation.", Buckets: fast}),
+		ExposureWindow: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "killswitch_exposure_window_seconds",
+			Help: "First anomalous event to verified revocation.", Buckets: slow}),
+		Paused: prometheus.NewGauge(prometheus.GaugeOpts{Name: "killswitch_paused", Help: "1 while automation is paused."}),
+		EventsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "killswitch_events_dropped_total",
+			Help: "Events for other automation (killswitch.events.>) that could not be published, by kind."}, []string{"kind"}),
+		RespondFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "killswitch_respond_failures_total",
+			Help: "Detections whose handling failed, by outcome (retried, paged, page_failed, undecodable, vendor_backlog)."}, []string{"outcome"}),
+		TickFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "killswitch_tick_failures_total",
+			Help: "Processing-time checks (silence, incident and approval expiry) that failed."}),
+	}
+	for _, c := range []prometheus.Collector{m.Events, m.DeadLetters, m.Detections, m.Incidents, m.Decisions,
+		m.Actions, m.DetectionLatency, m.DecisionLatency, m.RevocationLatency, m.ExposureWindow, m.Paused,
+		m.EventsDropped, m.RespondFailures, m.TickFailures} {
+		f(c)
+	}
+	return m
+}

@@ -1,0 +1,131 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/killswitch-dev/killswitch/pipeline"
+	"github.com/killswitch-dev/killswitch/telemetry"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// The checkpoint store.
+const (
+	// StateBucket is the object store holding detector checkpoints.
+	StateBucket = "killswitch_state"
+	// detectorsObject is the checkpoint's object name; its metadata holds the stream
+	// sequence it covers.
+	detectorsObject = "detectors"
+	seqMetadata     = "telemetry-seq"
+)
+
+// Checkpoints keeps detector checkpoints in a JetStream object store, each with the
+// telemetry stream sequence it covers. It implements pipeline.Checkpointer.
+type Checkpoints struct {
+	store jetstream.ObjectStore
+}
+
+var _ pipeline.Checkpointer = (*Checkpoints)(nil)
+
+// OpenCheckpoints creates (or opens) the checkpoint bucket.
+func OpenCheckpoints(ctx context.Context, js jetstream.JetStream, replicas int) (*Checkpoints, error) {
+	store, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      StateBucket,
+		Description: "Killswitch detector checkpoints",
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(1, replicas),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: object store %s: %w", StateBucket, err)
+	}
+	return &Checkpoints{store: store}, nil
+}
+
+// Checkpoint implements pipeline.Checkpointer.
+func (c *Checkpoints) Checkpoint(ctx context.Context, seq uint64, write func(io.Writer) error) error {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(write(pw)) }()
+	_, err := c.store.Put(ctx, jetstream.ObjectMeta{
+		Name:     detectorsObject,
+		Metadata: map[string]string{seqMetadata: strconv.FormatUint(seq, 10)},
+	}, pr)
+	pr.CloseWithError(err) // unblocks the writer when Put gave up early
+	if err != nil {
+		return fmt.Errorf("pipeline: checkpoint: %w", err)
+	}
+	return nil
+}
+
+// RecoverConfig says what Recover works on.
+type RecoverConfig struct {
+	// Pipeline is the pipeline whose detectors are restored and whose ingest catches up.
+	Pipeline *pipeline.Pipeline
+	// Checkpoints holds the last checkpoint.
+	Checkpoints *Checkpoints
+	// Stream and Consumer are the telemetry stream and its durable consumer.
+	Stream   jetstream.Stream
+	Consumer jetstream.Consumer
+	// NewDecoder makes the decoder of the catch-up; it must match the source's. Default
+	// the native JSON decoder.
+	NewDecoder func() telemetry.Decoder
+	Log        *zap.Logger
+}
+
+// Recover restores the last checkpoint and replays, from the telemetry stream, the events
+// after it that the consumer had already acknowledged (they will not be redelivered), so
+// that no event acknowledged before a crash is missing from the detector state. Their
+// detections are made again with the same IDs and de-duplicated by the detections
+// stream. Call it before the telemetry source starts.
+func Recover(ctx context.Context, rc RecoverConfig) error {
+	log := rc.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	var covered uint64
+	obj, err := rc.Checkpoints.store.Get(ctx, detectorsObject)
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		log.Info("no detector checkpoint: starting with empty state")
+	case err != nil:
+		return fmt.Errorf("pipeline: read checkpoint: %w", err)
+	default:
+		info, ierr := obj.Info()
+		if ierr != nil {
+			obj.Close()
+			return fmt.Errorf("pipeline: checkpoint info: %w", ierr)
+		}
+		covered, err = strconv.ParseUint(info.Metadata[seqMetadata], 10, 64)
+		if err != nil {
+			obj.Close()
+			return fmt.Errorf("pipeline: checkpoint has no valid %s: %w", seqMetadata, err)
+		}
+		err = rc.Pipeline.Engine().Restore(ctx, obj)
+		obj.Close()
+		if err != nil {
+			return fmt.Errorf("pipeline: restore checkpoint: %w", err)
+		}
+		log.Info("detector state restored", zap.Uint64("covers_seq", covered), zap.Int64("bytes", int64(info.Size)))
+	}
+	ci, err := rc.Consumer.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("pipeline: consumer info: %w", err)
+	}
+	acked := ci.AckFloor.Stream
+	in := rc.Pipeline.Ingest()
+	if acked > covered {
+		// Bad messages were dead-lettered the first time: the range skips them.
+		catchUp := &telemetry.StreamRange{Stream: rc.Stream, FromSeq: covered + 1, ToSeq: acked, NewDecoder: rc.NewDecoder,
+			BatchSize: 1000, Logger: log}
+		if err := catchUp.Run(ctx, telemetry.HandlerFunc(in.Submit)); err != nil && !errors.Is(err, telemetry.ErrEmptyRange) {
+			return fmt.Errorf("pipeline: catch-up: %w", err)
+		}
+		log.Info("caught up from the telemetry stream", zap.Uint64("from", covered+1), zap.Uint64("to", acked),
+			zap.Uint64("events", catchUp.Counters.Snapshot().Delivered))
+	}
+	in.Resume(covered, acked)
+	return nil
+}

@@ -1,0 +1,326 @@
+// Package jetstream is the pipeline's durable hand-off on NATS JetStream: the detections
+// stream between ingest and respond (detections published with their ID as Nats-Msg-Id,
+// consumed per vendor with bounded retries and a page as the last resort), the detector
+// checkpoints in an object store with the telemetry stream position they cover (and the
+// catch-up after a restart), and the events other automation subscribes to.
+package jetstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/killswitch-dev/killswitch"
+	actnats "github.com/killswitch-dev/killswitch/actions/nats"
+	"github.com/killswitch-dev/killswitch/clock"
+	"github.com/killswitch-dev/killswitch/detectors"
+	"github.com/killswitch-dev/killswitch/metrics"
+	"github.com/killswitch-dev/killswitch/pipeline"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// The detections stream.
+const (
+	// DetectionsStream holds every detection, published with its ID as Nats-Msg-Id.
+	DetectionsStream = "KILLSWITCH_DETECTIONS"
+	// DetectionsSubjectPrefix is followed by the vendor: killswitch.detections.<vendor>.
+	DetectionsSubjectPrefix = "killswitch.detections"
+	// RespondConsumer is the durable consumer of the detections stream.
+	RespondConsumer = "killswitch-respond"
+)
+
+// EnsureDetectionsStream creates or updates the detections stream: file storage, a
+// one-hour duplicate window (so a detection re-made after a crash is stored once).
+func EnsureDetectionsStream(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.Stream, error) {
+	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        DetectionsStream,
+		Description: "Killswitch detections, de-duplicated by detection ID",
+		Subjects:    []string{DetectionsSubjectPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(1, replicas),
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      30 * 24 * time.Hour,
+		Duplicates:  time.Hour,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: stream %s: %w", DetectionsStream, err)
+	}
+	return st, nil
+}
+
+// Sink returns the detectors.Sink that stores detections durably in the detections
+// stream: give it to the pipeline (Config.Sink).
+func Sink(js jetstream.JetStream, m *metrics.Metrics) detectors.Sink {
+	return detectors.SinkFunc(func(ctx context.Context, d detectors.Detection) error {
+		data, err := json.Marshal(d)
+		if err != nil {
+			return killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("pipeline: encode detection: %w", err))
+		}
+		ack, err := js.Publish(ctx, DetectionsSubjectPrefix+"."+actnats.SubjectToken(d.Vendor), data, jetstream.WithMsgID(d.ID))
+		if err != nil {
+			return killswitch.Retryable(killswitch.ReasonUnavailable, fmt.Errorf("pipeline: store detection %s: %w", d.ID, err))
+		}
+		if m != nil && !ack.Duplicate {
+			m.Detections.WithLabelValues(string(d.Detector), string(d.Severity)).Inc()
+		}
+		return nil
+	})
+}
+
+// RespondConfig configures Respond.
+type RespondConfig struct {
+	// JS reads the detections stream.
+	JS jetstream.JetStream
+	// Responder handles the detections.
+	Responder *pipeline.Responder
+	// Pager pages a human when a detection cannot be handled.
+	Pager Pager
+	// PageAfter is how many deliveries of one detection fail before a human is paged
+	// with it instead (its handling is not retried any more). Default 20.
+	PageAfter int
+	// MaxPerVendor bounds the detections of one vendor waiting for their turn; beyond
+	// it, new ones are handed back for later so that one stuck vendor never starves the
+	// others. Default 16.
+	MaxPerVendor int
+	// MaxInFlight bounds the detections received and not yet acknowledged. Default 1024.
+	MaxInFlight int
+	// AckWait is how long a detection may take before JetStream redelivers it. Default 5m.
+	AckWait time.Duration
+	Log     *zap.Logger
+	Metrics *metrics.Metrics
+}
+
+func (c *RespondConfig) defaults() {
+	if c.PageAfter <= 0 {
+		c.PageAfter = 20
+	}
+	if c.MaxPerVendor <= 0 {
+		c.MaxPerVendor = 16
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 1024
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 5 * time.Minute
+	}
+	if c.Log == nil {
+		c.Log = zap.NewNop()
+	}
+}
+
+// Respond consumes the detections stream with a durable consumer and hands each
+// detection to the Responder, until ctx is done. Detections are dispatched by vendor:
+// one vendor's are handled in order, one at a time, while other vendors proceed, so a
+// vendor whose Vault calls hang holds up nobody else. A detection is acknowledged only
+// once handled; a failure is retried with growing delays (never forever: after
+// PageAfter deliveries a human is paged with it, and only once the page is sent is it
+// terminated); a detection that does not decode is terminated and counted. On return,
+// detections received and not handled were handed back for redelivery.
+func Respond(ctx context.Context, cfg RespondConfig) error {
+	cfg.defaults()
+	cons, err := cfg.JS.CreateOrUpdateConsumer(ctx, DetectionsStream, jetstream.ConsumerConfig{
+		Durable:       RespondConsumer,
+		Description:   "Killswitch responder: incidents, playbooks, actions",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		MaxDeliver:    -1, // bounded by PageAfter: a detection is paged, never dropped
+		MaxAckPending: cfg.MaxInFlight,
+		FilterSubject: DetectionsSubjectPrefix + ".>",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("pipeline: consumer %s: %w", RespondConsumer, err)
+	}
+	d := &dispatcher{cfg: cfg, queues: map[string]*vendorQueue{}}
+	defer d.wg.Wait()
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(64, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			cfg.Log.Warn("detections fetch failed; retrying", zap.Error(err))
+			if err := clock.Sleep(ctx, 250*time.Millisecond); err != nil {
+				return nil
+			}
+			continue
+		}
+		for m := range batch.Messages() {
+			d.dispatch(ctx, m)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+			cfg.Log.Debug("detections fetch ended", zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// dispatcher runs one worker per vendor with detections waiting.
+type dispatcher struct {
+	cfg RespondConfig
+	wg  sync.WaitGroup
+
+	mu     sync.Mutex
+	queues map[string]*vendorQueue
+}
+
+// vendorQueue is one vendor's detections waiting for their turn.
+type vendorQueue struct {
+	items []item
+}
+
+type item struct {
+	m        jetstream.Msg
+	d        detectors.Detection
+	received time.Time
+}
+
+// dispatch decodes a detection and queues it for its vendor, starting the vendor's
+// worker when none runs.
+func (ds *dispatcher) dispatch(ctx context.Context, m jetstream.Msg) {
+	var d detectors.Detection
+	if err := json.Unmarshal(m.Data(), &d); err != nil || d.ID == "" || d.Vendor == "" {
+		ds.cfg.Log.Error("a stored detection does not decode: terminated", zap.String("subject", m.Subject()), zap.Error(err))
+		ds.count("undecodable")
+		if err := m.Term(); err != nil {
+			ds.cfg.Log.Warn("terminate failed (it will be redelivered and terminated again)", zap.Error(err))
+		}
+		return
+	}
+	ds.mu.Lock()
+	q, running := ds.queues[d.Vendor]
+	if running && len(q.items) >= ds.cfg.MaxPerVendor {
+		ds.mu.Unlock()
+		// This vendor is stuck behind its own slow work: hand it back for later rather
+		// than let it hold the consumer's whole in-flight window.
+		ds.count("vendor_backlog")
+		if err := m.NakWithDelay(5 * time.Second); err != nil {
+			ds.cfg.Log.Warn("nak failed (it will be redelivered after the ack wait)", zap.String("detection", d.ID), zap.Error(err))
+		}
+		return
+	}
+	if !running {
+		q = &vendorQueue{}
+		ds.queues[d.Vendor] = q
+	}
+	q.items = append(q.items, item{m: m, d: d, received: time.Now()})
+	ds.mu.Unlock()
+	if !running {
+		ds.wg.Add(1)
+		go ds.work(ctx, d.Vendor)
+	}
+}
+
+// work handles a vendor's detections in order until its queue is empty.
+func (ds *dispatcher) work(ctx context.Context, vendor string) {
+	defer ds.wg.Done()
+	for {
+		ds.mu.Lock()
+		q := ds.queues[vendor]
+		if len(q.items) == 0 {
+			delete(ds.queues, vendor)
+			ds.mu.Unlock()
+			return
+		}
+		it := q.items[0]
+		q.items = q.items[1:]
+		ds.mu.Unlock()
+		if ctx.Err() != nil {
+			// Shutting down: hand it back for prompt redelivery after the restart.
+			if err := it.m.Nak(); err != nil {
+				ds.cfg.Log.Debug("nak on shutdown failed (redelivered after the ack wait)", zap.Error(err))
+			}
+			continue
+		}
+		if time.Since(it.received) > ds.cfg.AckWait/2 {
+			if err := it.m.InProgress(); err != nil {
+				ds.cfg.Log.Debug("in-progress signal failed", zap.String("detection", it.d.ID), zap.Error(err))
+			}
+		}
+		ds.handle(ctx, it)
+	}
+}
+
+func (ds *dispatcher) handle(ctx context.Context, it item) {
+	m, d := it.m, it.d
+	err := ds.cfg.Responder.Handle(ctx, d)
+	if err == nil {
+		if err := m.DoubleAck(ctx); err != nil {
+			ds.cfg.Log.Warn("detection ack failed (it will be handled again, idempotently)", zap.String("detection", d.ID), zap.Error(err))
+		}
+		return
+	}
+	if ctx.Err() != nil {
+		return // shutting down: left unacknowledged, redelivered after the restart
+	}
+	delivered := uint64(1)
+	if md, merr := m.Metadata(); merr == nil {
+		delivered = md.NumDelivered
+	}
+	if killswitch.IsPermanent(err) || delivered >= uint64(ds.cfg.PageAfter) {
+		ds.cfg.Log.Error("detection could not be handled: paging a human", zap.String("detection", d.ID),
+			zap.Uint64("deliveries", delivered), zap.String("cause", string(killswitch.ReasonOf(err))), zap.Error(err))
+		if perr := ds.cfg.Pager.Page(ctx, d.Vendor, map[string]any{"page": true, "detection": d, "error": err.Error(), "deliveries": delivered}); perr != nil {
+			// Not paged: keep it, try again later. Nothing is dropped unseen.
+			ds.cfg.Log.Error("page failed: the detection will be retried", zap.String("detection", d.ID), zap.Error(perr))
+			ds.count("page_failed")
+			ds.nak(m, d, time.Minute)
+			return
+		}
+		ds.count("paged")
+		if err := m.Term(); err != nil {
+			ds.cfg.Log.Warn("terminate failed (it will be redelivered and paged again)", zap.String("detection", d.ID), zap.Error(err))
+		}
+		return
+	}
+	delay := min(time.Duration(1<<min(delivered, 6))*time.Second, time.Minute)
+	ds.cfg.Log.Warn("detection handling failed; it will be retried", zap.String("detection", d.ID), zap.Duration("in", delay),
+		zap.String("cause", string(killswitch.ReasonOf(err))), zap.Error(err))
+	ds.count("retried")
+	ds.nak(m, d, delay)
+}
+
+func (ds *dispatcher) nak(m jetstream.Msg, d detectors.Detection, delay time.Duration) {
+	if err := m.NakWithDelay(delay); err != nil {
+		ds.cfg.Log.Warn("nak failed (it will be redelivered after the ack wait)", zap.String("detection", d.ID), zap.Error(err))
+	}
+}
+
+func (ds *dispatcher) count(outcome string) {
+	if ds.cfg.Metrics != nil {
+		ds.cfg.Metrics.RespondFailures.WithLabelValues(outcome).Inc()
+	}
+}
+
+// Pager tells a human that something needs them now.
+type Pager interface {
+	Page(ctx context.Context, vendor string, v any) error
+}
+
+// NotifyPager pages on the notification subject of the vendor (killswitch.notify.<vendor>,
+// where notify actions publish too), and confirms the server received the page.
+type NotifyPager struct {
+	NC *nats.Conn
+}
+
+// Page publishes v as JSON and flushes, so an error means the page was not sent.
+func (p NotifyPager) Page(ctx context.Context, vendor string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return killswitch.Permanent(killswitch.ReasonInternal, err)
+	}
+	if err := p.NC.Publish(actnats.NotifySubject(vendor), b); err != nil {
+		return killswitch.Retryable(killswitch.ReasonUnavailable, fmt.Errorf("page: %w", err))
+	}
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := p.NC.FlushWithContext(fctx); err != nil {
+		return killswitch.Retryable(killswitch.ReasonUnavailable, fmt.Errorf("page: %w", err))
+	}
+	return nil
+}

@@ -1,0 +1,396 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/actions"
+	"github.com/killswitch-dev/killswitch/clock"
+	"github.com/killswitch-dev/killswitch/detectors"
+	"github.com/killswitch-dev/killswitch/incidents"
+	"github.com/killswitch-dev/killswitch/ledger"
+	"github.com/killswitch-dev/killswitch/metrics"
+	"github.com/killswitch-dev/killswitch/playbooks"
+	"go.uber.org/zap"
+)
+
+// Decider evaluates the playbooks (playbooks.Engine).
+type Decider interface {
+	Evaluate(ctx context.Context, in playbooks.Input, opts ...playbooks.EvalOption) playbooks.Result
+}
+
+// Actor carries out decisions through the guard rails (actions.Runner), recording every
+// step in the ledger before and after it happens.
+type Actor interface {
+	// Act runs (or plans, or holds) the decision's actions and returns the latest state
+	// of each. An error means some action's outcome is unknown (e.g. the ledger was
+	// unavailable); the detection will be handled again and the idempotency claims
+	// keep the actions exactly-once in effect.
+	Act(ctx context.Context, req actions.Request) ([]incidents.ActionRef, error)
+	// Budget reports the revocation budget for the playbooks' input.
+	Budget(ctx context.Context) playbooks.Budget
+}
+
+// IncidentStore keeps the latest state of every incident (incidents/natskv in the
+// service, incidents.Memory in replay).
+type IncidentStore interface {
+	Save(ctx context.Context, in *incidents.Incident) error
+}
+
+// EventSink publishes what happens for other automation (NATS subjects in the service).
+// Failures are logged and counted, never fatal: the ledger is the record.
+type EventSink interface {
+	Emit(ctx context.Context, kind, vendor string, v any) error
+}
+
+// ResponderConfig configures a Responder.
+type ResponderConfig struct {
+	// Incidents configures grouping (a Book per vendor).
+	Incidents incidents.Settings
+	// Decider evaluates the playbooks.
+	Decider Decider
+	// Actor carries decisions out; nil records decisions without acting.
+	Actor Actor
+	// Ledger records detections, incident changes and decisions.
+	Ledger ledger.Appender
+	// Store keeps incidents; nil keeps them in memory only.
+	Store IncidentStore
+	// Inventory is the vendor inventory.
+	Inventory killswitch.Inventory
+	// Health reports telemetry health for the playbooks' input; nil reports nothing.
+	Health func() playbooks.Health
+	// Events receives detections, incidents, decisions and action states; may be nil.
+	Events EventSink
+	// Storm is the storm guard (G7); nil disables it (replay shows every incident).
+	Storm *incidents.StormGuard
+	// OnStorm is called once when a storm starts, with the vendors involved; the
+	// service pauses automation and pages. May be nil.
+	OnStorm func(ctx context.Context, vendors []string)
+	// Clock tells the time of decisions and records (event time in replay).
+	Clock   clock.Clock
+	Log     *zap.Logger
+	Metrics *metrics.Metrics
+}
+
+// Responder handles detections: it groups them into incidents, asks the playbooks when
+// an incident is new or escalates, has the actor carry out the decision, and records it
+// all. Work is partitioned by vendor, the key a cluster partitions by: one vendor's
+// detections are handled one at a time and in order, while different vendors proceed
+// in parallel — a vendor whose Vault calls hang never holds up another. A vendor's
+// incident state is changed only by the goroutine holding that vendor's turn, and
+// updates arriving meanwhile (a held action approved over the API) are queued, never
+// waited for. It is safe for concurrent use.
+type Responder struct {
+	cfg ResponderConfig
+
+	mu      sync.Mutex
+	vendors map[string]*vendorState
+}
+
+// vendorState is one vendor's partition: its incidents and its turn.
+type vendorState struct {
+	turn sync.Mutex // held while the vendor's incidents change (never across vendors)
+	book *incidents.Book
+
+	qmu     sync.Mutex
+	pending []actionUpdate // updates waiting for the vendor's turn
+}
+
+// actionUpdate is a later change of a held action, for its incident.
+type actionUpdate struct {
+	incident, credential string
+	ref                  incidents.ActionRef
+}
+
+// NewResponder returns a Responder.
+func NewResponder(cfg ResponderConfig) *Responder {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	return &Responder{cfg: cfg, vendors: make(map[string]*vendorState)}
+}
+
+// vendor returns vendor's partition, creating it.
+func (r *Responder) vendor(name string) *vendorState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	v, ok := r.vendors[name]
+	if !ok {
+		v = &vendorState{book: incidents.NewBook(r.cfg.Incidents)}
+		r.vendors[name] = v
+	}
+	return v
+}
+
+// release ends a vendor's turn, first applying the updates queued during it. An update
+// queued after the last drain but before the unlock is applied by the next turn, or by
+// its own ActionUpdate when it finds the turn free.
+func (r *Responder) release(ctx context.Context, vendor string, v *vendorState) {
+	for {
+		r.drain(ctx, vendor, v)
+		v.turn.Unlock()
+		v.qmu.Lock()
+		more := len(v.pending) > 0
+		v.qmu.Unlock()
+		if !more || !v.turn.TryLock() {
+			return
+		}
+	}
+}
+
+// Restore makes an incident loaded from storage current again (after a restart).
+func (r *Responder) Restore(in *incidents.Incident) {
+	v := r.vendor(in.Vendor)
+	v.turn.Lock()
+	v.book.Restore(in)
+	v.turn.Unlock()
+}
+
+// Current returns a copy of the current (open or contained) incident of key, if any.
+// It waits for the vendor's turn.
+func (r *Responder) Current(key detectors.Key) (*incidents.Incident, bool) {
+	v := r.vendor(key.Vendor)
+	v.turn.Lock()
+	defer v.turn.Unlock()
+	in, ok := v.book.Current(key)
+	if !ok {
+		return nil, false
+	}
+	return in.Clone(), true
+}
+
+// Handle processes one detection. It is idempotent: a detection handled again (after a
+// crash or redelivery) records nothing twice and repeats no action.
+//
+// Its records (detection, incident, decision) are queued in the ledger without waiting:
+// the action's intent, queued after them, is stored only once they are, and Handle
+// returns only when every record it queued is stored (a detection is acknowledged only
+// then).
+func (r *Responder) Handle(ctx context.Context, d detectors.Detection) (err error) {
+	v := r.vendor(d.Vendor)
+	v.turn.Lock()
+	defer r.release(ctx, d.Vendor, v)
+	var waits []func() error
+	record := func(t ledger.RecordType, id, incident string, at time.Time, payload any) {
+		waits = append(waits, r.queue(ctx, t, id, incident, at, payload))
+	}
+	defer func() {
+		for _, w := range waits {
+			err = errors.Join(err, w())
+		}
+	}()
+	now := r.cfg.Clock.Now()
+	record(ledger.TypeDetection, d.ID, "", now, d)
+	r.emit(ctx, "detection", d.Vendor, d)
+	obs := v.book.Observe(d)
+	inc := obs.Incident
+	if obs.Closed != nil {
+		if err := r.closed(ctx, obs.Closed, now); err != nil {
+			return err
+		}
+	}
+	if obs.Escalation == incidents.EscalationNew {
+		if r.cfg.Metrics != nil {
+			r.cfg.Metrics.Incidents.Inc()
+		}
+		r.emit(ctx, "incident", inc.Vendor, inc)
+	}
+	record(ledger.TypeIncident, inc.ID+"/"+d.ID, inc.ID, now, incidentNote{
+		Incident: inc.ID, Detection: d.ID, Escalation: obs.Escalation, State: inc.State,
+	})
+	if obs.Escalation == incidents.EscalationNone {
+		return r.save(ctx, inc)
+	}
+	if r.cfg.Storm != nil {
+		if vendors := r.cfg.Storm.Escalated(d.Vendor, now); vendors != nil {
+			r.cfg.Log.Error("detection storm: automation paused", zap.String("vendor", d.Vendor), zap.Strings("vendors", vendors))
+			if r.cfg.OnStorm != nil {
+				r.cfg.OnStorm(ctx, vendors)
+			}
+		}
+	}
+	vendor := r.cfg.Inventory.Vendor(d.Vendor)
+	in := playbooks.Input{
+		Detection: d,
+		Incident:  playbooks.SummaryOf(inc),
+		Vendor:    playbooks.NewVendorView(d.Vendor, vendor),
+		Now:       now,
+	}
+	if r.cfg.Actor != nil {
+		in.Budget = r.cfg.Actor.Budget(ctx)
+	}
+	if r.cfg.Health != nil {
+		in.TelemetryHealth = r.cfg.Health()
+	}
+	res := r.cfg.Decider.Evaluate(ctx, in)
+	if r.cfg.Metrics != nil {
+		r.cfg.Metrics.DecisionLatency.Observe(res.EvalDuration.Seconds())
+		r.cfg.Metrics.Decisions.WithLabelValues(outcome(res)).Inc()
+	}
+	record(ledger.TypeDecision, res.ID, inc.ID, now, res)
+	v.book.Decided(inc, incidents.DecisionRef{
+		ID: res.ID, At: now, Revision: res.Revision, Playbooks: res.Matched, Reason: res.Decision.Reason,
+		Severity: res.Decision.Severity, Escalated: res.Escalated, Trigger: d.ID,
+	})
+	r.emit(ctx, "decision", d.Vendor, res)
+	var actErr error
+	if r.cfg.Actor != nil && len(res.Decision.Actions) > 0 {
+		var states []incidents.ActionRef
+		states, actErr = r.cfg.Actor.Act(ctx, actions.Request{Incident: inc.Clone(), Detection: d, Result: res, Vendor: vendor})
+		for _, s := range states {
+			r.actionUpdate(ctx, v, inc, s, now)
+		}
+	}
+	return errors.Join(actErr, r.save(ctx, inc))
+}
+
+// actionUpdate applies one action state to inc (held by the vendor's turn).
+func (r *Responder) actionUpdate(ctx context.Context, v *vendorState, inc *incidents.Incident, ref incidents.ActionRef, decidedAt time.Time) {
+	contained := v.book.ActionUpdate(inc, ref)
+	if m := r.cfg.Metrics; m != nil {
+		m.Actions.WithLabelValues(string(ref.Type), string(ref.Status)).Inc()
+		if contained {
+			m.ExposureWindow.Observe(*inc.ExposureWindowSeconds)
+			if !decidedAt.IsZero() {
+				m.RevocationLatency.Observe(inc.ContainedAt.Sub(decidedAt).Seconds())
+			}
+		}
+	}
+	r.emit(ctx, "action", inc.Vendor, ref)
+}
+
+// ActionUpdate records a later change of one of an incident's actions (a held action
+// approved and run, rejected or expired) if the incident is still current. It never
+// waits for the vendor's turn: when another goroutine holds it (the vendor is being
+// handled), the update is queued and applied before that turn ends.
+func (r *Responder) ActionUpdate(ctx context.Context, incident, vendor, credential string, ref incidents.ActionRef) {
+	v := r.vendor(vendor)
+	v.qmu.Lock()
+	v.pending = append(v.pending, actionUpdate{incident: incident, credential: credential, ref: ref})
+	v.qmu.Unlock()
+	if v.turn.TryLock() {
+		r.release(ctx, vendor, v)
+	}
+}
+
+// drain applies the queued action updates (the caller holds the vendor's turn).
+func (r *Responder) drain(ctx context.Context, vendor string, v *vendorState) {
+	v.qmu.Lock()
+	ups := v.pending
+	v.pending = nil
+	v.qmu.Unlock()
+	for _, u := range ups {
+		in, ok := v.book.Current(detectors.Key{Vendor: vendor, Credential: u.credential})
+		if !ok || in.ID != u.incident {
+			r.cfg.Log.Info("action update for an incident no longer current", zap.String("incident", u.incident), zap.String("action", u.ref.ID))
+			continue
+		}
+		r.actionUpdate(ctx, v, in, u.ref, time.Time{})
+		if err := r.save(ctx, in); err != nil {
+			r.cfg.Log.Error("incident update not saved", zap.String("incident", in.ID), zap.Error(err))
+		}
+	}
+}
+
+// Expire closes the incidents quiet for longer than the cooldown as of now, records and
+// saves them, and returns how many it closed.
+func (r *Responder) Expire(ctx context.Context, now time.Time) (int, error) {
+	r.mu.Lock()
+	names := make([]string, 0, len(r.vendors))
+	for name := range r.vendors {
+		names = append(names, name)
+	}
+	r.mu.Unlock()
+	n := 0
+	var errs []error
+	for _, name := range names {
+		v := r.vendor(name)
+		v.turn.Lock()
+		for _, in := range v.book.Expire(now) {
+			n++
+			if err := r.closed(ctx, in, now); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		r.release(ctx, name, v)
+	}
+	return n, errors.Join(errs...)
+}
+
+// closed records and saves an incident that just closed.
+func (r *Responder) closed(ctx context.Context, in *incidents.Incident, now time.Time) error {
+	if err := r.record(ctx, ledger.TypeIncident, in.ID+"/closed", in.ID, now, incidentNote{Incident: in.ID, State: in.State}); err != nil {
+		return err
+	}
+	r.emit(ctx, "incident", in.Vendor, in)
+	return r.save(ctx, in)
+}
+
+// incidentNote is the ledger payload of an incident record.
+type incidentNote struct {
+	Incident   string               `json:"incident"`
+	Detection  string               `json:"detection,omitempty"`
+	Escalation incidents.Escalation `json:"escalation,omitempty"`
+	State      incidents.State      `json:"state"`
+}
+
+func (r *Responder) record(ctx context.Context, t ledger.RecordType, id, incident string, at time.Time, v any) error {
+	return r.queue(ctx, t, id, incident, at, v)()
+}
+
+// queue places a record in the ledger's chain now and returns the wait for it to be
+// stored (a ledger that cannot queue appends at once).
+func (r *Responder) queue(ctx context.Context, t ledger.RecordType, id, incident string, at time.Time, v any) (wait func() error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		err = killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("pipeline: encode %s %s: %w", t, id, err))
+		return func() error { return err }
+	}
+	e := ledger.Entry{Type: t, ID: id, Incident: incident, Time: at, Payload: b}
+	if q, ok := r.cfg.Ledger.(ledger.Queuer); ok {
+		p := q.Queue(e)
+		return func() error {
+			_, err := p.Wait(ctx)
+			return err
+		}
+	}
+	_, err = r.cfg.Ledger.Append(ctx, e)
+	return func() error { return err }
+}
+
+func (r *Responder) save(ctx context.Context, inc *incidents.Incident) error {
+	if r.cfg.Store == nil {
+		return nil
+	}
+	return r.cfg.Store.Save(ctx, inc)
+}
+
+func (r *Responder) emit(ctx context.Context, kind, vendor string, v any) {
+	if r.cfg.Events == nil {
+		return
+	}
+	if err := r.cfg.Events.Emit(ctx, kind, vendor, v); err != nil {
+		if r.cfg.Metrics != nil {
+			r.cfg.Metrics.EventsDropped.WithLabelValues(kind).Inc()
+		}
+		r.cfg.Log.Warn("event not published", zap.String("kind", kind), zap.Error(err))
+	}
+}
+
+func outcome(res playbooks.Result) string {
+	switch {
+	case res.Escalated:
+		return "escalated"
+	case len(res.Decision.Actions) == 0:
+		return "no_action"
+	}
+	return "act"
+}

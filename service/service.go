@@ -1,0 +1,435 @@
+// Package service assembles `killswitch run`: NATS (embedded or remote), the pipeline
+// (ingest, detectors, responder) on JetStream, the guard rails and executors, the
+// ledger, the HTTP API and the metrics. It holds wiring only; the logic lives in the
+// stages. cmd/killswitch and the demo run it.
+package service
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/actions"
+	actnats "github.com/killswitch-dev/killswitch/actions/nats"
+	"github.com/killswitch-dev/killswitch/actions/natskv"
+	"github.com/killswitch-dev/killswitch/clock"
+	"github.com/killswitch-dev/killswitch/config"
+	"github.com/killswitch-dev/killswitch/incidents"
+	incnatskv "github.com/killswitch-dev/killswitch/incidents/natskv"
+	"github.com/killswitch-dev/killswitch/internal/embeddednats"
+	"github.com/killswitch-dev/killswitch/internal/natsconn"
+	ledgerjs "github.com/killswitch-dev/killswitch/ledger/jetstream"
+	"github.com/killswitch-dev/killswitch/metrics"
+	"github.com/killswitch-dev/killswitch/pipeline"
+	pipejs "github.com/killswitch-dev/killswitch/pipeline/jetstream"
+	"github.com/killswitch-dev/killswitch/playbooks"
+	"github.com/killswitch-dev/killswitch/telemetry"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Options configures the service.
+type Options struct {
+	// Config is the loaded configuration (environment overrides already applied to
+	// Config.Service).
+	Config *config.Config
+	// Playbooks are the playbook sources (the shipped library and/or directories).
+	Playbooks []playbooks.Source
+	// VaultExecutors carry out the Vault action types; nil runs in dry-run mode.
+	VaultExecutors actions.Registry
+	// DryRunReason says why there are no Vault executors (logged loudly, in /api/status).
+	DryRunReason string
+	// APIToken is the bearer token of the HTTP API; empty generates one into
+	// DataDir/api-token (0600).
+	APIToken string
+	// NewDecoder makes the telemetry decoder: json (default), vpc, ocsf or zeek.
+	NewDecoder func() telemetry.Decoder
+	// Shards is the number of detector shards. Default GOMAXPROCS.
+	Shards int
+	// CheckpointEvery is how often detector state is checkpointed. Default 30s.
+	CheckpointEvery time.Duration
+	// TickEvery is how often the processing-time checks run (silence, incident and
+	// approval expiry, telemetry health). Default 10s.
+	TickEvery time.Duration
+	// Clock tells the time. Default the wall clock.
+	Clock clock.Clock
+	// Log receives the service's log.
+	Log *zap.Logger
+	// Ready, if set, is called once the service is serving, with the HTTP address and
+	// the NATS URL.
+	Ready func(httpAddr, natsURL string)
+}
+
+// Service is a running `killswitch run`.
+type Service struct {
+	o       Options
+	cfg     *config.Config
+	log     *zap.Logger
+	metrics *metrics.Metrics
+
+	ns        *embeddednats.Server
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	ledger    *ledgerjs.Stream
+	pipe      *pipeline.Pipeline
+	src       *telemetry.JetStreamSource
+	counters  *telemetry.Counters
+	runner    *actions.Runner
+	pb        *playbooks.Engine
+	incidents *incnatskv.Store
+	pager     pipejs.NotifyPager
+
+	httpSrv  *http.Server
+	httpLn   net.Listener
+	ready    atomic.Bool
+	instance string
+}
+
+// Run starts the service and blocks until ctx is done, then shuts down gracefully:
+// it stops fetching, lets in-flight work finish (or abandons it unacknowledged),
+// checkpoints the detectors and closes everything.
+func Run(ctx context.Context, o Options) error {
+	s, err := Start(ctx, o)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx)
+}
+
+// Start connects, creates the streams and buckets, builds the pipeline, restores the
+// open incidents and the detector state, and binds the HTTP listener; Serve runs it.
+func Start(ctx context.Context, o Options) (_ *Service, err error) {
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.Shards <= 0 {
+		o.Shards = runtime.GOMAXPROCS(0)
+	}
+	if o.TickEvery <= 0 {
+		o.TickEvery = 10 * time.Second
+	}
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
+	}
+	cfg := o.Config
+	sc := &cfg.Service
+	s := &Service{o: o, cfg: cfg, log: o.Log, metrics: metrics.New(), instance: instanceID(), counters: telemetry.NewCounters()}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if err := os.MkdirAll(sc.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("service: data dir: %w", err)
+	}
+	if err := s.connectNATS(); err != nil {
+		return nil, err
+	}
+	s.pager = pipejs.NotifyPager{NC: s.nc}
+	if o.VaultExecutors == nil {
+		cfg.Actions.Mode = "dry-run"
+		reason := o.DryRunReason
+		if reason == "" {
+			reason = "no Vault is configured (set VAULT_ADDR and VAULT_TOKEN, or service.vault in the config)"
+		}
+		s.log.Warn("DRY-RUN: no action will be applied: " + reason)
+	}
+	s.log.Info("killswitch starting", zap.String("where", sc.String()), zap.String("mode", string(cfg.Actions.Mode)),
+		zap.String("instance", s.instance), zap.Int("vendors", len(cfg.Vendors)))
+
+	replicas := sc.NATS.Replicas
+	if _, err := pipejs.EnsureDetectionsStream(ctx, s.js, replicas); err != nil {
+		return nil, err
+	}
+	if s.ledger, err = ledgerjs.OpenStream(ctx, s.js, ledgerjs.StreamConfig{Replicas: replicas}); err != nil {
+		return nil, err
+	}
+	if s.incidents, err = incnatskv.Open(ctx, s.js, replicas); err != nil {
+		return nil, err
+	}
+	store, err := natskv.Open(ctx, s.js, replicas)
+	if err != nil {
+		return nil, err
+	}
+	if s.pb, err = playbooks.New(ctx, playbooks.Options{Sources: o.Playbooks, Logger: s.log.Named("playbooks"), Clock: o.Clock,
+		OnReload: func(ev playbooks.ReloadEvent) {
+			if ev.Err != nil {
+				s.log.Error("playbook change refused: the previous playbooks keep serving", zap.Error(ev.Err))
+			} else {
+				s.log.Info("playbooks reloaded", zap.String("revision", ev.Revision), zap.String("previous", ev.Previous))
+			}
+		}}); err != nil {
+		return nil, fmt.Errorf("service: playbooks: %w", err)
+	}
+	execs := actnats.Executors(s.nc, s.js)
+	execs[killswitch.ActionWebhook] = actions.Webhooks{Endpoints: cfg.Actions.Webhooks, Secret: os.Getenv, Client: &http.Client{}}
+	for t, e := range o.VaultExecutors {
+		execs[t] = e
+	}
+	key, err := s.fingerprintKey()
+	if err != nil {
+		return nil, err
+	}
+	// The pipeline and the runner refer to each other (an approval updates the incident):
+	// the runner's OnUpdate reaches the pipeline once it exists.
+	var pipe *pipeline.Pipeline
+	if s.runner, err = actions.New(cfg.Actions, actions.Deps{
+		Store: store, Ledger: s.ledger, Executors: execs, Inventory: cfg.Vendors, Clock: o.Clock,
+		Fingerprint: actions.NewFingerprinter(key), Instance: s.instance, Log: s.log.Named("actions"),
+		OnUpdate: func(ctx context.Context, incident, vendor, cred string, ref incidents.ActionRef) {
+			pipe.Responder().ActionUpdate(ctx, incident, vendor, cred, ref)
+		},
+	}); err != nil {
+		return nil, err
+	}
+	checkpoints, err := pipejs.OpenCheckpoints(ctx, s.js, replicas)
+	if err != nil {
+		return nil, err
+	}
+	if pipe, err = pipeline.New(pipeline.Config{
+		Detectors: cfg.DetectorConfig(), Shards: o.Shards, Sink: pipejs.Sink(s.js, s.metrics),
+		Responder: pipeline.ResponderConfig{
+			Incidents: cfg.Incidents, Decider: s.pb, Actor: s.runner, Ledger: s.ledger, Store: s.incidents,
+			Inventory: cfg.Vendors, Events: pipejs.NATSEvents{NC: s.nc}, Log: s.log.Named("responder"),
+			Storm: incidents.NewStormGuard(cfg.Incidents.Storm), OnStorm: s.storm,
+		},
+		Approvals: s.runner.Approvals(), Counters: s.counters,
+		Checkpoints: checkpoints, CheckpointEvery: o.CheckpointEvery,
+		Clock: o.Clock, Log: s.log, Metrics: s.metrics,
+	}); err != nil {
+		return nil, err
+	}
+	s.pipe = pipe
+	if err := s.restoreIncidents(ctx); err != nil {
+		return nil, err
+	}
+	if s.src, err = telemetry.NewJetStreamSource(ctx, s.nc, telemetry.JetStreamOptions{
+		Stream: sc.NATS.TelemetryStream, Subjects: []string{sc.NATS.TelemetrySubject}, Replicas: replicas,
+		NewDecoder: o.NewDecoder, Counters: s.counters, Logger: s.log.Named("telemetry"),
+	}); err != nil {
+		return nil, err
+	}
+	stream, err := s.js.Stream(ctx, sc.NATS.TelemetryStream)
+	if err != nil {
+		return nil, fmt.Errorf("service: telemetry stream: %w", err)
+	}
+	cons, err := s.js.Consumer(ctx, sc.NATS.TelemetryStream, telemetry.DefaultDurable)
+	if err != nil {
+		return nil, fmt.Errorf("service: telemetry consumer: %w", err)
+	}
+	if err := pipejs.Recover(ctx, pipejs.RecoverConfig{Pipeline: pipe, Checkpoints: checkpoints, Stream: stream, Consumer: cons,
+		NewDecoder: o.NewDecoder, Log: s.log.Named("ingest")}); err != nil {
+		return nil, err
+	}
+	if err := s.startHTTP(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// restoreIncidents makes every open or contained incident current again. An incident
+// that does not decode is reported and skipped: it cannot stop the service.
+func (s *Service) restoreIncidents(ctx context.Context) error {
+	all, err := s.incidents.Incidents(ctx)
+	if err != nil {
+		return fmt.Errorf("service: restore incidents: %w", err)
+	}
+	n := 0
+	for _, in := range all {
+		if in.State != incidents.StateClosed {
+			s.pipe.Responder().Restore(in)
+			n++
+		}
+	}
+	if n > 0 {
+		s.log.Info("open incidents restored", zap.Int("incidents", n))
+	}
+	return nil
+}
+
+// storm is the storm guard's reaction: pause automation fleet-wide and page.
+func (s *Service) storm(ctx context.Context, vendors []string) {
+	reason := fmt.Sprintf("detection storm: %d vendors escalated within the storm window (%v)", len(vendors), vendors)
+	if err := s.runner.Control().Pause(ctx, "storm-guard", reason); err != nil {
+		s.log.Error("storm guard could not pause automation", zap.Error(err))
+	} else {
+		s.metrics.Paused.Set(1)
+	}
+	if err := s.pager.Page(ctx, "storm", map[string]any{"page": true, "reason": reason, "vendors": vendors}); err != nil {
+		s.log.Error("storm guard could not page", zap.Error(err))
+	}
+}
+
+func instanceID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (it panics instead)
+	host, _ := os.Hostname()
+	return host + "-" + hex.EncodeToString(b)
+}
+
+// fingerprintKey returns the deployment's key for fingerprints of accessors, created
+// once in the data directory.
+func (s *Service) fingerprintKey() ([]byte, error) {
+	p := filepath.Join(s.cfg.Service.DataDir, "fingerprint.key")
+	if b, err := os.ReadFile(p); err == nil && len(b) >= 32 {
+		return b, nil
+	}
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (it panics instead)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		return nil, fmt.Errorf("service: fingerprint key: %w", err)
+	}
+	return b, nil
+}
+
+func (s *Service) connectNATS() error {
+	sc := &s.cfg.Service
+	url := sc.NATS.URL
+	if url == "" {
+		host, portS, err := net.SplitHostPort(sc.NATS.Listen)
+		if err != nil {
+			return fmt.Errorf("service: nats listen: %w", err)
+		}
+		port, err := strconv.Atoi(portS)
+		if err != nil {
+			return fmt.Errorf("service: nats listen port %q: %w", portS, err)
+		}
+		if port == 0 {
+			port = -1
+		}
+		s.ns, err = embeddednats.Start(embeddednats.Options{Host: host, Port: port, StoreDir: filepath.Join(sc.DataDir, "nats")})
+		if err != nil {
+			return err
+		}
+		url = s.ns.URL()
+		s.log.Info("embedded NATS with JetStream (file storage, sync always)", zap.String("url", url))
+	}
+	nc, err := natsconn.Options{
+		URL: url, CredsFile: sc.NATS.CredsFile, NKeyFile: sc.NATS.NKeyFile,
+		TLSCA: sc.NATS.TLSCA, TLSCert: sc.NATS.TLSCert, TLSKey: sc.NATS.TLSKey, Name: "killswitch",
+	}.Connect(s.log.Named("nats"))
+	if err != nil {
+		return err
+	}
+	s.nc = nc
+	s.js, err = jetstream.New(nc)
+	return err
+}
+
+// Serve runs the stages until ctx is done, then shuts down.
+func (s *Service) Serve(ctx context.Context) error {
+	defer s.close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 5)
+	spawn := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	spawn("telemetry", func(ctx context.Context) error { return s.src.Run(ctx, s.pipe.Ingest()) })
+	spawn("responder", func(ctx context.Context) error {
+		return pipejs.Respond(ctx, pipejs.RespondConfig{JS: s.js, Responder: s.pipe.Responder(), Pager: s.pager,
+			Log: s.log.Named("respond"), Metrics: s.metrics})
+	})
+	spawn("playbook watcher", s.pb.Watch)
+	spawn("housekeeping", s.housekeeping)
+	spawn("http", func(ctx context.Context) error {
+		err := s.httpSrv.Serve(s.httpLn)
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	})
+	s.ready.Store(true)
+	s.log.Info("killswitch running", zap.String("http", s.httpLn.Addr().String()), zap.String("nats", s.nc.ConnectedUrlRedacted()))
+	if s.o.Ready != nil {
+		s.o.Ready(s.httpLn.Addr().String(), s.nc.ConnectedUrl())
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		s.log.Error("stage failed: shutting down", zap.Error(runErr))
+	}
+	s.ready.Store(false)
+	s.log.Info("shutting down: no new work is fetched; unfinished work stays unacknowledged")
+	cancel()
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	if err := s.httpSrv.Shutdown(sctx); err != nil {
+		s.log.Warn("http shutdown", zap.Error(err))
+	}
+	wg.Wait()
+	if err := s.pipe.Ingest().Checkpoint(sctx); err != nil {
+		s.log.Warn("final checkpoint failed (the next start catches up from the stream)", zap.Error(err))
+	}
+	return runErr
+}
+
+// housekeeping runs the pipeline's processing-time work every TickEvery and exports the
+// telemetry source's dead-letter counts.
+func (s *Service) housekeeping(ctx context.Context) error {
+	t := time.NewTicker(s.o.TickEvery)
+	defer t.Stop()
+	var lastDead map[telemetry.Reason]uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := s.pipe.Tick(ctx, s.o.Clock.Now()); err != nil && ctx.Err() == nil {
+			s.metrics.TickFailures.Inc()
+			s.log.Warn("processing-time checks failed (retried on the next tick)", zap.Error(err))
+		}
+		cur := s.counters.Snapshot().Rejected
+		for r, n := range cur {
+			if d := n - lastDead[r]; d > 0 {
+				s.metrics.DeadLetters.WithLabelValues(string(r)).Add(float64(d))
+			}
+		}
+		lastDead = cur
+	}
+}
+
+// close releases everything, in reverse order of creation.
+func (s *Service) close() {
+	if s.pipe != nil {
+		if err := s.pipe.Close(); err != nil {
+			s.log.Warn("closing the detectors", zap.Error(err))
+		}
+	}
+	if s.ledger != nil {
+		if err := s.ledger.Close(); err != nil {
+			s.log.Warn("closing the ledger", zap.Error(err))
+		}
+	}
+	if s.nc != nil {
+		if err := s.nc.Drain(); err != nil {
+			s.log.Debug("draining the NATS connection", zap.Error(err))
+		}
+		s.nc.Close()
+	}
+	if s.ns != nil {
+		s.ns.Shutdown()
+	}
+}
