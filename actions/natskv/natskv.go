@@ -112,4 +112,3 @@ func (s *Store) Keys(ctx context.Context, bucket string) ([]string, error) {
 	slices.Sort(keys)
 	return keys, nil
 }
-
