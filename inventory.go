@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -200,7 +201,10 @@ func ParseByteSize(s string) (ByteSize, error) {
 	if mult == 0 {
 		return 0, fmt.Errorf("%w: size %q: unknown unit %q", ErrInvalid, s, unit)
 	}
-	return ByteSize(f * mult), nil
+	if v := f * mult; v < math.MaxInt64 {
+		return ByteSize(v), nil
+	}
+	return 0, fmt.Errorf("%w: size %q: too large", ErrInvalid, s)
 }
 
 // Validate checks the inventory and returns every problem found, each naming its field

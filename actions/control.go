@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/killswitch-dev/killswitch"
@@ -58,6 +59,83 @@ type Control struct {
 	ledger ledger.Appender
 	clock  clock.Clock
 	log    *zap.Logger
+
+	mu     sync.RWMutex
+	live   bool              // the mirror follows the bucket (Watch is running and synced)
+	mirror map[string]stored // the control bucket, as last seen by Watch
+}
+
+// stored is one value of the mirror.
+type stored struct {
+	value []byte
+	rev   uint64
+}
+
+// Watch keeps a mirror of the control bucket while ctx lasts, when the Store can watch
+// (JetStream KV): the guard rails then read the pause switch, the breaker, cooldowns and
+// budget counters from memory. Without it, or while it is not synced, they read the
+// Store. It returns when ctx is done (nil) or the watch fails (the error; reads go to
+// the Store again, and the caller may call Watch again).
+func (c *Control) Watch(ctx context.Context) error {
+	w, ok := c.store.(Watcher)
+	if !ok {
+		<-ctx.Done()
+		return nil
+	}
+	defer func() {
+		c.mu.Lock()
+		c.live, c.mirror = false, nil
+		c.mu.Unlock()
+	}()
+	c.mu.Lock()
+	c.mirror = map[string]stored{}
+	c.mu.Unlock()
+	return w.Watch(ctx, ControlBucket, func(key string, value []byte, rev uint64) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if value == nil {
+			delete(c.mirror, key)
+			return
+		}
+		if cur, ok := c.mirror[key]; !ok || rev > cur.rev {
+			c.mirror[key] = stored{value: value, rev: rev}
+		}
+	}, func() {
+		c.mu.Lock()
+		c.live = true
+		c.mu.Unlock()
+	})
+}
+
+// read decodes a control value from the mirror when it is live, else from the Store;
+// ok is false when the key does not exist.
+func (c *Control) read(ctx context.Context, key string, v any) (rev uint64, ok bool, err error) {
+	c.mu.RLock()
+	if !c.live {
+		c.mu.RUnlock()
+		return getJSON(ctx, c.store, ControlBucket, key, v)
+	}
+	e, ok := c.mirror[key]
+	c.mu.RUnlock()
+	if !ok {
+		return 0, false, nil
+	}
+	if err := json.Unmarshal(e.value, v); err != nil {
+		return 0, false, killswitch.Permanent(killswitch.ReasonInvalid, fmt.Errorf("actions: %s/%s holds bad JSON: %w", ControlBucket, key, err))
+	}
+	return e.rev, true, nil
+}
+
+// wrote notes a value this Control wrote, so that its own next read sees it even before
+// the watch delivers it.
+func (c *Control) wrote(key string, value []byte, rev uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.live {
+		if cur, ok := c.mirror[key]; !ok || rev > cur.rev {
+			c.mirror[key] = stored{value: value, rev: rev}
+		}
+	}
 }
 
 // Pause stops automation fleet-wide: every destructive action is held from the next
@@ -96,7 +174,7 @@ func (c *Control) Status(ctx context.Context) (Status, error) {
 func (c *Control) Budget(ctx context.Context) playbooks.Budget {
 	b := playbooks.Budget{Limit: c.s.Budget, Remaining: c.s.Budget, Window: c.s.BudgetWindow.String()}
 	var n counter
-	if _, _, err := getJSON(ctx, c.store, ControlBucket, c.budgetKey(c.clock.Now()), &n); err == nil {
+	if _, _, err := c.read(ctx, c.budgetKey(c.clock.Now()), &n); err == nil {
 		b.Remaining = max(0, c.s.Budget-n.Used)
 	}
 	if br, err := c.get(ctx, breakerKey); err == nil {
@@ -118,20 +196,20 @@ func (c *Control) set(ctx context.Context, key string, s Switch) error {
 		return err
 	}
 	c.log.Warn("control switch", zap.String("switch", key), zap.Bool("on", s.On), zap.String("by", s.By))
-	return putJSON(ctx, c.store, ControlBucket, key, s)
+	return c.put(ctx, key, s)
 }
 
 // get reads a switch; an unset switch is off.
 func (c *Control) get(ctx context.Context, key string) (Switch, error) {
 	var s Switch
-	_, _, err := getJSON(ctx, c.store, ControlBucket, key, &s)
+	_, _, err := c.read(ctx, key, &s)
 	return s, err
 }
 
 // openBreaker opens the breaker because the budget is spent.
 func (c *Control) openBreaker(ctx context.Context, reason string) error {
 	c.log.Error("revocation budget spent: breaker open, approval-only mode", zap.Int("budget", c.s.Budget))
-	return putJSON(ctx, c.store, ControlBucket, breakerKey, Switch{On: true, By: "budget", At: c.clock.Now(), Reason: reason})
+	return c.put(ctx, breakerKey, Switch{On: true, By: "budget", At: c.clock.Now(), Reason: reason})
 }
 
 func (c *Control) budgetKey(now time.Time) string {
@@ -142,11 +220,13 @@ func (c *Control) vendorBudgetKey(vendor string, now time.Time) string {
 	return "vendor-budget." + hashKey(vendor) + "." + strconv.FormatInt(now.Truncate(c.s.BudgetWindow).Unix(), 10)
 }
 
-// consume takes one unit of a counter with compare-and-set; false when it is spent.
+// consume takes one unit of a counter with compare-and-set; false when it is spent. The
+// first attempt trusts the mirror; a lost race reads the Store.
 func (c *Control) consume(ctx context.Context, key string, limit int) (bool, error) {
+	read := c.read
 	for range 20 {
 		var n counter
-		rev, ok, err := getJSON(ctx, c.store, ControlBucket, key, &n)
+		rev, ok, err := read(ctx, key, &n)
 		if err != nil {
 			return false, err
 		}
@@ -157,13 +237,21 @@ func (c *Control) consume(ctx context.Context, key string, limit int) (bool, err
 		if err != nil {
 			return false, killswitch.Permanent(killswitch.ReasonInternal, err)
 		}
+		var nrev uint64
 		if ok {
-			_, err = c.store.Update(ctx, ControlBucket, key, b, rev)
+			nrev, err = c.store.Update(ctx, ControlBucket, key, b, rev)
 		} else {
-			_, err = c.store.Create(ctx, ControlBucket, key, b)
+			nrev, err = c.store.Create(ctx, ControlBucket, key, b)
 		}
 		if errors.Is(err, ErrExists) || errors.Is(err, ErrStale) {
-			continue // another instance counted first
+			// Another instance counted first, or the mirror lags: read the Store.
+			read = func(ctx context.Context, key string, v any) (uint64, bool, error) {
+				return getJSON(ctx, c.store, ControlBucket, key, v)
+			}
+			continue
+		}
+		if err == nil {
+			c.wrote(key, b, nrev)
 		}
 		return err == nil, err
 	}
@@ -173,13 +261,22 @@ func (c *Control) consume(ctx context.Context, key string, limit int) (bool, err
 // cooldown returns the last stamp of a credential (ok false when it was never acted on).
 func (c *Control) cooldown(ctx context.Context, vendor, cred string) (Switch, bool, error) {
 	var s Switch
-	_, ok, err := getJSON(ctx, c.store, ControlBucket, cooldownKey(vendor, cred), &s)
+	_, ok, err := c.read(ctx, cooldownKey(vendor, cred), &s)
 	return s, ok, err
 }
 
 // stampCooldown records that incident acted on (vendor, cred) now.
 func (c *Control) stampCooldown(ctx context.Context, vendor, cred, incident string) error {
-	return putJSON(ctx, c.store, ControlBucket, cooldownKey(vendor, cred), Switch{On: true, By: incident, At: c.clock.Now()})
+	return c.put(ctx, cooldownKey(vendor, cred), Switch{On: true, By: incident, At: c.clock.Now()})
+}
+
+// put stores a control value whatever its current revision (last writer wins).
+func (c *Control) put(ctx context.Context, key string, v any) error {
+	b, rev, err := putJSON(ctx, c.store, ControlBucket, key, v)
+	if err == nil {
+		c.wrote(key, b, rev)
+	}
+	return err
 }
 
 func cooldownKey(vendor, cred string) string { return "cooldown." + hashKey(vendor+"\x00"+cred) }
@@ -204,24 +301,26 @@ func getJSON(ctx context.Context, s Store, bucket, key string, v any) (rev uint6
 	return rev, true, nil
 }
 
-// putJSON stores a JSON value whatever its current revision (last writer wins).
-func putJSON(ctx context.Context, s Store, bucket, key string, v any) error {
+// putJSON stores a JSON value whatever its current revision (last writer wins) and
+// returns what it stored and the new revision.
+func putJSON(ctx context.Context, s Store, bucket, key string, v any) ([]byte, uint64, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return killswitch.Permanent(killswitch.ReasonInternal, err)
+		return nil, 0, killswitch.Permanent(killswitch.ReasonInternal, err)
 	}
 	for range 10 {
 		_, rev, err := s.Get(ctx, bucket, key)
+		var nrev uint64
 		switch {
 		case errors.Is(err, ErrNotFound):
-			_, err = s.Create(ctx, bucket, key, b)
+			nrev, err = s.Create(ctx, bucket, key, b)
 		case err == nil:
-			_, err = s.Update(ctx, bucket, key, b, rev)
+			nrev, err = s.Update(ctx, bucket, key, b, rev)
 		}
 		if errors.Is(err, ErrExists) || errors.Is(err, ErrStale) {
 			continue
 		}
-		return err
+		return b, nrev, err
 	}
-	return killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("actions: %s/%s keeps changing under us", bucket, key))
+	return nil, 0, killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("actions: %s/%s keeps changing under us", bucket, key))
 }

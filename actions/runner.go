@@ -348,21 +348,13 @@ func (r *Runner) queue(ctx context.Context, j *job, stage string, ev Event) (wai
 	if err != nil {
 		return func() error { return err }
 	}
-	wrap := func(err error) error {
-		if err != nil {
+	stored := ledger.Later(ctx, r.d.Ledger, e)
+	return func() error {
+		if err := stored(); err != nil {
 			return fmt.Errorf("actions: record %s of %s: %w", stage, j.id, err)
 		}
 		return nil
 	}
-	if q, ok := r.d.Ledger.(ledger.Queuer); ok {
-		p := q.Queue(e)
-		return func() error {
-			_, err := p.Wait(ctx)
-			return wrap(err)
-		}
-	}
-	_, err = r.d.Ledger.Append(ctx, e)
-	return func() error { return wrap(err) }
 }
 
 // finish records a final status without running anything.

@@ -46,6 +46,19 @@ type Store interface {
 	Keys(ctx context.Context, bucket string) ([]string, error)
 }
 
+// A Watcher tells of every change in a bucket, as JetStream KV's watch does: the values
+// present first, then ready, then each change as it happens. Control keeps a mirror of
+// the control bucket with it and serves the pause switch, the breaker, the cooldowns and
+// the budget counters from memory instead of reading them for every action; writes
+// still go to the Store with compare-and-set, so a stale mirror costs a retry, never a
+// wrong count.
+type Watcher interface {
+	// Watch calls update for every value of bucket and every later change (deleted
+	// keys with a nil value), and ready once the values present have been sent, until
+	// ctx is done (it then returns nil) or the watch fails.
+	Watch(ctx context.Context, bucket string, update func(key string, value []byte, rev uint64), ready func()) error
+}
+
 // MemoryStore is the Store in memory, for replay and tests. It is safe for concurrent use.
 type MemoryStore struct {
 	mu   sync.Mutex

@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/killswitch-dev/killswitch"
 )
 
 const good = `
@@ -97,19 +95,6 @@ func TestServiceEnv(t *testing.T) {
 	if s.NATS.URL != env[EnvNATSURL] || s.Vault.Addr != env[EnvVaultAddr] || s.HTTP.Listen != "127.0.0.1:9999" ||
 		s.NATS.TelemetryStream != "EGRESS" || s.DataDir == "" {
 		t.Fatalf("service = %+v", s)
-	}
-}
-
-func TestParseByteSize(t *testing.T) {
-	for in, want := range map[string]killswitch.ByteSize{"1024": 1024, "1KiB": 1024, "1.5 GB": 1.5e9, "2m": 2e6, "0": 0} {
-		if got, err := killswitch.ParseByteSize(in); err != nil || got != want {
-			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "-1", "GB", "1..2", "1 furlong"} {
-		if _, err := killswitch.ParseByteSize(in); err == nil {
-			t.Errorf("ParseByteSize(%q) succeeded", in)
-		}
 	}
 }
 

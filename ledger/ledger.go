@@ -94,6 +94,22 @@ func (p *Pending) Wait(ctx context.Context) (Record, error) {
 	}
 }
 
+// Later places e in a's chain now, without waiting, when a can queue (see Queuer), and
+// appends it at once otherwise. The returned function waits until e is stored (with
+// ctx) and returns the error that kept it from being stored, if any. Records placed one
+// after the other with Later keep their order.
+func Later(ctx context.Context, a Appender, e Entry) (wait func() error) {
+	if q, ok := a.(Queuer); ok {
+		p := q.Queue(e)
+		return func() error {
+			_, err := p.Wait(ctx)
+			return err
+		}
+	}
+	_, err := a.Append(ctx, e)
+	return func() error { return err }
+}
+
 // Memory is a ledger kept in memory: replay and tests use it. It chains and
 // de-duplicates exactly like the JetStream ledger. It is safe for concurrent use.
 type Memory struct {

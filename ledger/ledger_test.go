@@ -220,3 +220,36 @@ func TestPendingResolvesWaiters(t *testing.T) {
 		}
 	}
 }
+
+// appendOnly is an Appender that cannot queue.
+type appendOnly struct{ m *Memory }
+
+func (a appendOnly) Append(ctx context.Context, e Entry) (Record, error) { return a.m.Append(ctx, e) }
+
+// Later queues where it can and appends where it cannot; either way the order is kept
+// and the wait reports the outcome.
+func TestLater(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		a    func(*Memory) Appender
+	}{
+		{"queuer", func(m *Memory) Appender { return m }},
+		{"appender", func(m *Memory) Appender { return appendOnly{m} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMemory()
+			a := tc.a(m)
+			first, second := Later(ctx, a, entry(1)), Later(ctx, a, entry(2))
+			if err := errors.Join(second(), first()); err != nil {
+				t.Fatal(err)
+			}
+			if recs := m.Records(); len(recs) != 2 || recs[0].ID != "det-001" || recs[1].ID != "det-002" {
+				t.Fatalf("records %+v", recs)
+			}
+			if err := Later(ctx, a, Entry{ID: "no-type"})(); err == nil {
+				t.Fatal("an invalid entry was stored")
+			}
+		})
+	}
+}

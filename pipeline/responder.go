@@ -347,23 +347,14 @@ func (r *Responder) record(ctx context.Context, t ledger.RecordType, id, inciden
 }
 
 // queue places a record in the ledger's chain now and returns the wait for it to be
-// stored (a ledger that cannot queue appends at once).
+// stored (see ledger.Later).
 func (r *Responder) queue(ctx context.Context, t ledger.RecordType, id, incident string, at time.Time, v any) (wait func() error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		err = killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("pipeline: encode %s %s: %w", t, id, err))
 		return func() error { return err }
 	}
-	e := ledger.Entry{Type: t, ID: id, Incident: incident, Time: at, Payload: b}
-	if q, ok := r.cfg.Ledger.(ledger.Queuer); ok {
-		p := q.Queue(e)
-		return func() error {
-			_, err := p.Wait(ctx)
-			return err
-		}
-	}
-	_, err = r.cfg.Ledger.Append(ctx, e)
-	return func() error { return err }
+	return ledger.Later(ctx, r.cfg.Ledger, ledger.Entry{Type: t, ID: id, Incident: incident, Time: at, Payload: b})
 }
 
 func (r *Responder) save(ctx context.Context, inc *incidents.Incident) error {

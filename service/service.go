@@ -351,6 +351,7 @@ func (s *Service) Serve(ctx context.Context) error {
 			Log: s.log.Named("respond"), Metrics: s.metrics})
 	})
 	spawn("playbook watcher", s.pb.Watch)
+	spawn("control mirror", s.mirrorControl)
 	spawn("housekeeping", s.housekeeping)
 	spawn("http", func(ctx context.Context) error {
 		err := s.httpSrv.Serve(s.httpLn)
@@ -383,6 +384,22 @@ func (s *Service) Serve(ctx context.Context) error {
 		s.log.Warn("final checkpoint failed (the next start catches up from the stream)", zap.Error(err))
 	}
 	return runErr
+}
+
+// mirrorControl keeps the guard rails' mirror of the control bucket (pause, breaker,
+// budgets, cooldowns) until ctx is done. A broken watch is restarted; meanwhile the
+// guard rails read the bucket itself.
+func (s *Service) mirrorControl(ctx context.Context) error {
+	for {
+		err := s.runner.Control().Watch(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.log.Warn("control mirror: the watch ended; reading the bucket until it is back", zap.Error(err))
+		if err := clock.Sleep(ctx, time.Second); err != nil {
+			return nil
+		}
+	}
 }
 
 // housekeeping runs the pipeline's processing-time work every TickEvery and exports the

@@ -30,6 +30,7 @@ import (
 	"github.com/killswitch-dev/killswitch/telemetry"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -69,7 +70,7 @@ func start(t testing.TB, o options) *running {
 	go func() {
 		r.done <- service.Run(ctx, service.Options{
 			Config: cfg, Playbooks: []playbooks.Source{playbooks.Shipped()}, VaultExecutors: o.execs,
-			APIToken: apiToken, Log: zaptest.NewLogger(t).Named("service"), CheckpointEvery: time.Hour, TickEvery: o.tick,
+			APIToken: apiToken, Log: logger(t), CheckpointEvery: time.Hour, TickEvery: o.tick,
 			Ready: func(h, n string) { r.http, r.nats = h, n; close(ready) },
 		})
 	}()
@@ -87,6 +88,15 @@ func start(t testing.TB, o options) *running {
 	r.nc = nc
 	t.Cleanup(func() { r.stop(t) })
 	return r
+}
+
+// logger logs to the test at debug level, and only warnings in benchmarks (a log line
+// per step would be measured too).
+func logger(t testing.TB) *zap.Logger {
+	if _, ok := t.(*testing.B); ok {
+		return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named("service")
+	}
+	return zaptest.NewLogger(t).Named("service")
 }
 
 // stop shuts the service down gracefully and checks that it exits cleanly.

@@ -112,3 +112,35 @@ func (s *Store) Keys(ctx context.Context, bucket string) ([]string, error) {
 	slices.Sort(keys)
 	return keys, nil
 }
+
+var _ actions.Watcher = (*Store)(nil)
+
+// Watch implements actions.Watcher with a JetStream KV watch of the whole bucket.
+func (s *Store) Watch(ctx context.Context, bucket string, update func(key string, value []byte, rev uint64), ready func()) error {
+	kv, err := s.kv(bucket)
+	if err != nil {
+		return err
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return killswitch.Retryable(killswitch.ReasonUnavailable, fmt.Errorf("actions: watch %s: %w", bucket, err))
+	}
+	defer func() { _ = w.Stop() }() // stopping a watcher whose context ended can only fail harmlessly
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return killswitch.Retryable(killswitch.ReasonUnavailable, fmt.Errorf("actions: watch %s ended", bucket))
+			case e == nil: // the values present have all been sent
+				ready()
+			case e.Operation() == jetstream.KeyValuePut:
+				update(e.Key(), e.Value(), e.Revision())
+			default: // deleted or purged
+				update(e.Key(), nil, e.Revision())
+			}
+		}
+	}
+}

@@ -3,6 +3,7 @@ package natskv_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -128,4 +129,92 @@ func TestStoreSemantics(t *testing.T) {
 	if _, _, err := s.Get(ctx, "nope", "k"); err == nil || !killswitch.IsPermanent(err) {
 		t.Fatalf("unknown bucket = %v, want a permanent error", err)
 	}
+}
+
+// Two instances share the control bucket; each keeps a mirror of it through the KV
+// watch. A pause by one holds the other's next action, and the fleet budget is never
+// overspent, whatever the mirrors lag: the counters are compare-and-set in the bucket.
+func TestControlMirror(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := open(t)
+	inv := killswitch.Inventory{}
+	for i := range 8 {
+		inv[fmt.Sprintf("v%d", i)] = killswitch.Vendor{Credentials: map[string]killswitch.Credential{
+			"api": {Kind: killswitch.CredTokenAccessor, Accessor: fmt.Sprintf("acc-%d", i)}}}
+	}
+	vault := &countingVault{}
+	newRunner := func(name string) *actions.Runner {
+		r, err := actions.New(actions.Settings{Budget: 3}, actions.Deps{
+			Store: store, Ledger: ledger.NewMemory(), Inventory: inv, Clock: clock.Real{}, Instance: name,
+			Executors: actions.Registry{killswitch.ActionRevokeTokenAccessor: vault},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = r.Control().Watch(ctx) }()
+		return r
+	}
+	a, b := newRunner("a"), newRunner("b")
+	req := func(vendor string) actions.Request {
+		act := playbooks.Action{Type: killswitch.ActionRevokeTokenAccessor, Credential: "api", Mode: killswitch.ModeEnforce}
+		return actions.Request{
+			Incident: &incidents.Incident{ID: "inc-" + vendor, Vendor: vendor, Credential: "api"},
+			Result:   playbooks.Result{ID: "dec-" + vendor, Decision: playbooks.Decision{Actions: []playbooks.Action{act}, Reason: "test"}},
+			Vendor:   inv.Vendor(vendor),
+		}
+	}
+	if err := b.Control().Pause(ctx, "ana", "drill"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		refs, err := a.Act(ctx, req("v0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if refs[0].Status == incidents.ActionHeld {
+			break // a's mirror saw b's pause
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the pause by another instance was not honoured: %+v", refs)
+		}
+	}
+	if err := a.Control().Resume(ctx, "ana"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // b's mirror sees the resume
+	verified := 0
+	for i := 1; i < 8; i++ {
+		r := a
+		if i%2 == 0 {
+			r = b
+		}
+		refs, err := r.Act(ctx, req(fmt.Sprintf("v%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if refs[0].Status == incidents.ActionVerified {
+			verified++
+		}
+	}
+	if verified != 3 || vault.applies.Load() != 3 {
+		t.Fatalf("%d verified, %d applied; the fleet budget is 3", verified, vault.applies.Load())
+	}
+}
+
+// countingVault revokes at once and counts.
+type countingVault struct{ applies atomic.Int32 }
+
+func (v *countingVault) Plan(context.Context, actions.Target) (actions.Plan, error) {
+	return actions.Plan{}, nil
+}
+
+func (v *countingVault) Apply(context.Context, actions.Target) (actions.Outcome, error) {
+	v.applies.Add(1)
+	return actions.Outcome{}, nil
+}
+
+func (v *countingVault) Verify(context.Context, actions.Target) (actions.Verification, error) {
+	return actions.Verification{Dead: true, Evidence: "lookup"}, nil
 }
