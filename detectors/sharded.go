@@ -309,18 +309,16 @@ func (s *Sharded) TickAt(ctx context.Context, now time.Time) error {
 	}); err != nil {
 		return err
 	}
-	err := s.sensorSilence(ctx, now, views)
-	rep := TickReport{At: now, SilentSensors: slices.Sorted(maps.Keys(s.silent))}
-	sensors := map[string]bool{}
+	known, err := s.sensorSilence(ctx, now, views)
+	rep := TickReport{At: now, Sensors: known}
+	if len(s.silent) > 0 {
+		rep.SilentSensors = slices.Sorted(maps.Keys(s.silent))
+	}
 	for _, v := range views {
 		if v.latest > 0 && (rep.Latest.IsZero() || v.latest > rep.Latest.UnixNano()) {
 			rep.Latest = utc(v.latest)
 		}
-		for _, ss := range v.sensors {
-			sensors[ss.name] = true
-		}
 	}
-	rep.Sensors = len(sensors)
 	s.report = rep
 	return err
 }
@@ -335,12 +333,9 @@ func (s *Sharded) LastTick() TickReport {
 	return r
 }
 
-// sensorSilence merges the shards' views of each sensor and raises the alerts.
-func (s *Sharded) sensorSilence(ctx context.Context, now time.Time, views []tickView) error {
-	e := s.eval
-	if e.set.disabled.has(KindSilence) {
-		return nil
-	}
+// sensorSilence merges the shards' views of each sensor, raises the alerts, and returns
+// the number of sensors known.
+func (s *Sharded) sensorSilence(ctx context.Context, now time.Time, views []tickView) (int, error) {
 	merged := map[string]*activity{}
 	var names []string
 	for _, v := range views {
@@ -353,6 +348,10 @@ func (s *Sharded) sensorSilence(ctx context.Context, now time.Time, views []tick
 			}
 			mergeActivity(a, ss.act, !ok)
 		}
+	}
+	e := s.eval
+	if e.set.disabled.has(KindSilence) {
+		return len(names), nil
 	}
 	slices.Sort(names)
 	for _, name := range names {
@@ -369,12 +368,12 @@ func (s *Sharded) sensorSilence(ctx context.Context, now time.Time, views []tick
 		}
 		d := e.silenceDetection("", name, a, line)
 		if err := s.sink.Detect(ctx, d); err != nil {
-			return fmt.Errorf("detectors: sink refused detection %s: %w", d.ID, err)
+			return len(names), fmt.Errorf("detectors: sink refused detection %s: %w", d.ID, err)
 		}
 		s.silent[name] = a.lastT
 		e.emit(nil, d) // counted in Counters
 	}
-	return nil
+	return len(names), nil
 }
 
 // broadcast sends one message to every shard and waits for all of them.

@@ -77,9 +77,9 @@ type Pipeline struct {
 	ingest    *Ingest
 	responder *Responder
 
-	hmu      sync.Mutex
-	health   playbooks.Health
-	lastSeen telemetry.CounterSnapshot
+	hmu                        sync.Mutex
+	health                     playbooks.Health
+	seenReceived, seenRejected uint64 // the source's totals at the previous tick
 }
 
 // New builds the pipeline. Close it when done.
@@ -211,16 +211,13 @@ func (p *Pipeline) refreshHealth(now time.Time) {
 	p.hmu.Lock()
 	defer p.hmu.Unlock()
 	if p.cfg.Counters != nil {
-		c := p.cfg.Counters.Snapshot()
-		received := c.Received - p.lastSeen.Received
-		rejected := c.TotalRejected() - p.lastSeen.TotalRejected()
-		switch {
-		case received > 0:
-			h.DeadLetterRate = min(1, float64(rejected)/float64(received))
-		default:
+		received, rejected := p.cfg.Counters.Totals()
+		if n := received - p.seenReceived; n > 0 {
+			h.DeadLetterRate = min(1, float64(rejected-p.seenRejected)/float64(n))
+		} else {
 			h.DeadLetterRate = p.health.DeadLetterRate // nothing new: the last figure stands
 		}
-		p.lastSeen = c
+		p.seenReceived, p.seenRejected = received, rejected
 	}
 	p.health = h
 }

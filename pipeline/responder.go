@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -304,15 +306,13 @@ func (r *Responder) drain(ctx context.Context, vendor string, v *vendorState) {
 // saves them, and returns how many it closed.
 func (r *Responder) Expire(ctx context.Context, now time.Time) (int, error) {
 	r.mu.Lock()
-	names := make([]string, 0, len(r.vendors))
-	for name := range r.vendors {
-		names = append(names, name)
-	}
+	vendors := make(map[string]*vendorState, len(r.vendors))
+	maps.Copy(vendors, r.vendors)
 	r.mu.Unlock()
 	n := 0
 	var errs []error
-	for _, name := range names {
-		v := r.vendor(name)
+	for _, name := range slices.Sorted(maps.Keys(vendors)) { // in order: replay's ledger is the same every time
+		v := vendors[name]
 		v.turn.Lock()
 		for _, in := range v.book.Expire(now) {
 			n++

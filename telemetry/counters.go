@@ -97,6 +97,15 @@ func (c *Counters) Snapshot() CounterSnapshot {
 	return s
 }
 
+// Totals returns how many messages (or lines) were received and how many of them were
+// rejected (did not decode or validate), without copying the per-reason counts.
+func (c *Counters) Totals() (received, rejected uint64) {
+	for _, v := range c.rejected {
+		rejected += v.Load()
+	}
+	return c.received.Load(), rejected + c.otherRejected.Load()
+}
+
 // TotalRejected sums Rejected.
 func (s CounterSnapshot) TotalRejected() uint64 {
 	var n uint64
