@@ -258,6 +258,30 @@ func (c *Control) consume(ctx context.Context, key string, limit int) (bool, err
 	return false, killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("actions: budget counter %s is contended", key))
 }
 
+// release gives back one unit of a counter (compare-and-set on the Store).
+func (c *Control) release(ctx context.Context, key string) error {
+	for range 20 {
+		var n counter
+		rev, ok, err := getJSON(ctx, c.store, ControlBucket, key, &n)
+		if err != nil || !ok || n.Used == 0 {
+			return err
+		}
+		b, err := json.Marshal(counter{Used: n.Used - 1})
+		if err != nil {
+			return killswitch.Permanent(killswitch.ReasonInternal, err)
+		}
+		nrev, err := c.store.Update(ctx, ControlBucket, key, b, rev)
+		if errors.Is(err, ErrStale) {
+			continue
+		}
+		if err == nil {
+			c.wrote(key, b, nrev)
+		}
+		return err
+	}
+	return killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("actions: budget counter %s is contended", key))
+}
+
 // cooldown returns the last stamp of a credential (ok false when it was never acted on).
 func (c *Control) cooldown(ctx context.Context, vendor, cred string) (Switch, bool, error) {
 	var s Switch

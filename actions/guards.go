@@ -2,9 +2,65 @@ package actions
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
+
+// runGuards runs a chain for c: the guards in order, the first that holds wins; the
+// consumers at the end together (see Consumer). It returns the holding guard's name and
+// reason, or "" when the action may run.
+func runGuards(ctx context.Context, guards []Guard, c Check) (name, hold string, err error) {
+	n := len(guards)
+	for n > 0 {
+		if _, ok := guards[n-1].(Consumer); !ok {
+			break
+		}
+		n--
+	}
+	for _, g := range guards[:n] {
+		hold, err := g.Check(ctx, c)
+		if err != nil {
+			return "", "", fmt.Errorf("actions: guard %s: %w", g.Name(), err)
+		}
+		if hold != "" {
+			return g.Name(), hold, nil
+		}
+	}
+	consumers := guards[n:]
+	holds, errs := make([]string, len(consumers)), make([]error, len(consumers))
+	var wg sync.WaitGroup
+	for i, g := range consumers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			holds[i], errs[i] = g.Check(ctx, c)
+		}()
+	}
+	wg.Wait()
+	for i, g := range consumers {
+		switch {
+		case errs[i] != nil && err == nil:
+			err = fmt.Errorf("actions: guard %s: %w", g.Name(), errs[i])
+		case holds[i] != "" && name == "" && err == nil:
+			name, hold = g.Name(), holds[i]
+		}
+	}
+	if err == nil && name == "" {
+		return "", "", nil
+	}
+	// Held or failed: give back what the others took.
+	var refunds []error
+	for i, g := range consumers {
+		if errs[i] == nil && holds[i] == "" {
+			if rerr := g.(Consumer).Refund(ctx, c); rerr != nil {
+				refunds = append(refunds, fmt.Errorf("actions: refund %s: %w", g.Name(), rerr))
+			}
+		}
+	}
+	return name, hold, errors.Join(append([]error{err}, refunds...)...)
+}
 
 // Check is what a guard sees of one destructive action that passed target resolution
 // and whose mode is enforce.
@@ -23,13 +79,23 @@ type Check struct {
 
 // A Guard may hold a destructive action for a human's approval. Guards run in a chain,
 // in order, and the first that holds wins, so guards that consume something (the
-// budgets) come last: a unit is consumed only when nothing before holds the action.
+// budgets, see Consumer) come last: a unit is kept only when nothing holds the action.
 type Guard interface {
 	// Name names the guard in ledger records, logs and held actions.
 	Name() string
 	// Check returns the reason to hold the action, "" to let it through, or an error
 	// (then nothing runs, and the decision is handled again later).
 	Check(ctx context.Context, c Check) (hold string, err error)
+}
+
+// A Consumer is a guard that takes a unit of something (a budget) when it lets an action
+// through, and can give it back. The consumers at the end of a chain are checked at the
+// same time (their writes then cost one storage round, not one each); when one of them
+// holds the action, or fails, the units the others took are given back.
+type Consumer interface {
+	Guard
+	// Refund gives back the unit Check took for c.
+	Refund(ctx context.Context, c Check) error
 }
 
 // Guards returns the standard chain on the control plane c, in order: pause, approval,
@@ -100,6 +166,11 @@ func (g BreakerGuard) Check(ctx context.Context, _ Check) (string, error) {
 	return "the revocation budget's circuit breaker is open (approval-only mode): " + br.Reason, nil
 }
 
+// Refund implements Consumer.
+func (g BlastRadiusGuard) Refund(ctx context.Context, c Check) error {
+	return g.C.release(ctx, g.C.vendorBudgetKey(c.Vendor, c.Now))
+}
+
 // BlastRadiusGuard consumes one unit of the vendor's budget (Settings.VendorBudget per
 // BudgetWindow) and holds the action when it is spent (G3).
 type BlastRadiusGuard struct{ C *Control }
@@ -115,6 +186,11 @@ func (g BlastRadiusGuard) Check(ctx context.Context, c Check) (string, error) {
 		return "", err
 	}
 	return fmt.Sprintf("vendor %s reached %d destructive actions in this %s window", c.Vendor, s.VendorBudget, s.BudgetWindow), nil
+}
+
+// Refund implements Consumer.
+func (g BudgetGuard) Refund(ctx context.Context, c Check) error {
+	return g.C.release(ctx, g.C.budgetKey(c.Now))
 }
 
 // BudgetGuard consumes one unit of the fleet-wide budget (Settings.Budget per

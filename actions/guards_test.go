@@ -145,3 +145,35 @@ func TestGuardChainOrder(t *testing.T) {
 		t.Fatalf("chain %s", got)
 	}
 }
+
+// The consumers at the end of the chain are checked together; when one holds the
+// action, the unit the other took is given back.
+func TestConsumersRefund(t *testing.T) {
+	ctx := context.Background()
+	c := newControl(t, Settings{Budget: 5, VendorBudget: 1}, NewMemoryStore())
+	check := Check{Now: t0, Action: "act-1", Incident: "inc-1", Vendor: "v01", Credential: "api"}
+	fleet := func() int {
+		var n counter
+		if _, _, err := getJSON(ctx, c.store, ControlBucket, c.budgetKey(t0), &n); err != nil {
+			t.Fatal(err)
+		}
+		return n.Used
+	}
+	guards := Guards(c)
+	if name, hold, err := runGuards(ctx, guards, check); err != nil || hold != "" {
+		t.Fatalf("first action: %s %q %v", name, hold, err)
+	}
+	if fleet() != 1 {
+		t.Fatalf("fleet budget used %d, want 1", fleet())
+	}
+	// The vendor's budget is spent: the blast radius holds, and the fleet unit the
+	// budget guard took at the same time is given back.
+	check.Action, check.Incident = "act-2", "inc-2"
+	name, hold, err := runGuards(ctx, guards, check)
+	if err != nil || name != "blast_radius" || hold == "" {
+		t.Fatalf("second action: %s %q %v", name, hold, err)
+	}
+	if fleet() != 1 {
+		t.Fatalf("fleet budget used %d after the refund, want 1", fleet())
+	}
+}

@@ -262,14 +262,10 @@ func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, paylo
 	// if the guards let it through.
 	chk := Check{Now: r.d.Clock.Now(), Action: j.id, Incident: j.target.Incident, Vendor: j.target.Vendor,
 		Credential: j.target.Credential, RequiresApproval: req.Result.Decision.RequiresApproval, Reason: req.Result.Decision.Reason}
-	for _, g := range r.guards {
-		hold, err := g.Check(ctx, chk)
-		if err != nil {
-			return j.ref, fmt.Errorf("actions: guard %s: %w", g.Name(), err)
-		}
-		if hold != "" {
-			return r.approvals.hold(ctx, j, g.Name(), hold)
-		}
+	if guard, hold, err := runGuards(ctx, r.guards, chk); err != nil {
+		return j.ref, err
+	} else if hold != "" {
+		return r.approvals.hold(ctx, j, guard, hold)
 	}
 	if held && h.State == HoldPending {
 		if err := r.approvals.supersede(ctx, j, h, heldRev, req.Result.ID); err != nil {
