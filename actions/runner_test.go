@@ -345,7 +345,9 @@ func TestApprovals(t *testing.T) {
 	if err := r.runner.Approvals().Reject(ctx, refs[0].ID, "ana", "false positive"); err != nil {
 		t.Fatal(err)
 	}
-	refs, _ = r.runner.Act(ctx, r.request("v04", "inc-4", true, revokeAPI))
+	if _, err := r.runner.Act(ctx, r.request("v04", "inc-4", true, revokeAPI)); err != nil {
+		t.Fatal(err)
+	}
 	r.clk.Advance(2 * time.Hour)
 	if n, err := r.runner.Approvals().Expire(ctx); err != nil || n != 1 {
 		t.Fatalf("ExpireHeld = %d, %v", n, err)

@@ -59,12 +59,6 @@ func (a *recordingActor) Budget(context.Context) playbooks.Budget {
 	return playbooks.Budget{Remaining: 10, Limit: 10, Window: "1h0m0s"}
 }
 
-func (a *recordingActor) acted() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.reqs)
-}
-
 func critical(at time.Duration, kind detectors.Kind) detectors.Detection {
 	key := detectors.Key{Vendor: "mailer", Credential: "mailer-api"}
 	return detectors.Detection{

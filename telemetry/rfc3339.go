@@ -2,7 +2,8 @@ package telemetry
 
 import "time"
 
-// parseRFC3339 parses an RFC 3339 timestamp without allocating and returns it in UTC.
+// The RFC 3339 parser of the decoders (timeCache.parse): it parses without allocating
+// and returns the time in UTC.
 //
 // The grammar is exactly what Go's strict RFC 3339 parser (the fast path of time.Parse
 // with time.RFC3339) accepts: YYYY-MM-DDTHH:MM:SS, an optional fraction of one or more
@@ -11,10 +12,6 @@ import "time"
 // seconds; offset hours 00–23, minutes 00–59). The lenient forms time.Parse also takes
 // through its layout fallback (a comma before the fraction, one-digit hours) are
 // rejected: they are not RFC 3339.
-func parseRFC3339(s []byte) (time.Time, bool) {
-	var c timeCache
-	return c.parse(s)
-}
 
 // timeCache remembers the date and hour of the last timestamp parsed: consecutive
 // events almost always share them, and the calendar arithmetic is the costly part.
@@ -24,7 +21,7 @@ type timeCache struct {
 	set  bool
 }
 
-// parse parses an RFC 3339 timestamp (see parseRFC3339).
+// parse parses an RFC 3339 timestamp (see the grammar above).
 func (c *timeCache) parse(s []byte) (time.Time, bool) {
 	if len(s) < len("2006-01-02T15:04:05Z") {
 		return time.Time{}, false
