@@ -56,6 +56,14 @@ func (s HoldState) actionStatus() incidents.ActionStatus {
 	return incidents.ActionHeld
 }
 
+// Update is a later change of one of an incident's actions — a held action approved and
+// run, rejected, or expired — for the caller to apply to the incident (actions never
+// change incidents themselves: data flows one way).
+type Update struct {
+	Incident, Vendor, Credential string
+	Ref                          incidents.ActionRef
+}
+
 // Held is a held action waiting for an approval.
 type Held struct {
 	ID         string           `json:"id"`
@@ -85,14 +93,16 @@ type Approvals struct {
 
 // Approve runs a held action, once: the approval is bound to that one action, with the
 // approver and the time. An expired approval window runs nothing (ErrExpired). The
+// returned Update (set also with ErrExpired, and when the action failed) is for the
+// caller to apply to the incident. The
 // approved action skips the budget and the breaker (a human decided) but still takes
 // its idempotency claim, and a credential that meanwhile left the inventory or became
 // protected is not touched.
-func (a *Approvals) Approve(ctx context.Context, id, approver, comment string) (incidents.ActionRef, error) {
+func (a *Approvals) Approve(ctx context.Context, id, approver, comment string) (Update, error) {
 	r := a.r
-	h, rev, err := a.decide(ctx, id, approver, comment, HoldApproved)
+	h, rev, expired, err := a.decide(ctx, id, approver, comment, HoldApproved)
 	if err != nil {
-		return incidents.ActionRef{}, err
+		return expired, err
 	}
 	j := a.job(h)
 	var exec Executor
@@ -111,16 +121,16 @@ func (a *Approvals) Approve(ctx context.Context, id, approver, comment string) (
 	j.target.Identity = cred
 	j.ref.Target = r.describe(j.target)
 	if err := r.record(ctx, j, "approved", Event{Status: incidents.ActionHeld, Approver: approver, Reason: comment}); err != nil {
-		return incidents.ActionRef{}, err
+		return Update{}, err
 	}
 	ref, err := r.execute(ctx, j, exec, approver, false)
 	j.ref = ref
 	return a.done(ctx, h, rev, j, err)
 }
 
-// done closes an approved hold (whatever its outcome) and tells the incident. When the
-// action did not run, err says why and is recorded as its failure.
-func (a *Approvals) done(ctx context.Context, h Held, rev uint64, j *job, err error) (incidents.ActionRef, error) {
+// done closes an approved hold (whatever its outcome) and returns the incident's update.
+// When the action did not run, err says why and is recorded as its failure.
+func (a *Approvals) done(ctx context.Context, h Held, rev uint64, j *job, err error) (Update, error) {
 	r := a.r
 	var errs []error
 	if j.ref.Status == "" && err != nil {
@@ -136,34 +146,33 @@ func (a *Approvals) done(ctx context.Context, h Held, rev uint64, j *job, err er
 	if e := errors.Join(errs...); e != nil {
 		r.d.Log.Error("approved action: bookkeeping failed", zap.String("action", h.ID), zap.Error(e))
 	}
-	a.update(ctx, h, j.ref)
-	return j.ref, errors.Join(append(errs, err)...)
+	return h.update(j.ref), errors.Join(append(errs, err)...)
 }
 
-// Reject drops a held action; nothing runs.
-func (a *Approvals) Reject(ctx context.Context, id, approver, comment string) error {
+// Reject drops a held action; nothing runs. The returned Update (set also with
+// ErrExpired) is for the caller to apply to the incident.
+func (a *Approvals) Reject(ctx context.Context, id, approver, comment string) (Update, error) {
 	r := a.r
-	h, _, err := a.decide(ctx, id, approver, comment, HoldRejected)
+	h, _, expired, err := a.decide(ctx, id, approver, comment, HoldRejected)
 	if err != nil {
-		return err
+		return expired, err
 	}
 	j := a.job(h)
 	j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionRejected, r.d.Clock.Now(), "rejected by "+approver
 	if err := r.record(ctx, j, "rejected", Event{Status: incidents.ActionRejected, Approver: approver, Reason: comment}); err != nil {
-		return err
+		return Update{}, err
 	}
-	a.update(ctx, h, j.ref)
-	return nil
+	return h.update(j.ref), nil
 }
 
 // Expire marks every pending held action past its window as expired (recorded) and
-// returns how many it expired. The pipeline calls it on every tick.
-func (a *Approvals) Expire(ctx context.Context) (int, error) {
+// returns the incidents' updates. The pipeline calls it on every tick.
+func (a *Approvals) Expire(ctx context.Context) ([]Update, error) {
 	keys, err := a.r.d.Store.Keys(ctx, ApprovalsBucket)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
+	var updates []Update
 	now := a.r.d.Clock.Now()
 	var errs []error
 	for _, k := range keys {
@@ -175,13 +184,16 @@ func (a *Approvals) Expire(ctx context.Context) (int, error) {
 		if !ok || h.State != HoldPending || now.Before(h.ExpiresAt) {
 			continue
 		}
-		if err := a.expire(ctx, h, rev); err != nil {
+		u, err := a.expire(ctx, h, rev)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		n++
+		if u.Ref.ID != "" {
+			updates = append(updates, u)
+		}
 	}
-	return n, errors.Join(errs...)
+	return updates, errors.Join(errs...)
 }
 
 // List returns the held actions, pending or decided, without their payloads.
@@ -251,69 +263,70 @@ func (a *Approvals) supersede(ctx context.Context, j *job, h Held, rev uint64, d
 }
 
 // decide moves a pending held action to state, once (compare-and-set). A held action
-// past its expiry is marked expired instead and ErrExpired returned.
-func (a *Approvals) decide(ctx context.Context, id, approver, comment string, state HoldState) (Held, uint64, error) {
+// past its expiry is marked expired instead: ErrExpired is returned with the incident's
+// update.
+func (a *Approvals) decide(ctx context.Context, id, approver, comment string, state HoldState) (Held, uint64, Update, error) {
 	r := a.r
 	h, rev, ok, err := a.get(ctx, id)
 	if err != nil {
-		return h, 0, err
+		return h, 0, Update{}, err
 	}
 	if !ok {
-		return h, 0, fmt.Errorf("%w: %s", ErrUnknownAction, id)
+		return h, 0, Update{}, fmt.Errorf("%w: %s", ErrUnknownAction, id)
 	}
 	now := r.d.Clock.Now()
 	if h.State == HoldPending && !now.Before(h.ExpiresAt) {
-		if err := a.expire(ctx, h, rev); err != nil {
-			return h, 0, err
+		u, err := a.expire(ctx, h, rev)
+		if err != nil {
+			return h, 0, Update{}, err
 		}
-		return h, 0, fmt.Errorf("%w: %s expired at %s; nothing ran", ErrExpired, id, h.ExpiresAt.Format(time.RFC3339))
+		return h, 0, u, fmt.Errorf("%w: %s expired at %s; nothing ran", ErrExpired, id, h.ExpiresAt.Format(time.RFC3339))
 	}
 	if h.State != HoldPending {
-		return h, 0, fmt.Errorf("%w: %s is %s", ErrDecided, id, h.State)
+		return h, 0, Update{}, fmt.Errorf("%w: %s is %s", ErrDecided, id, h.State)
 	}
 	h.State, h.Approver, h.Comment, h.DecidedAt = state, approver, comment, now
 	b, err := json.Marshal(h)
 	if err != nil {
-		return h, 0, killswitch.Permanent(killswitch.ReasonInternal, err)
+		return h, 0, Update{}, killswitch.Permanent(killswitch.ReasonInternal, err)
 	}
 	nrev, err := r.d.Store.Update(ctx, ApprovalsBucket, id, b, rev)
 	if errors.Is(err, ErrStale) {
-		return h, 0, fmt.Errorf("%w: %s was decided by someone else meanwhile", ErrDecided, id)
+		return h, 0, Update{}, fmt.Errorf("%w: %s was decided by someone else meanwhile", ErrDecided, id)
 	}
 	if err != nil {
-		return h, 0, err
+		return h, 0, Update{}, err
 	}
 	r.d.Log.Info("held action decided", zap.String("action", id), zap.String("state", string(state)), zap.String("by", approver))
-	return h, nrev, nil
+	return h, nrev, Update{}, nil
 }
 
-func (a *Approvals) expire(ctx context.Context, h Held, rev uint64) error {
+// expire marks a pending hold expired and records it; the zero Update when another
+// instance decided it meanwhile.
+func (a *Approvals) expire(ctx context.Context, h Held, rev uint64) (Update, error) {
 	r := a.r
 	h.State, h.DecidedAt = HoldExpired, r.d.Clock.Now()
 	b, err := json.Marshal(h)
 	if err != nil {
-		return killswitch.Permanent(killswitch.ReasonInternal, err)
+		return Update{}, killswitch.Permanent(killswitch.ReasonInternal, err)
 	}
 	if _, err := r.d.Store.Update(ctx, ApprovalsBucket, h.ID, b, rev); err != nil {
 		if errors.Is(err, ErrStale) {
-			return nil // decided meanwhile (approved, rejected or expired elsewhere)
+			return Update{}, nil // decided meanwhile (approved, rejected or expired elsewhere)
 		}
-		return err
+		return Update{}, err
 	}
 	j := a.job(h)
 	j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionExpired, h.DecidedAt, "approval window closed; nothing ran"
 	if err := r.record(ctx, j, "expired", Event{Status: incidents.ActionExpired, Reason: j.ref.Detail}); err != nil {
-		return err
+		return Update{}, err
 	}
-	a.update(ctx, h, j.ref)
-	return nil
+	return h.update(j.ref), nil
 }
 
-// update tells the incident (Deps.OnUpdate) about a later change of a held action.
-func (a *Approvals) update(ctx context.Context, h Held, ref incidents.ActionRef) {
-	if a.r.d.OnUpdate != nil {
-		a.r.d.OnUpdate(ctx, h.Incident, h.Vendor, h.Credential, ref)
-	}
+// update is the incident's update for a change of h.
+func (h Held) update(ref incidents.ActionRef) Update {
+	return Update{Incident: h.Incident, Vendor: h.Vendor, Credential: h.Credential, Ref: ref}
 }
 
 // job rebuilds the job of a held action.

@@ -55,9 +55,6 @@ type Deps struct {
 	Fingerprint Fingerprinter
 	// Instance identifies this process in claims (random per start in the service).
 	Instance string
-	// OnUpdate is told when a held action changes later (approved and run, rejected,
-	// expired), so the incident can be updated. May be nil.
-	OnUpdate func(ctx context.Context, incident, vendor, credential string, ref incidents.ActionRef)
 	// Log receives what the ledger also records, for operators (no secrets).
 	Log *zap.Logger
 }

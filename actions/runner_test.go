@@ -310,9 +310,8 @@ func TestRetries(t *testing.T) {
 
 func TestApprovals(t *testing.T) {
 	ctx := context.Background()
-	var updates []incidents.ActionRef
+	var updates []Update
 	r := newRig(t, Settings{ApprovalTTL: time.Hour}, nil, "a")
-	r.runner.d.OnUpdate = func(_ context.Context, _, _, _ string, ref incidents.ActionRef) { updates = append(updates, ref) }
 	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI, playbooks.Action{Type: killswitch.ActionNotify, Message: "hi"}))
 	if refs[0].Status != incidents.ActionHeld || refs[1].Status != incidents.ActionVerified {
 		t.Fatalf("with approval required: %+v", refs)
@@ -320,10 +319,11 @@ func TestApprovals(t *testing.T) {
 	if _, err := r.runner.Approvals().Approve(ctx, "act-unknown", "ana", ""); !errors.Is(err, ErrUnknownAction) {
 		t.Fatalf("approve unknown: %v", err)
 	}
-	ref, err := r.runner.Approvals().Approve(ctx, refs[0].ID, "ana", "confirmed with the vendor")
-	if err != nil || ref.Status != incidents.ActionVerified || r.exec.count("api") != 1 {
-		t.Fatalf("approve: %+v, %v", ref, err)
+	u, err := r.runner.Approvals().Approve(ctx, refs[0].ID, "ana", "confirmed with the vendor")
+	if err != nil || u.Ref.Status != incidents.ActionVerified || u.Incident != "inc-1" || u.Vendor != "v01" || r.exec.count("api") != 1 {
+		t.Fatalf("approve: %+v, %v", u, err)
 	}
+	updates = append(updates, u)
 	if _, err := r.runner.Approvals().Approve(ctx, refs[0].ID, "bob", ""); !errors.Is(err, ErrDecided) || r.exec.count("api") != 1 {
 		t.Fatalf("second approve: %v", err)
 	}
@@ -334,27 +334,33 @@ func TestApprovals(t *testing.T) {
 	// An expired approval runs nothing.
 	refs, _ = r.runner.Act(ctx, r.request("v02", "inc-2", true, revokeAPI))
 	r.clk.Advance(2 * time.Hour)
-	if _, err := r.runner.Approvals().Approve(ctx, refs[0].ID, "ana", ""); !errors.Is(err, ErrExpired) {
+	u, err = r.runner.Approvals().Approve(ctx, refs[0].ID, "ana", "")
+	if !errors.Is(err, ErrExpired) {
 		t.Fatalf("approve expired: %v", err)
 	}
+	updates = append(updates, u)
 	if r.exec.count("api") != 1 {
 		t.Fatal("an expired approval ran")
 	}
 	// Reject, and the sweeper.
 	refs, _ = r.runner.Act(ctx, r.request("v03", "inc-3", true, revokeAPI))
-	if err := r.runner.Approvals().Reject(ctx, refs[0].ID, "ana", "false positive"); err != nil {
+	u, err = r.runner.Approvals().Reject(ctx, refs[0].ID, "ana", "false positive")
+	if err != nil {
 		t.Fatal(err)
 	}
+	updates = append(updates, u)
 	if _, err := r.runner.Act(ctx, r.request("v04", "inc-4", true, revokeAPI)); err != nil {
 		t.Fatal(err)
 	}
 	r.clk.Advance(2 * time.Hour)
-	if n, err := r.runner.Approvals().Expire(ctx); err != nil || n != 1 {
-		t.Fatalf("ExpireHeld = %d, %v", n, err)
+	expired, err := r.runner.Approvals().Expire(ctx)
+	if err != nil || len(expired) != 1 {
+		t.Fatalf("Expire = %+v, %v", expired, err)
 	}
+	updates = append(updates, expired...)
 	got := map[incidents.ActionStatus]int{}
 	for _, u := range updates {
-		got[u.Status]++
+		got[u.Ref.Status]++
 	}
 	if got[incidents.ActionVerified] != 1 || got[incidents.ActionExpired] != 2 || got[incidents.ActionRejected] != 1 {
 		t.Fatalf("incident updates %v", got)

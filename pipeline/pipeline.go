@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/detectors"
 	"github.com/killswitch-dev/killswitch/metrics"
@@ -29,16 +30,17 @@ import (
 	"go.uber.org/zap"
 )
 
-// Expirer expires held actions past their approval window (actions.Approvals).
+// Expirer expires held actions past their approval window and returns the updates of
+// their incidents (actions.Approvals).
 type Expirer interface {
-	Expire(ctx context.Context) (int, error)
+	Expire(ctx context.Context) ([]actions.Update, error)
 }
 
 // Config configures a Pipeline.
 type Config struct {
 	// Detectors configures the detectors engine.
 	Detectors detectors.Config
-	// Shards is the number of detector shards. Default 1. Ignored with Inline.
+	// Shards is the number of detector shards. Default 1.
 	Shards int
 	// Inline runs the detectors on the goroutine that submits (see
 	// detectors.WithInline): replay does, for byte-identical reports.
@@ -52,7 +54,7 @@ type Config struct {
 	Sink detectors.Sink
 	// Responder configures the response half.
 	Responder ResponderConfig
-	// Approvals are expired on every Tick; may be nil.
+	// Approvals are expired on every Tick, and their incidents updated; may be nil.
 	Approvals Expirer
 	// Counters are the telemetry source's counters, for the health figures; may be nil.
 	Counters *telemetry.Counters
@@ -61,7 +63,7 @@ type Config struct {
 	CheckpointEvery time.Duration
 	// Virtual, when set, is a virtual clock that follows event time: the pipeline sets
 	// it to each detection's time before responding and to the time of each Tick
-	// (replay). It should also be the Responder's clock.
+	// (replay). It is then the pipeline's clock, unless Clock is set.
 	Virtual *clock.Manual
 	// Clock tells the time (the wall clock in the service). Default Virtual, else the
 	// wall clock.
@@ -171,8 +173,12 @@ func (p *Pipeline) Tick(ctx context.Context, now time.Time) error {
 		}
 	}
 	if p.cfg.Approvals != nil {
-		if _, err := p.cfg.Approvals.Expire(ctx); err != nil {
+		updates, err := p.cfg.Approvals.Expire(ctx)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("pipeline: approval expiry: %w", err))
+		}
+		for _, u := range updates {
+			p.responder.ActionUpdate(ctx, u)
 		}
 	}
 	p.refreshHealth(now)

@@ -100,13 +100,7 @@ type vendorState struct {
 	book *incidents.Book
 
 	qmu     sync.Mutex
-	pending []actionUpdate // updates waiting for the vendor's turn
-}
-
-// actionUpdate is a later change of a held action, for its incident.
-type actionUpdate struct {
-	incident, credential string
-	ref                  incidents.ActionRef
+	pending []actions.Update // updates waiting for the vendor's turn
 }
 
 // NewResponder returns a Responder.
@@ -273,13 +267,13 @@ func (r *Responder) actionUpdate(ctx context.Context, v *vendorState, inc *incid
 // approved and run, rejected or expired) if the incident is still current. It never
 // waits for the vendor's turn: when another goroutine holds it (the vendor is being
 // handled), the update is queued and applied before that turn ends.
-func (r *Responder) ActionUpdate(ctx context.Context, incident, vendor, credential string, ref incidents.ActionRef) {
-	v := r.vendor(vendor)
+func (r *Responder) ActionUpdate(ctx context.Context, u actions.Update) {
+	v := r.vendor(u.Vendor)
 	v.qmu.Lock()
-	v.pending = append(v.pending, actionUpdate{incident: incident, credential: credential, ref: ref})
+	v.pending = append(v.pending, u)
 	v.qmu.Unlock()
 	if v.turn.TryLock() {
-		r.release(ctx, vendor, v)
+		r.release(ctx, u.Vendor, v)
 	}
 }
 
@@ -290,12 +284,12 @@ func (r *Responder) drain(ctx context.Context, vendor string, v *vendorState) {
 	v.pending = nil
 	v.qmu.Unlock()
 	for _, u := range ups {
-		in, ok := v.book.Current(detectors.Key{Vendor: vendor, Credential: u.credential})
-		if !ok || in.ID != u.incident {
-			r.cfg.Log.Info("action update for an incident no longer current", zap.String("incident", u.incident), zap.String("action", u.ref.ID))
+		in, ok := v.book.Current(detectors.Key{Vendor: vendor, Credential: u.Credential})
+		if !ok || in.ID != u.Incident {
+			r.cfg.Log.Info("action update for an incident no longer current", zap.String("incident", u.Incident), zap.String("action", u.Ref.ID))
 			continue
 		}
-		r.actionUpdate(ctx, v, in, u.ref, time.Time{})
+		r.actionUpdate(ctx, v, in, u.Ref, time.Time{})
 		if err := r.save(ctx, in); err != nil {
 			r.cfg.Log.Error("incident update not saved", zap.String("incident", in.ID), zap.Error(err))
 		}

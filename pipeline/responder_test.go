@@ -176,8 +176,8 @@ func TestSlowVendorDoesNotBlockOthers(t *testing.T) {
 	// An approval finishing for the slow vendor now must not wait for its turn.
 	updated := make(chan struct{})
 	go func() {
-		r.ActionUpdate(ctx, incidents.ID(slowKey, detection("slow").ID), "slow", "mailer-api",
-			incidents.ActionRef{ID: "act-approved", Type: killswitch.ActionNotify, Status: incidents.ActionVerified, At: t0})
+		r.ActionUpdate(ctx, actions.Update{Incident: incidents.ID(slowKey, detection("slow").ID), Vendor: "slow", Credential: "mailer-api",
+			Ref: incidents.ActionRef{ID: "act-approved", Type: killswitch.ActionNotify, Status: incidents.ActionVerified, At: t0}})
 		close(updated)
 	}()
 	select {

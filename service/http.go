@@ -98,12 +98,19 @@ func apiErr(err error) error {
 }
 
 func (c controller) Approve(ctx context.Context, id, approver, comment string) error {
-	_, err := c.s.runner.Approvals().Approve(ctx, id, approver, comment)
+	u, err := c.s.runner.Approvals().Approve(ctx, id, approver, comment)
+	if u.Ref.ID != "" { // it ran, failed or expired: the incident shows it either way
+		c.s.pipe.Responder().ActionUpdate(ctx, u)
+	}
 	return apiErr(err)
 }
 
 func (c controller) Reject(ctx context.Context, id, approver, comment string) error {
-	return apiErr(c.s.runner.Approvals().Reject(ctx, id, approver, comment))
+	u, err := c.s.runner.Approvals().Reject(ctx, id, approver, comment)
+	if u.Ref.ID != "" {
+		c.s.pipe.Responder().ActionUpdate(ctx, u)
+	}
+	return apiErr(err)
 }
 
 func (c controller) Pause(ctx context.Context, who, reason string) error {

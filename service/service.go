@@ -183,15 +183,9 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// The pipeline and the runner refer to each other (an approval updates the incident):
-	// the runner's OnUpdate reaches the pipeline once it exists.
-	var pipe *pipeline.Pipeline
 	if s.runner, err = actions.New(cfg.Actions, actions.Deps{
 		Store: store, Ledger: s.ledger, Executors: execs, Inventory: cfg.Vendors, Clock: o.Clock,
 		Fingerprint: actions.NewFingerprinter(key), Instance: s.instance, Log: s.log.Named("actions"),
-		OnUpdate: func(ctx context.Context, incident, vendor, cred string, ref incidents.ActionRef) {
-			pipe.Responder().ActionUpdate(ctx, incident, vendor, cred, ref)
-		},
 	}); err != nil {
 		return nil, err
 	}
@@ -199,7 +193,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if pipe, err = pipeline.New(pipeline.Config{
+	if s.pipe, err = pipeline.New(pipeline.Config{
 		Detectors: cfg.DetectorConfig(), Shards: o.Shards, Sink: pipejs.Sink(s.js, s.metrics),
 		Responder: pipeline.ResponderConfig{
 			Incidents: cfg.Incidents, Decider: s.pb, Actor: s.runner, Ledger: s.ledger, Store: s.incidents,
@@ -212,7 +206,6 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	}); err != nil {
 		return nil, err
 	}
-	s.pipe = pipe
 	if err := s.restoreIncidents(ctx); err != nil {
 		return nil, err
 	}
@@ -230,7 +223,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("service: telemetry consumer: %w", err)
 	}
-	if err := pipejs.Recover(ctx, pipejs.RecoverConfig{Pipeline: pipe, Checkpoints: checkpoints, Stream: stream, Consumer: cons,
+	if err := pipejs.Recover(ctx, pipejs.RecoverConfig{Pipeline: s.pipe, Checkpoints: checkpoints, Stream: stream, Consumer: cons,
 		NewDecoder: o.NewDecoder, Log: s.log.Named("ingest")}); err != nil {
 		return nil, err
 	}
