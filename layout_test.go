@@ -69,7 +69,7 @@ func TestLayout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs go list")
 	}
-	natsFree := map[string]bool{"detectors": true, "incidents": true, "playbooks": true, "actions": true, "ledger": true, "pipeline": true}
+	natsFree := map[string]bool{"telemetry": true, "detectors": true, "incidents": true, "playbooks": true, "actions": true, "ledger": true, "pipeline": true}
 	wiring := func(p string) bool {
 		r := rel(p)
 		return strings.HasPrefix(r, "cmd/") || r == "service" || r == "demo"

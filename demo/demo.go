@@ -30,6 +30,7 @@ import (
 	"github.com/killswitch-dev/killswitch/scenario"
 	"github.com/killswitch-dev/killswitch/service"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -170,7 +171,7 @@ func Run(ctx context.Context, o Options) error {
 	defer sub.Unsubscribe()
 
 	// 4. History to learn from, as fast as JetStream stores it.
-	pub, err := telemetry.NewPublisher(nc, telemetry.PublisherOptions{})
+	pub, err := telnats.NewPublisher(nc, telnats.PublisherOptions{})
 	if err != nil {
 		return err
 	}

@@ -364,3 +364,76 @@ func TestShardedSensorSilence(t *testing.T) {
 		t.Fatalf("counters %+v", s.Counters())
 	}
 }
+
+// Inline, the engine processes on the submitting goroutine: the detections are exactly
+// one engine's, in one engine's order, and every callback has run when SubmitBatch
+// returns. The observer sees every event, after its detections, and may read the engine.
+func TestInlineAndObserver(t *testing.T) {
+	evs := scenarioEvents(t, 1, 10)
+	one := mustEngine(t, snapshotConfig)
+	want := detect(one, evs)
+	rec := &recorder{}
+	var seen, bands int
+	s := mustSharded(t, 2, rec, WithInline(), WithObserver(func(e *Engine, ev *telemetry.Event) {
+		seen++
+		if _, ok := e.Band(Key{Vendor: ev.Vendor, Credential: ev.Credential}); ok {
+			bands++
+		}
+	}))
+	for i := 0; i < len(evs); i += 500 {
+		batch := evs[i:min(i+500, len(evs))]
+		done := false
+		if err := s.SubmitBatch(context.Background(), batch, func(err error) {
+			if err != nil {
+				t.Error(err)
+			}
+			done = true
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if !done {
+			t.Fatal("inline SubmitBatch returned before its callback")
+		}
+	}
+	if len(rec.dets) != len(want) {
+		t.Fatalf("inline: %d detections, one engine: %d", len(rec.dets), len(want))
+	}
+	if !reflect.DeepEqual(sortDetections(rec.dets), sortDetections(want)) {
+		t.Fatal("inline detections differ from one engine's")
+	}
+	if seen != len(evs) || bands == 0 {
+		t.Fatalf("observer saw %d of %d events (%d bands)", seen, len(evs), bands)
+	}
+}
+
+// A tick reports what the telemetry health is made of: sensors known and silent, and
+// the newest event time.
+func TestLastTick(t *testing.T) {
+	cfg := Config{Settings: Settings{Interval: time.Minute, LearningPeriod: 10 * time.Minute, SilenceAfter: 5 * time.Minute}}
+	rec := &recorder{}
+	s, err := NewSharded(cfg, 2, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if r := s.LastTick(); r.Sensors != 0 || !r.Latest.IsZero() {
+		t.Fatalf("before any tick: %+v", r)
+	}
+	var evs []telemetry.Event
+	for i := range 60 {
+		at := day(0).Add(time.Duration(i) * 30 * time.Second)
+		evs = append(evs, telemetry.Event{Time: at, Vendor: "a", Bytes: 10, Sensor: "gw-1"})
+		if i < 40 {
+			evs = append(evs, telemetry.Event{Time: at, Vendor: "b", Bytes: 10, Sensor: "gw-2"})
+		}
+	}
+	submitBatches(t, s, evs, 50)
+	now := day(0).Add(30 * time.Minute)
+	if err := s.TickAt(context.Background(), now); err != nil {
+		t.Fatal(err)
+	}
+	r := s.LastTick()
+	if r.Sensors != 2 || !slices.Equal(r.SilentSensors, []string{"gw-2"}) || !r.Latest.Equal(evs[len(evs)-1].Time) || !r.At.Equal(now) {
+		t.Fatalf("tick report %+v", r)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"github.com/killswitch-dev/killswitch/scenario"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -182,14 +183,14 @@ func TestStreamRangeMatchesFile(t *testing.T) {
 	}
 	time.Sleep(20 * time.Millisecond)
 	since := time.Now()
-	pub, err := telemetry.NewPublisher(nc, telemetry.PublisherOptions{})
+	pub, err := telnats.NewPublisher(nc, telnats.PublisherOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := sc.Publish(ctx, pub, nil); err != nil {
 		t.Fatal(err)
 	}
-	rng := &telemetry.StreamRange{Stream: st, Since: since, Until: time.Now().Add(time.Minute)}
+	rng := &telnats.StreamRange{Stream: st, Since: since, Until: time.Now().Add(time.Minute)}
 	streamRep, err := Run(ctx, rng, planned(sc, Options{Playbooks: shipped(t)}))
 	if err != nil {
 		t.Fatal(err)

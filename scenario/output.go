@@ -12,6 +12,7 @@ import (
 	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 )
 
 // WriteNDJSON writes the scenario's events to w in the telemetry wire format, one per
@@ -49,7 +50,7 @@ func (s *Scenario) WriteNDJSON(w io.Writer, gz bool) (int, error) {
 // Publish publishes the scenario's events to JetStream as they "happen", paced by p
 // (nil: as fast as possible, pipelined), until all are acknowledged or ctx is done; it
 // returns how many it published.
-func (s *Scenario) Publish(ctx context.Context, pub *telemetry.Publisher, p *clock.Pacer) (int, error) {
+func (s *Scenario) Publish(ctx context.Context, pub *telnats.Publisher, p *clock.Pacer) (int, error) {
 	n := 0
 	var err error
 	s.Events(func(e *telemetry.Event) bool {

@@ -36,6 +36,7 @@ import (
 	pipejs "github.com/killswitch-dev/killswitch/pipeline/jetstream"
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -85,7 +86,7 @@ type Service struct {
 	js        jetstream.JetStream
 	ledger    *ledgerjs.Stream
 	pipe      *pipeline.Pipeline
-	src       *telemetry.JetStreamSource
+	src       *telnats.JetStreamSource
 	counters  *telemetry.Counters
 	runner    *actions.Runner
 	pb        *playbooks.Engine
@@ -209,7 +210,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err := s.restoreIncidents(ctx); err != nil {
 		return nil, err
 	}
-	if s.src, err = telemetry.NewJetStreamSource(ctx, s.nc, telemetry.JetStreamOptions{
+	if s.src, err = telnats.NewJetStreamSource(ctx, s.nc, telnats.JetStreamOptions{
 		Stream: sc.NATS.TelemetryStream, Subjects: []string{sc.NATS.TelemetrySubject}, Replicas: replicas,
 		NewDecoder: o.NewDecoder, Counters: s.counters, Logger: s.log.Named("telemetry"),
 	}); err != nil {
@@ -219,7 +220,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("service: telemetry stream: %w", err)
 	}
-	cons, err := s.js.Consumer(ctx, sc.NATS.TelemetryStream, telemetry.DefaultDurable)
+	cons, err := s.js.Consumer(ctx, sc.NATS.TelemetryStream, telnats.DefaultDurable)
 	if err != nil {
 		return nil, fmt.Errorf("service: telemetry consumer: %w", err)
 	}

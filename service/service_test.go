@@ -28,6 +28,7 @@ import (
 	"github.com/killswitch-dev/killswitch/scenario"
 	"github.com/killswitch-dev/killswitch/service"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -136,7 +137,7 @@ func (r *running) api(t testing.TB, method, path, body string) (int, []byte) {
 
 func (r *running) publish(t testing.TB, evs ...telemetry.Event) {
 	t.Helper()
-	pub, err := telemetry.NewPublisher(r.nc, telemetry.PublisherOptions{})
+	pub, err := telnats.NewPublisher(r.nc, telnats.PublisherOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -457,7 +458,7 @@ func TestReplayAndRunGiveTheSameIncidents(t *testing.T) {
 	}
 
 	s := start(t, options{cfg: cfgYAML.String(), tick: time.Hour})
-	pub, err := telemetry.NewPublisher(s.nc, telemetry.PublisherOptions{})
+	pub, err := telnats.NewPublisher(s.nc, telnats.PublisherOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

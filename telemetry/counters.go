@@ -6,7 +6,10 @@ import (
 )
 
 // Counters count what sources did. They are safe for concurrent use and may be shared
-// by several sources; the metrics layer reads them with Snapshot.
+// by several sources; the metrics layer reads them with Snapshot. Sources, in this
+// package and elsewhere (the NATS sources of telemetry/nats), count with the Add
+// methods, each feeding the CounterSnapshot field of the same name, and with Reject and
+// Skip; each is one atomic addition and never allocates.
 type Counters struct {
 	received           atomic.Uint64
 	delivered          atomic.Uint64
@@ -47,7 +50,8 @@ type CounterSnapshot struct {
 	// Naked counts JetStream messages negatively acknowledged for redelivery.
 	Naked uint64
 	// Terminated counts JetStream messages terminated: dead-lettered and never
-	// redelivered (in AckBatch mode, covered by the batch acknowledgement).
+	// redelivered (in the JetStream source's AckBatch mode, covered by the batch
+	// acknowledgement).
 	Terminated uint64
 	// Duplicates counts redeliveries of messages already done, recognized and not
 	// handed on again (AckBatch mode).
@@ -124,7 +128,43 @@ func (s CounterSnapshot) TotalSkipped() uint64 {
 	return n
 }
 
-func (c *Counters) reject(r Reason) {
+// AddReceived counts n messages (or file lines) read, whatever becomes of them.
+func (c *Counters) AddReceived(n uint64) { c.received.Add(n) }
+
+// AddDelivered counts n events the handler accepted.
+func (c *Counters) AddDelivered(n uint64) { c.delivered.Add(n) }
+
+// AddAcked counts n JetStream messages acknowledged.
+func (c *Counters) AddAcked(n uint64) { c.acked.Add(n) }
+
+// AddNaked counts n JetStream messages negatively acknowledged for redelivery.
+func (c *Counters) AddNaked(n uint64) { c.naked.Add(n) }
+
+// AddTerminated counts n JetStream messages terminated (dead-lettered, never
+// redelivered).
+func (c *Counters) AddTerminated(n uint64) { c.terminated.Add(n) }
+
+// AddDuplicates counts n redeliveries of messages already done, not handed on again.
+func (c *Counters) AddDuplicates(n uint64) { c.duplicates.Add(n) }
+
+// AddFetched counts n messages a source fetched from the stream itself.
+func (c *Counters) AddFetched(n uint64) { c.fetched.Add(n) }
+
+// AddHandlerErrors counts n handler calls that returned an error.
+func (c *Counters) AddHandlerErrors(n uint64) { c.handlerErrors.Add(n) }
+
+// AddDeadLettered counts n messages published to the dead-letter subject.
+func (c *Counters) AddDeadLettered(n uint64) { c.deadLettered.Add(n) }
+
+// AddDeadLetterFailures counts n dead-letter publications that failed.
+func (c *Counters) AddDeadLetterFailures(n uint64) { c.deadLetterFailures.Add(n) }
+
+// AddDropped counts n events lost (at most once delivery).
+func (c *Counters) AddDropped(n uint64) { c.dropped.Add(n) }
+
+// Reject counts one message that did not decode or validate, under its reason; reasons
+// that are not among InvalidReasons are counted together as "other".
+func (c *Counters) Reject(r Reason) {
 	if v, ok := c.rejected[r]; ok {
 		v.Add(1)
 		return
@@ -132,7 +172,9 @@ func (c *Counters) reject(r Reason) {
 	c.otherRejected.Add(1)
 }
 
-func (c *Counters) skip(r Reason) {
+// Skip counts one record that carried no event, under its reason; reasons that are not
+// among SkipReasons are not counted.
+func (c *Counters) Skip(r Reason) {
 	if v, ok := c.skipped[r]; ok {
 		v.Add(1)
 	}

@@ -1,7 +1,9 @@
 // Package telemetry defines the egress telemetry Event, its wire decoders (the native JSON
-// contract, AWS VPC Flow Logs v2, OCSF Network Activity, Zeek conn.log JSON) and the
-// sources that feed the pipeline: a JetStream durable pull consumer, a core NATS
-// subscription and NDJSON files (plain or gzip).
+// contract, AWS VPC Flow Logs v2, OCSF Network Activity, Zeek conn.log JSON), the
+// contract of the sources that feed the pipeline, their Counters, and the NDJSON file
+// source (plain or gzip). The NATS sources (a JetStream durable pull consumer, a core
+// NATS subscription, a stream range) and the dead-letter stream live in
+// telemetry/nats.
 //
 // Decoders implement Decoder and turn one message into an Event, or fail with an *Error
 // carrying a machine-readable Reason: ErrInvalid for messages to dead-letter,
@@ -9,10 +11,9 @@
 // batches of events to a Handler under an explicit acknowledgement contract: a message
 // is acknowledged only after the handler returned for its event (see Handler).
 //
-// Every message that does not decode or validate is sent to a dead-letter subject with
-// the reason and counted; it never stops the pipeline and is never retried forever.
-// AppendJSON and Publisher write the native contract, for tests, the demo and
-// generators.
+// Every message that does not decode or validate is counted with its reason and, on
+// NATS, sent to a dead-letter subject; it never stops the pipeline and is never retried
+// forever. AppendJSON writes the native contract, for tests, the demo and generators.
 package telemetry
 
 import "time"

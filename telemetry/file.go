@@ -194,7 +194,7 @@ func (rd *lineReader) run(ctx context.Context, h Handler) (FileStats, error) {
 		}
 		for start := 0; start < len(b.events); {
 			err := h.Handle(ctx, b.events[start:])
-			n := handledCount(err, len(b.events)-start)
+			n := HandledCount(err, len(b.events)-start)
 			events += int64(n)
 			rd.o.Counters.delivered.Add(uint64(n))
 			if err == nil {
@@ -202,9 +202,9 @@ func (rd *lineReader) run(ctx context.Context, h Handler) (FileStats, error) {
 			}
 			rd.o.Counters.handlerErrors.Add(1)
 			pos := Position{Name: rd.name, Line: b.lines[start+n]}
-			if poisonEvent(err) && ctx.Err() == nil && !rd.o.Strict {
+			if IsPoison(err) && ctx.Err() == nil && !rd.o.Strict {
 				// A poison event: report it like a bad line and go on.
-				rd.o.Counters.reject(ReasonHandlerFailed)
+				rd.o.Counters.Reject(ReasonHandlerFailed)
 				rd.handlerRejected++
 				if rd.o.OnBadLine != nil {
 					rd.o.OnBadLine(pos, err)
@@ -307,7 +307,7 @@ func (rd *lineReader) produce(ctx context.Context, free <-chan *fileBatch, full 
 				}
 				if r := ReasonOf(derr); r.IsSkip() {
 					rd.stats.Skipped++
-					rd.o.Counters.skip(r)
+					rd.o.Counters.Skip(r)
 				} else if berr := rd.bad(line, derr); berr != nil {
 					return berr
 				}
@@ -334,7 +334,7 @@ func (rd *lineReader) bad(line int64, err error) error {
 	pos := Position{Name: rd.name, Line: line}
 	rd.stats.Rejected++
 	r := ReasonOf(err)
-	rd.o.Counters.reject(r)
+	rd.o.Counters.Reject(r)
 	if rd.o.OnBadLine != nil {
 		rd.o.OnBadLine(pos, err)
 	}

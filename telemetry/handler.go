@@ -25,7 +25,7 @@ import (
 // event at index Handled (a poison event, dead-lettered with ReasonHandlerFailed), and
 // the events after it are offered to the handler again at once; returned on its own it
 // condemns the whole batch. Sources that cannot redeliver say what they do instead:
-// a CoreSource drops the events (at most once), Read stops and reports the line.
+// a core NATS source drops the events (at most once), Read stops and reports the line.
 //
 // The batch slice and the Event values in it are reused once Handle returns: copy what
 // must be kept. Strings in the events are immutable and may be kept. Handle is never
@@ -58,9 +58,11 @@ func (e *PartialError) Error() string {
 // Unwrap returns Err.
 func (e *PartialError) Unwrap() error { return e.Err }
 
-// handledCount returns how many leading events of a batch of n the handler's result
-// err says were handed on.
-func handledCount(err error, n int) int {
+// HandledCount returns how many leading events of a batch of n events a Handler handed
+// on, according to the error err it returned: all of them for nil, PartialError.Handled
+// (bounded by n) for a *PartialError, none for any other error. Sources use it to apply
+// the ack contract.
+func HandledCount(err error, n int) int {
 	if err == nil {
 		return n
 	}
@@ -77,9 +79,11 @@ type Source interface {
 	Run(ctx context.Context, h Handler) error
 }
 
-// poisonEvent reports whether err condemns exactly one event, the one at index
-// handledCount(err, n): a *PartialError whose Err is permanent.
-func poisonEvent(err error) bool {
+// IsPoison reports whether the error err a Handler returned condemns exactly one event
+// of the batch, the one at index HandledCount(err, n): it is a *PartialError whose Err is
+// permanent. A source then dead-letters (or drops, or reports) that event alone and
+// offers the events after it to the handler again.
+func IsPoison(err error) bool {
 	var pe *PartialError
 	return errors.As(err, &pe) && killswitch.IsPermanent(pe.Err)
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/vault/api"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -238,7 +239,7 @@ func publishEvents(t *testing.T, url string, evs ...telemetry.Event) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	pub, err := telemetry.NewPublisher(nc, telemetry.PublisherOptions{MsgID: telemetry.ContentMsgID})
+	pub, err := telnats.NewPublisher(nc, telnats.PublisherOptions{MsgID: telnats.ContentMsgID})
 	if err != nil {
 		t.Fatal(err)
 	}

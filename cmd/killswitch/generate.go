@@ -14,7 +14,7 @@ import (
 	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	"github.com/killswitch-dev/killswitch/scenario"
-	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 )
@@ -126,14 +126,14 @@ func generatePublish(ctx context.Context, sc *scenario.Scenario, nopts natsconn.
 	}
 	// Make sure the events have a stream to land in even before the service created it.
 	if _, err := js.Stream(ctx, stream); errors.Is(err, jetstream.ErrStreamNotFound) {
-		_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{telemetry.DefaultSubjectPrefix + ".>"}, Storage: jetstream.FileStorage})
+		_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{telnats.DefaultSubjectPrefix + ".>"}, Storage: jetstream.FileStorage})
 		if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			return 0, fmt.Errorf("create stream %s: %w", stream, err)
 		}
 	} else if err != nil {
 		return 0, fmt.Errorf("stream %s: %w", stream, err)
 	}
-	pub, err := telemetry.NewPublisher(nc, telemetry.PublisherOptions{MsgID: telemetry.ContentMsgID})
+	pub, err := telnats.NewPublisher(nc, telnats.PublisherOptions{MsgID: telnats.ContentMsgID})
 	if err != nil {
 		return 0, err
 	}

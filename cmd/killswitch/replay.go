@@ -14,6 +14,7 @@ import (
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"github.com/killswitch-dev/killswitch/replay"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 )
@@ -128,7 +129,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if err != nil {
 			return fail("stream %s: %v", *stream, err)
 		}
-		rng := &telemetry.StreamRange{Stream: st, NewDecoder: newDecoder, Counters: o.Counters}
+		rng := &telnats.StreamRange{Stream: st, NewDecoder: newDecoder, Counters: o.Counters}
 		for flagName, p := range map[string]*time.Time{*since: &rng.Since, *until: &rng.Until} {
 			if flagName == "" {
 				continue

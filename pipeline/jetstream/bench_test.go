@@ -12,6 +12,7 @@ import (
 	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/killswitch-dev/killswitch/scenario"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -99,7 +100,7 @@ func BenchmarkIngestJetStream(b *testing.B) {
 	}
 	defer p.Close()
 	in := p.Ingest()
-	src, err := telemetry.NewJetStreamSource(ctx, nc, telemetry.JetStreamOptions{BindOnly: true})
+	src, err := telnats.NewJetStreamSource(ctx, nc, telnats.JetStreamOptions{BindOnly: true})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 )
@@ -118,9 +119,9 @@ func Recover(ctx context.Context, rc RecoverConfig) error {
 	in := rc.Pipeline.Ingest()
 	if acked > covered {
 		// Bad messages were dead-lettered the first time: the range skips them.
-		catchUp := &telemetry.StreamRange{Stream: rc.Stream, FromSeq: covered + 1, ToSeq: acked, NewDecoder: rc.NewDecoder,
+		catchUp := &telnats.StreamRange{Stream: rc.Stream, FromSeq: covered + 1, ToSeq: acked, NewDecoder: rc.NewDecoder,
 			BatchSize: 1000, Logger: log}
-		if err := catchUp.Run(ctx, telemetry.HandlerFunc(in.Submit)); err != nil && !errors.Is(err, telemetry.ErrEmptyRange) {
+		if err := catchUp.Run(ctx, telemetry.HandlerFunc(in.Submit)); err != nil && !errors.Is(err, telnats.ErrEmptyRange) {
 			return fmt.Errorf("pipeline: catch-up: %w", err)
 		}
 		log.Info("caught up from the telemetry stream", zap.Uint64("from", covered+1), zap.Uint64("to", acked),

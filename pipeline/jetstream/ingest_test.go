@@ -12,6 +12,7 @@ import (
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -53,7 +54,7 @@ func startIngest(t *testing.T, nc *nats.Conn, cfg *config.Config) *ingestRun {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	src, err := telemetry.NewJetStreamSource(ctx, nc, telemetry.JetStreamOptions{AckWait: 2 * time.Second})
+	src, err := telnats.NewJetStreamSource(ctx, nc, telnats.JetStreamOptions{AckWait: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +81,7 @@ func (r *ingestRun) stop(t *testing.T) {
 
 func publish(t *testing.T, nc *nats.Conn, from, n int, bytes int64) {
 	t.Helper()
-	pub, err := telemetry.NewPublisher(nc, telemetry.PublisherOptions{})
+	pub, err := telnats.NewPublisher(nc, telnats.PublisherOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package telemetry
+package nats
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
+
+	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
 // CoreOptions configures a CoreSource. Zero values mean the documented default.
@@ -21,13 +23,13 @@ type CoreOptions struct {
 	// Default 65536.
 	PendingMsgs int
 	// Decode configures the default decoder (the native JSON contract).
-	Decode DecodeOptions
+	Decode telemetry.DecodeOptions
 	// NewDecoder, if set, makes the decoder instead; it is called once per Run.
-	NewDecoder func() Decoder
+	NewDecoder func() telemetry.Decoder
 	// DeadLetter says where rejected messages go.
 	DeadLetter DeadLetterOptions
 	// Counters receives the source's counts; one is created when nil.
-	Counters *Counters
+	Counters *telemetry.Counters
 	// Logger logs rejected messages and handler failures; nil logs nothing.
 	Logger *zap.Logger
 }
@@ -42,11 +44,11 @@ type CoreSource struct {
 	opts     CoreOptions
 	nc       *nats.Conn
 	dlq      *deadLetterer
-	counters *Counters
+	counters *telemetry.Counters
 	log      *zap.Logger
 }
 
-var _ Source = (*CoreSource)(nil)
+var _ telemetry.Source = (*CoreSource)(nil)
 
 // NewCoreSource prepares a core NATS source on nc (and the dead-letter stream, unless
 // DeadLetter.CoreOnly is set).
@@ -72,11 +74,11 @@ func NewCoreSource(ctx context.Context, nc *nats.Conn, o CoreOptions) (*CoreSour
 }
 
 // Counters returns the source's counters.
-func (s *CoreSource) Counters() *Counters { return s.counters }
+func (s *CoreSource) Counters() *telemetry.Counters { return s.counters }
 
 // Run subscribes and delivers batches to h until ctx is done (then it returns nil) or
 // the connection is closed.
-func (s *CoreSource) Run(ctx context.Context, h Handler) error {
+func (s *CoreSource) Run(ctx context.Context, h telemetry.Handler) error {
 	o := s.opts
 	ch := make(chan *nats.Msg, o.PendingMsgs)
 	var (
@@ -99,7 +101,7 @@ func (s *CoreSource) Run(ctx context.Context, h Handler) error {
 	dec := o.NewDecoder()
 	c := s.counters
 	batch := make([]*nats.Msg, 0, o.BatchSize)
-	events := make([]Event, 0, o.BatchSize)
+	events := make([]telemetry.Event, 0, o.BatchSize)
 	var letters []deadLetter
 	closed := s.nc.StatusChanged(nats.CLOSED)
 	defer s.nc.RemoveStatusListener(closed)
@@ -125,51 +127,51 @@ func (s *CoreSource) Run(ctx context.Context, h Handler) error {
 				break fill
 			}
 		}
-		c.received.Add(uint64(len(batch)))
+		c.AddReceived(uint64(len(batch)))
 		events, letters = events[:0], letters[:0]
 		for _, m := range batch {
-			events = append(events, Event{})
+			events = append(events, telemetry.Event{})
 			err := dec.Decode(m.Data, &events[len(events)-1])
 			if err == nil {
 				continue
 			}
 			events = events[:len(events)-1]
-			r := ReasonOf(err)
+			r := telemetry.ReasonOf(err)
 			if r.IsSkip() {
-				c.skip(r)
+				c.Skip(r)
 				continue
 			}
 			if r == "" {
-				r = ReasonInvalidJSON
+				r = telemetry.ReasonInvalidJSON
 			}
-			c.reject(r)
-			letters = append(letters, deadLetter{data: m.Data, header: m.Header, subject: m.Subject, reason: r, detail: DetailOf(err)})
+			c.Reject(r)
+			letters = append(letters, deadLetter{data: m.Data, header: m.Header, subject: m.Subject, reason: r, detail: telemetry.DetailOf(err)})
 		}
 		if len(letters) > 0 {
 			for i, err := range s.dlq.send(ctx, letters) {
 				if err != nil {
-					c.deadLetterFailures.Add(1)
+					c.AddDeadLetterFailures(1)
 					s.log.Error("telemetry: dead letter lost (core NATS is at most once)", zap.String("reason", string(letters[i].reason)), zap.Error(err))
 					continue
 				}
-				c.deadLettered.Add(1)
+				c.AddDeadLettered(1)
 				s.log.Debug("telemetry: message dead-lettered", zap.String("reason", string(letters[i].reason)),
 					zap.String("detail", letters[i].detail), zap.String("subject", letters[i].subject))
 			}
 		}
 		for start := 0; start < len(events); {
 			err := h.Handle(ctx, events[start:])
-			n := handledCount(err, len(events)-start)
-			c.delivered.Add(uint64(n))
+			n := telemetry.HandledCount(err, len(events)-start)
+			c.AddDelivered(uint64(n))
 			if err == nil {
 				break
 			}
-			c.handlerErrors.Add(1)
+			c.AddHandlerErrors(1)
 			lost := len(events) - start - n
-			if poisonEvent(err) && ctx.Err() == nil {
+			if telemetry.IsPoison(err) && ctx.Err() == nil {
 				lost = 1 // only the poison event; go on with the rest
 			}
-			c.dropped.Add(uint64(lost))
+			c.AddDropped(uint64(lost))
 			s.log.Error("telemetry: handler failed; core NATS cannot redeliver, events dropped",
 				zap.Int("dropped", lost), zap.Error(err))
 			start += n + lost
@@ -181,7 +183,7 @@ func (s *CoreSource) Run(ctx context.Context, h Handler) error {
 // noteDropped adds messages the client dropped for this subscription to the counters.
 func (s *CoreSource) noteDropped(sub *nats.Subscription, last *int) {
 	if n, err := sub.Dropped(); err == nil && n > *last {
-		s.counters.dropped.Add(uint64(n - *last))
+		s.counters.AddDropped(uint64(n - *last))
 		s.log.Warn("telemetry: core NATS subscription fell behind; messages dropped", zap.Int("dropped", n-*last))
 		*last = n
 	}

@@ -1,4 +1,4 @@
-package telemetry
+package nats
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/clock"
+	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
 // Defaults of JetStreamOptions.
@@ -114,14 +115,14 @@ type JetStreamOptions struct {
 	// Default 2 × AckWait + MaxNakDelay.
 	GapTimeout time.Duration
 	// Decode configures the default decoder (the native JSON contract).
-	Decode DecodeOptions
+	Decode telemetry.DecodeOptions
 	// NewDecoder, if set, makes the decoder instead (e.g. an OCSF decoder); it is
 	// called once per Run.
-	NewDecoder func() Decoder
+	NewDecoder func() telemetry.Decoder
 	// DeadLetter says where rejected messages go.
 	DeadLetter DeadLetterOptions
 	// Counters receives the source's counts; one is created when nil.
-	Counters *Counters
+	Counters *telemetry.Counters
 	// Logger logs transport problems and rejected messages; nil logs nothing.
 	Logger *zap.Logger
 	// Clock tells the time for GapTimeout. Default clock.Real.
@@ -177,6 +178,21 @@ func (o JetStreamOptions) withDefaults() JetStreamOptions {
 	return o
 }
 
+// sourceDefaults fills the options every source shares, as the file source of package
+// telemetry does: fresh counters, a no-op logger and the native JSON decoder (with
+// dopts) when none is given.
+func sourceDefaults(c **telemetry.Counters, log **zap.Logger, newDecoder *func() telemetry.Decoder, dopts telemetry.DecodeOptions) {
+	if *c == nil {
+		*c = telemetry.NewCounters()
+	}
+	if *log == nil {
+		*log = zap.NewNop()
+	}
+	if *newDecoder == nil {
+		*newDecoder = func() telemetry.Decoder { return telemetry.NewJSONDecoder(dopts) }
+	}
+}
+
 // JetStreamSource reads telemetry from a JetStream durable pull consumer, at least
 // once: a message is acknowledged only after the Handler handed its event on (or it was
 // skipped, or dead-lettered). A retryable handler error negatively acknowledges the
@@ -197,11 +213,11 @@ type JetStreamSource struct {
 	js       jetstream.JetStream
 	consumer jetstream.Consumer
 	dlq      *deadLetterer
-	counters *Counters
+	counters *telemetry.Counters
 	log      *zap.Logger
 }
 
-var _ Source = (*JetStreamSource)(nil)
+var _ telemetry.Source = (*JetStreamSource)(nil)
 
 // NewJetStreamSource creates (or updates) the stream, unless BindOnly, the durable
 // consumer and the dead-letter stream, explicitly configured from o.
@@ -292,7 +308,7 @@ func NewJetStreamSource(ctx context.Context, nc *nats.Conn, o JetStreamOptions) 
 }
 
 // Counters returns the source's counters.
-func (s *JetStreamSource) Counters() *Counters { return s.counters }
+func (s *JetStreamSource) Counters() *telemetry.Counters { return s.counters }
 
 // ErrSourceClosed is returned by Run when the NATS connection was closed under it.
 var ErrSourceClosed = errors.New("telemetry: source connection closed")
@@ -301,7 +317,7 @@ var ErrSourceClosed = errors.New("telemetry: source connection closed")
 // Batches go to h one at a time. On return, what is done is acknowledged and messages
 // received but not handed on are negatively acknowledged so they are redelivered
 // promptly; none of them is acknowledged.
-func (s *JetStreamSource) Run(ctx context.Context, h Handler) error {
+func (s *JetStreamSource) Run(ctx context.Context, h telemetry.Handler) error {
 	o := s.opts
 	p, err := s.newProcessor(ctx, h)
 	if err != nil {
@@ -341,7 +357,7 @@ func (s *JetStreamSource) Run(ctx context.Context, h Handler) error {
 			select {
 			case m := <-msgs:
 				if m.Nak() == nil {
-					s.counters.naked.Add(1)
+					s.counters.AddNaked(1)
 				}
 			default:
 				return
@@ -394,21 +410,21 @@ type item struct {
 type jsProcessor struct {
 	s       *JetStreamSource
 	o       *JetStreamOptions
-	h       Handler
-	dec     Decoder
+	h       telemetry.Handler
+	dec     telemetry.Decoder
 	floor   *ackFloor // nil in AckEachMessage mode
 	stream  jetstream.Stream
 	moved   time.Time // when the floor last moved
-	events  []Event
+	events  []telemetry.Event
 	evItems []item
 	skipped []item
 	bad     []item
 	letters []deadLetter
 }
 
-func (s *JetStreamSource) newProcessor(ctx context.Context, h Handler) (*jsProcessor, error) {
+func (s *JetStreamSource) newProcessor(ctx context.Context, h telemetry.Handler) (*jsProcessor, error) {
 	n := s.opts.BatchSize
-	p := &jsProcessor{s: s, o: &s.opts, h: h, dec: s.opts.NewDecoder(), events: make([]Event, 0, n), evItems: make([]item, 0, n)}
+	p := &jsProcessor{s: s, o: &s.opts, h: h, dec: s.opts.NewDecoder(), events: make([]telemetry.Event, 0, n), evItems: make([]item, 0, n)}
 	if s.opts.AckMode == AckBatch {
 		// Start from the server's acknowledgement floor: everything at or below it is done.
 		info, err := s.consumer.Info(ctx)
@@ -430,7 +446,7 @@ func (s *JetStreamSource) newProcessor(ctx context.Context, h Handler) (*jsProce
 func (p *jsProcessor) process(ctx context.Context, batch []jetstream.Msg) {
 	c := p.s.counters
 	p.events, p.evItems, p.skipped, p.bad, p.letters = p.events[:0], p.evItems[:0], p.skipped[:0], p.bad[:0], p.letters[:0]
-	c.received.Add(uint64(len(batch)))
+	c.AddReceived(uint64(len(batch)))
 	for _, m := range batch {
 		it := item{m: m}
 		it.meta, _ = parseAckReply(m.Reply())
@@ -439,14 +455,14 @@ func (p *jsProcessor) process(ctx context.Context, batch []jetstream.Msg) {
 				// A redelivery of a message already done (its acknowledgement was lost or
 				// is pending): not handed on again; acknowledging it again is safe when
 				// everything at or below it is done.
-				c.duplicates.Add(1)
+				c.AddDuplicates(1)
 				if seq <= p.floor.floor {
 					p.ackAll(m.Reply(), 0)
 				}
 				continue
 			}
 		}
-		p.events = append(p.events, Event{})
+		p.events = append(p.events, telemetry.Event{})
 		err := p.dec.Decode(m.Data(), &p.events[len(p.events)-1])
 		if err == nil {
 			p.events[len(p.events)-1].Seq = it.meta.streamSeq
@@ -454,35 +470,35 @@ func (p *jsProcessor) process(ctx context.Context, batch []jetstream.Msg) {
 			continue
 		}
 		p.events = p.events[:len(p.events)-1]
-		r := ReasonOf(err)
+		r := telemetry.ReasonOf(err)
 		if r.IsSkip() {
-			c.skip(r)
+			c.Skip(r)
 			p.skipped = append(p.skipped, it)
 			continue
 		}
 		if r == "" {
-			r = ReasonInvalidJSON
+			r = telemetry.ReasonInvalidJSON
 		}
-		c.reject(r)
+		c.Reject(r)
 		p.bad = append(p.bad, it)
-		p.letters = append(p.letters, p.letter(it, r, DetailOf(err)))
+		p.letters = append(p.letters, p.letter(it, r, telemetry.DetailOf(err)))
 	}
 	if len(p.letters) > 0 {
 		p.deadLetter(ctx, p.bad, p.letters)
 	}
 	for start := 0; start < len(p.events); {
 		err := p.h.Handle(ctx, p.events[start:])
-		n := handledCount(err, len(p.events)-start)
-		c.delivered.Add(uint64(n))
+		n := telemetry.HandledCount(err, len(p.events)-start)
+		c.AddDelivered(uint64(n))
 		for _, it := range p.evItems[start : start+n] {
 			p.done(it)
 		}
 		if err == nil {
 			break
 		}
-		c.handlerErrors.Add(1)
+		c.AddHandlerErrors(1)
 		rest := p.evItems[start+n:]
-		if poisonEvent(err) && ctx.Err() == nil && len(rest) > 0 {
+		if telemetry.IsPoison(err) && ctx.Err() == nil && len(rest) > 0 {
 			p.failed(ctx, rest[:1], err) // dead-letter the poison event, go on with the rest
 			start += n + 1
 			continue
@@ -504,7 +520,7 @@ func (p *jsProcessor) done(it item) {
 			p.s.log.Warn("telemetry: ack", zap.Error(err))
 			return
 		}
-		p.s.counters.acked.Add(1)
+		p.s.counters.AddAcked(1)
 		return
 	}
 	if it.meta.streamSeq == 0 {
@@ -515,16 +531,16 @@ func (p *jsProcessor) done(it item) {
 }
 
 // terminated records that it was dead-lettered and must never be redelivered.
-func (p *jsProcessor) terminated(it item, reason Reason) {
+func (p *jsProcessor) terminated(it item, reason telemetry.Reason) {
 	if p.floor == nil {
 		if err := it.m.TermWithReason(string(reason)); err != nil {
 			p.s.log.Warn("telemetry: terminate", zap.Error(err))
 			return
 		}
-		p.s.counters.terminated.Add(1)
+		p.s.counters.AddTerminated(1)
 		return
 	}
-	p.s.counters.terminated.Add(1)
+	p.s.counters.AddTerminated(1)
 	p.floor.markDone(it.meta.streamSeq, it.m.Reply())
 }
 
@@ -534,7 +550,7 @@ func (p *jsProcessor) retry(it item) {
 		p.floor.markFailed(it.meta.streamSeq, max(it.meta.delivered, 1), p.o.Clock.Now())
 	}
 	if it.m.NakWithDelay(p.nakDelay(it.meta.delivered)) == nil {
-		p.s.counters.naked.Add(1)
+		p.s.counters.AddNaked(1)
 	}
 }
 
@@ -555,13 +571,13 @@ func (p *jsProcessor) ackAll(reply string, n int) {
 		p.s.log.Warn("telemetry: ack", zap.Error(err))
 		return
 	}
-	p.s.counters.acked.Add(uint64(n))
+	p.s.counters.AddAcked(uint64(n))
 }
 
 var ackPayload = []byte("+ACK")
 
 // letter describes it as a dead letter.
-func (p *jsProcessor) letter(it item, r Reason, detail string) deadLetter {
+func (p *jsProcessor) letter(it item, r telemetry.Reason, detail string) deadLetter {
 	return deadLetter{data: it.m.Data(), header: it.m.Headers(), subject: it.m.Subject(), reason: r, detail: detail,
 		stream: p.o.Stream, seq: it.meta.streamSeq, delivered: it.meta.delivered}
 }
@@ -574,13 +590,13 @@ func (p *jsProcessor) deadLetter(ctx context.Context, items []item, letters []de
 	for i, it := range items {
 		l := &letters[i]
 		if errs[i] != nil {
-			c.deadLetterFailures.Add(1)
+			c.AddDeadLetterFailures(1)
 			p.s.log.Error("telemetry: dead letter not stored; message will be redelivered",
 				zap.String("reason", string(l.reason)), zap.Uint64("stream_seq", l.seq), zap.Error(errs[i]))
 			p.retry(it)
 			continue
 		}
-		c.deadLettered.Add(1)
+		c.AddDeadLettered(1)
 		p.s.log.Debug("telemetry: message dead-lettered", zap.String("reason", string(l.reason)),
 			zap.String("detail", l.detail), zap.String("subject", l.subject), zap.Uint64("stream_seq", l.seq))
 		p.terminated(it, l.reason)
@@ -600,7 +616,7 @@ func (p *jsProcessor) failed(ctx context.Context, items []item, err error) {
 				p.floor.markFailed(it.meta.streamSeq, max(it.meta.delivered, 1), p.o.Clock.Now())
 			}
 			if it.m.Nak() == nil {
-				c.naked.Add(1)
+				c.AddNaked(1)
 			}
 		}
 		return
@@ -611,7 +627,7 @@ func (p *jsProcessor) failed(ctx context.Context, items []item, err error) {
 	for _, it := range items {
 		if permanent || it.meta.delivered >= uint64(p.o.MaxDeliver) {
 			final = append(final, it)
-			letters = append(letters, p.letter(it, ReasonHandlerFailed, err.Error()))
+			letters = append(letters, p.letter(it, telemetry.ReasonHandlerFailed, err.Error()))
 			continue
 		}
 		p.retry(it)
@@ -620,7 +636,7 @@ func (p *jsProcessor) failed(ctx context.Context, items []item, err error) {
 		zap.Int("dead_lettered", len(final)), zap.Error(err))
 	if len(final) > 0 {
 		for range final {
-			c.reject(ReasonHandlerFailed)
+			c.Reject(telemetry.ReasonHandlerFailed)
 		}
 		p.deadLetter(ctx, final, letters)
 	}
@@ -685,7 +701,7 @@ func (p *jsProcessor) resolve(ctx context.Context, now time.Time) {
 		fetched++
 		p.processFetched(ctx, m, seq)
 	}
-	p.s.counters.fetched.Add(uint64(fetched))
+	p.s.counters.AddFetched(uint64(fetched))
 	p.s.log.Info("telemetry: batch acknowledgement was held back; resolved missing messages",
 		zap.Uint64("floor_before", before), zap.Uint64("floor_after", p.floor.floor),
 		zap.Int("gaps", len(gaps)), zap.Int("fetched", fetched))
@@ -704,37 +720,37 @@ func (p *jsProcessor) matchesFilter(subject string) bool {
 // processFetched processes one message fetched from the stream by the resolver.
 func (p *jsProcessor) processFetched(ctx context.Context, m *jetstream.RawStreamMsg, seq uint64) {
 	c := p.s.counters
-	c.received.Add(1)
+	c.AddReceived(1)
 	attempt := p.floor.attempts(seq) + 1
 	l := deadLetter{data: m.Data, header: m.Header, subject: m.Subject, stream: p.o.Stream, seq: seq, delivered: attempt}
-	var e Event
+	var e telemetry.Event
 	err := p.dec.Decode(m.Data, &e)
-	if r := ReasonOf(err); err != nil {
+	if r := telemetry.ReasonOf(err); err != nil {
 		if r.IsSkip() {
-			c.skip(r)
+			c.Skip(r)
 			p.floor.markDone(seq, "")
 			return
 		}
 		if r == "" {
-			r = ReasonInvalidJSON
+			r = telemetry.ReasonInvalidJSON
 		}
-		c.reject(r)
-		l.reason, l.detail = r, DetailOf(err)
+		c.Reject(r)
+		l.reason, l.detail = r, telemetry.DetailOf(err)
 		p.deadLetterFetched(ctx, l, attempt)
 		return
 	}
 	e.Seq = seq
 	p.events = append(p.events[:0], e)
 	err = p.h.Handle(ctx, p.events)
-	if handledCount(err, 1) == 1 {
-		c.delivered.Add(1)
+	if telemetry.HandledCount(err, 1) == 1 {
+		c.AddDelivered(1)
 		p.floor.markDone(seq, "")
 		return
 	}
-	c.handlerErrors.Add(1)
+	c.AddHandlerErrors(1)
 	if killswitch.IsPermanent(err) || attempt >= uint64(p.o.MaxDeliver) {
-		c.reject(ReasonHandlerFailed)
-		l.reason, l.detail = ReasonHandlerFailed, err.Error()
+		c.Reject(telemetry.ReasonHandlerFailed)
+		l.reason, l.detail = telemetry.ReasonHandlerFailed, err.Error()
 		p.deadLetterFetched(ctx, l, attempt)
 		return
 	}
@@ -743,11 +759,11 @@ func (p *jsProcessor) processFetched(ctx context.Context, m *jetstream.RawStream
 
 func (p *jsProcessor) deadLetterFetched(ctx context.Context, l deadLetter, attempt uint64) {
 	if err := p.s.dlq.send(ctx, []deadLetter{l})[0]; err != nil {
-		p.s.counters.deadLetterFailures.Add(1)
+		p.s.counters.AddDeadLetterFailures(1)
 		p.floor.markFailed(l.seq, attempt, p.o.Clock.Now())
 		return
 	}
-	p.s.counters.deadLettered.Add(1)
-	p.s.counters.terminated.Add(1)
+	p.s.counters.AddDeadLettered(1)
+	p.s.counters.AddTerminated(1)
 	p.floor.markDone(l.seq, "")
 }

@@ -1,4 +1,4 @@
-package telemetry
+package nats
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
 // ErrEmptyRange is returned by StreamRange.Run when the stream holds nothing in the range.
@@ -30,22 +32,22 @@ type StreamRange struct {
 	// Since and Until bound the range by stream time (zero: unbounded).
 	Since, Until time.Time
 	// NewDecoder makes the decoder; default the native JSON decoder.
-	NewDecoder func() Decoder
+	NewDecoder func() telemetry.Decoder
 	// BatchSize bounds a handler batch. Default 4096.
 	BatchSize int
 	// Counters receives the counts; one is created when nil.
-	Counters *Counters
+	Counters *telemetry.Counters
 	// Logger receives what was skipped.
 	Logger *zap.Logger
 }
 
 // Run implements Source. It returns nil once the range is read, and ErrEmptyRange when
 // the stream holds nothing in it.
-func (s *StreamRange) Run(ctx context.Context, h Handler) error {
+func (s *StreamRange) Run(ctx context.Context, h telemetry.Handler) error {
 	if s.BatchSize <= 0 {
 		s.BatchSize = 4096
 	}
-	sourceDefaults(&s.Counters, &s.Logger, &s.NewDecoder, DecodeOptions{})
+	sourceDefaults(&s.Counters, &s.Logger, &s.NewDecoder, telemetry.DecodeOptions{})
 	info, err := s.Stream.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("telemetry: stream info: %w", err)
@@ -73,14 +75,14 @@ func (s *StreamRange) Run(ctx context.Context, h Handler) error {
 		return fmt.Errorf("telemetry: ordered consumer: %w", err)
 	}
 	dec := s.NewDecoder()
-	batch := make([]Event, 0, s.BatchSize)
+	batch := make([]telemetry.Event, 0, s.BatchSize)
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
 		err := h.Handle(ctx, batch)
 		if err == nil {
-			s.Counters.delivered.Add(uint64(len(batch)))
+			s.Counters.AddDelivered(uint64(len(batch)))
 		}
 		batch = batch[:0]
 		return err
@@ -101,14 +103,14 @@ func (s *StreamRange) Run(ctx context.Context, h Handler) error {
 			if seq > last || (!s.Until.IsZero() && md.Timestamp.After(s.Until)) {
 				return flush()
 			}
-			s.Counters.received.Add(1)
-			batch = append(batch, Event{})
+			s.Counters.AddReceived(1)
+			batch = append(batch, telemetry.Event{})
 			if err := dec.Decode(m.Data(), &batch[len(batch)-1]); err != nil {
 				batch = batch[:len(batch)-1]
-				if errors.Is(err, ErrSkipped) {
-					s.Counters.skip(ReasonOf(err))
+				if errors.Is(err, telemetry.ErrSkipped) {
+					s.Counters.Skip(telemetry.ReasonOf(err))
 				} else {
-					s.Counters.reject(ReasonOf(err))
+					s.Counters.Reject(telemetry.ReasonOf(err))
 				}
 				s.Logger.Debug("skipping a message that does not decode", zap.Uint64("seq", seq), zap.Error(err))
 			} else {

@@ -1,4 +1,4 @@
-package telemetry
+package nats
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/killswitch-dev/killswitch/internal/testharness"
+	"github.com/killswitch-dev/killswitch/telemetry"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -142,7 +143,7 @@ func TestJetStreamSourceBatchAckTwoReaders(t *testing.T) {
 	src2 := newJSSource(t, testharness.Connect(t, s), o)
 	var mu sync.Mutex
 	seen := map[int64]bool{}
-	h := HandlerFunc(func(_ context.Context, batch []Event) error {
+	h := telemetry.HandlerFunc(func(_ context.Context, batch []telemetry.Event) error {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, e := range batch {

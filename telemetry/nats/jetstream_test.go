@@ -1,4 +1,4 @@
-package telemetry
+package nats
 
 import (
 	"context"
@@ -11,14 +11,15 @@ import (
 
 	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
+	"github.com/killswitch-dev/killswitch/telemetry"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap/zaptest"
 )
 
 // testEvent is event number i; Bytes carries i so deliveries can be checked one by one.
-func testEvent(i int) Event {
-	return Event{
+func testEvent(i int) telemetry.Event {
+	return telemetry.Event{
 		Time:   time.Date(2026, 2, 5, 10, 0, 0, 0, time.UTC).Add(time.Duration(i) * time.Millisecond),
 		Vendor: []string{"mailer", "crm", "billing"}[i%3], Credential: "cred-" + fmt.Sprint(i%5),
 		Dst: "203.0.113.7", DstPort: 443, Bytes: int64(i), Records: 1, Sensor: "gw-1",
@@ -30,18 +31,18 @@ type collector struct {
 	mu    sync.Mutex
 	seen  map[int64]int // Bytes → times handed on
 	calls int
-	fail  func(call int, batch []Event) error
+	fail  func(call int, batch []telemetry.Event) error
 }
 
 func newCollector() *collector { return &collector{seen: map[int64]int{}} }
 
-func (c *collector) Handle(_ context.Context, batch []Event) error {
+func (c *collector) Handle(_ context.Context, batch []telemetry.Event) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.calls++
 	if c.fail != nil {
 		if err := c.fail(c.calls, batch); err != nil {
-			n := handledCount(err, len(batch))
+			n := telemetry.HandledCount(err, len(batch))
 			for _, e := range batch[:n] {
 				c.seen[e.Bytes]++
 			}
@@ -79,7 +80,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 
 // runSource runs src with h until the test ends and returns a function that stops it
 // and returns Run's error.
-func runSource(t *testing.T, src Source, h Handler) func() error {
+func runSource(t *testing.T, src telemetry.Source, h telemetry.Handler) func() error {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -191,8 +192,8 @@ func TestJetStreamSourceDeliversAndAcks(t *testing.T) {
 		publishEvents(t, nc, 0, n)
 		c := newCollector()
 		var mu sync.Mutex
-		var got []Event
-		h := HandlerFunc(func(ctx context.Context, batch []Event) error {
+		var got []telemetry.Event
+		h := telemetry.HandlerFunc(func(ctx context.Context, batch []telemetry.Event) error {
 			mu.Lock()
 			got = append(got, batch...)
 			mu.Unlock()
@@ -236,7 +237,7 @@ func TestJetStreamSourceRedeliversAfterHandlerError(t *testing.T) {
 		const n = 200
 		publishEvents(t, nc, 0, n)
 		c := newCollector()
-		c.fail = func(call int, batch []Event) error {
+		c.fail = func(call int, batch []telemetry.Event) error {
 			if call <= 2 {
 				return errors.New("downstream unavailable")
 			}
@@ -260,9 +261,9 @@ func TestJetStreamSourcePartialError(t *testing.T) {
 		const n = 50
 		publishEvents(t, nc, 0, n)
 		c := newCollector()
-		c.fail = func(call int, batch []Event) error {
+		c.fail = func(call int, batch []telemetry.Event) error {
 			if call == 1 && len(batch) > 10 {
-				return &PartialError{Handled: 10, Err: errors.New("shard 2 busy")}
+				return &telemetry.PartialError{Handled: 10, Err: errors.New("shard 2 busy")}
 			}
 			return nil
 		}
@@ -305,18 +306,18 @@ func TestJetStreamSourceDeadLetters(t *testing.T) {
 	forEachAckMode(t, func(t *testing.T, o JetStreamOptions) {
 		s := testharness.NATS(t)
 		nc := testharness.Connect(t, s)
-		o.Decode = DecodeOptions{MaxMessageSize: 1024}
+		o.Decode = telemetry.DecodeOptions{MaxMessageSize: 1024}
 		src := newJSSource(t, nc, o)
-		good := func(i int) []byte { e := testEvent(i); return AppendJSON(nil, &e) }
+		good := func(i int) []byte { e := testEvent(i); return telemetry.AppendJSON(nil, &e) }
 		bad := []struct {
 			data   string
-			reason Reason
+			reason telemetry.Reason
 		}{
-			{`{"time":"2026-02-05T10:00:00Z","vendor":"mailer","bytes":12`, ReasonInvalidJSON},
-			{`{"time":"2026-02-05T10:00:00Z","bytes":12}`, ReasonMissingVendor},
-			{`{"time":"2026-02-05T10:00:00Z","vendor":"mailer","bytes":-12}`, ReasonNegativeBytes},
-			{`{"time":"yesterday","vendor":"mailer","bytes":12}`, ReasonBadTime},
-			{`{"time":"2026-02-05T10:00:00Z","vendor":"mailer","bytes":1,"pad":"` + strings.Repeat("x", 2000) + `"}`, ReasonOversize},
+			{`{"time":"2026-02-05T10:00:00Z","vendor":"mailer","bytes":12`, telemetry.ReasonInvalidJSON},
+			{`{"time":"2026-02-05T10:00:00Z","bytes":12}`, telemetry.ReasonMissingVendor},
+			{`{"time":"2026-02-05T10:00:00Z","vendor":"mailer","bytes":-12}`, telemetry.ReasonNegativeBytes},
+			{`{"time":"yesterday","vendor":"mailer","bytes":12}`, telemetry.ReasonBadTime},
+			{`{"time":"2026-02-05T10:00:00Z","vendor":"mailer","bytes":1,"pad":"` + strings.Repeat("x", 2000) + `"}`, telemetry.ReasonOversize},
 		}
 		js, _ := jetstream.New(nc)
 		ctx := context.Background()
@@ -341,7 +342,7 @@ func TestJetStreamSourceDeadLetters(t *testing.T) {
 		letters := readDeadLetters(t, nc, len(bad))
 		for i, m := range letters {
 			h := m.Headers()
-			if got := Reason(h.Get(HeaderReason)); got != bad[i].reason {
+			if got := telemetry.Reason(h.Get(HeaderReason)); got != bad[i].reason {
 				t.Errorf("dead letter %d: reason %q, want %q", i, got, bad[i].reason)
 			}
 			if h.Get(HeaderDetail) == "" || strings.ContainsAny(h.Get(HeaderDetail), "\r\n") {
@@ -384,13 +385,13 @@ func TestJetStreamSourceHandlerFailureDeadLetters(t *testing.T) {
 		src := newJSSource(t, nc, o)
 		publishEvents(t, nc, 0, 10)
 		c := newCollector()
-		c.fail = func(_ int, batch []Event) error {
+		c.fail = func(_ int, batch []telemetry.Event) error {
 			for i, e := range batch {
 				switch e.Bytes {
 				case 3:
-					return &PartialError{Handled: i, Err: killswitch.Permanent(killswitch.ReasonInvalid, errors.New("event 3 cannot be processed"))}
+					return &telemetry.PartialError{Handled: i, Err: killswitch.Permanent(killswitch.ReasonInvalid, errors.New("event 3 cannot be processed"))}
 				case 9:
-					return &PartialError{Handled: i, Err: errors.New("event 9 keeps failing")}
+					return &telemetry.PartialError{Handled: i, Err: errors.New("event 9 keeps failing")}
 				}
 			}
 			return nil
@@ -399,11 +400,11 @@ func TestJetStreamSourceHandlerFailureDeadLetters(t *testing.T) {
 		letters := readDeadLetters(t, nc, 2)
 		got := map[string]bool{}
 		for _, m := range letters {
-			if Reason(m.Headers().Get(HeaderReason)) != ReasonHandlerFailed {
+			if telemetry.Reason(m.Headers().Get(HeaderReason)) != telemetry.ReasonHandlerFailed {
 				t.Fatalf("reason %q", m.Headers().Get(HeaderReason))
 			}
-			var e Event
-			if err := NewJSONDecoder(DecodeOptions{}).Decode(m.Data(), &e); err != nil {
+			var e telemetry.Event
+			if err := telemetry.NewJSONDecoder(telemetry.DecodeOptions{}).Decode(m.Data(), &e); err != nil {
 				t.Fatal(err)
 			}
 			got[fmt.Sprint(e.Bytes, "/", m.Headers().Get(HeaderDelivered))] = true
@@ -418,7 +419,7 @@ func TestJetStreamSourceHandlerFailureDeadLetters(t *testing.T) {
 			info := consumerInfo(t, nc, DefaultStream, DefaultDurable)
 			return info.NumPending == 0 && info.NumAckPending == 0
 		})
-		if snap := src.Counters().Snapshot(); snap.Rejected[ReasonHandlerFailed] != 2 || snap.Terminated != 2 {
+		if snap := src.Counters().Snapshot(); snap.Rejected[telemetry.ReasonHandlerFailed] != 2 || snap.Terminated != 2 {
 			t.Fatalf("counters %+v", snap)
 		}
 	})
@@ -441,7 +442,7 @@ func TestJetStreamSourceKilledBeforeAck(t *testing.T) {
 		src1 := newJSSource(t, nc1, o)
 		inHandler := make(chan struct{})
 		var once sync.Once
-		h1 := HandlerFunc(func(ctx context.Context, batch []Event) error {
+		h1 := telemetry.HandlerFunc(func(ctx context.Context, batch []telemetry.Event) error {
 			once.Do(func() { close(inHandler) })
 			nc1.Close() // the process dies here: nothing can be acknowledged any more
 			return errors.New("killed")
@@ -490,7 +491,7 @@ func TestJetStreamSourceSurvivesServerRestart(t *testing.T) {
 		var mu sync.Mutex
 		handled := 0
 		c := newCollector()
-		slow := HandlerFunc(func(ctx context.Context, batch []Event) error {
+		slow := telemetry.HandlerFunc(func(ctx context.Context, batch []telemetry.Event) error {
 			time.Sleep(2 * time.Millisecond) // keep messages in flight across the restart
 			mu.Lock()
 			handled += len(batch)
@@ -555,7 +556,7 @@ func TestCoreSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCollector()
-	c.fail = func(call int, batch []Event) error {
+	c.fail = func(call int, batch []telemetry.Event) error {
 		for _, e := range batch {
 			if e.Bytes == 5 {
 				return errors.New("boom")
@@ -588,7 +589,7 @@ func TestCoreSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	letters := readDeadLetters(t, nc, 1)
-	if Reason(letters[0].Headers().Get(HeaderReason)) != ReasonMissingTime || letters[0].Headers().Get(HeaderSubject) != "egress.mailer" {
+	if telemetry.Reason(letters[0].Headers().Get(HeaderReason)) != telemetry.ReasonMissingTime || letters[0].Headers().Get(HeaderSubject) != "egress.mailer" {
 		t.Fatalf("dead letter headers %v", letters[0].Headers())
 	}
 	eventually(t, 5*time.Second, "events", func() bool {
@@ -610,7 +611,7 @@ func TestPublisher(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, v := range []string{"", "a.b", "a b", "*", ">"} {
-		e := Event{Vendor: v}
+		e := telemetry.Event{Vendor: v}
 		if _, err := p.Subject(&e); !errors.Is(err, ErrBadSubject) {
 			t.Errorf("vendor %q: %v", v, err)
 		}
@@ -638,7 +639,7 @@ func TestPublisher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Subject != "egress.crm" || string(m.Data) != string(AppendJSON(nil, &e)) || m.Header.Get(jetstream.MsgIDHeader) != ContentMsgID(&e) {
+	if m.Subject != "egress.crm" || string(m.Data) != string(telemetry.AppendJSON(nil, &e)) || m.Header.Get(jetstream.MsgIDHeader) != ContentMsgID(&e) {
 		t.Fatalf("stored %s %s %v", m.Subject, m.Data, m.Header)
 	}
 }

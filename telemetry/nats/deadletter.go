@@ -1,4 +1,4 @@
-package telemetry
+package nats
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
 // Dead-letter headers. The body of a dead letter is the original message body, byte for
@@ -90,7 +92,7 @@ type deadLetter struct {
 	data      []byte
 	header    nats.Header
 	subject   string
-	reason    Reason
+	reason    telemetry.Reason
 	detail    string
 	stream    string
 	seq       uint64

@@ -1,4 +1,4 @@
-package telemetry
+package nats
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
 // DefaultSubjectPrefix is the prefix of telemetry subjects: events go to
@@ -27,7 +29,7 @@ type PublisherOptions struct {
 	SubjectPrefix string
 	// MsgID, if set, gives each event a Nats-Msg-Id so that the stream drops
 	// re-publications inside its duplicate window. ContentMsgID is a ready choice.
-	MsgID func(e *Event) string
+	MsgID func(e *telemetry.Event) string
 	// AsyncMaxPending bounds PublishAsync calls awaiting the stream's acknowledgement;
 	// beyond it PublishAsync blocks (up to StallWait). Default 4000.
 	AsyncMaxPending int
@@ -42,7 +44,7 @@ type Publisher struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	prefix string
-	msgID  func(*Event) string
+	msgID  func(*telemetry.Event) string
 	stall  time.Duration
 
 	mu       sync.Mutex
@@ -72,7 +74,7 @@ func NewPublisher(nc *nats.Conn, o PublisherOptions) (*Publisher, error) {
 
 // Subject returns the subject e is published on. Vendors that are not a single subject
 // token (empty, containing '.', '*', '>' or white space) are refused with ErrBadSubject.
-func (p *Publisher) Subject(e *Event) (string, error) {
+func (p *Publisher) Subject(e *telemetry.Event) (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if s, ok := p.subjects[e.Vendor]; ok {
@@ -89,12 +91,12 @@ func (p *Publisher) Subject(e *Event) (string, error) {
 	return s, nil
 }
 
-func (p *Publisher) message(e *Event, data []byte) (*nats.Msg, error) {
+func (p *Publisher) message(e *telemetry.Event, data []byte) (*nats.Msg, error) {
 	subj, err := p.Subject(e)
 	if err != nil {
 		return nil, err
 	}
-	m := &nats.Msg{Subject: subj, Data: AppendJSON(data, e)}
+	m := &nats.Msg{Subject: subj, Data: telemetry.AppendJSON(data, e)}
 	if p.msgID != nil {
 		if id := p.msgID(e); id != "" {
 			m.Header = nats.Header{jetstream.MsgIDHeader: []string{id}}
@@ -105,7 +107,7 @@ func (p *Publisher) message(e *Event, data []byte) (*nats.Msg, error) {
 
 // Publish publishes e to its JetStream stream and waits for the stream's
 // acknowledgement.
-func (p *Publisher) Publish(ctx context.Context, e *Event) error {
+func (p *Publisher) Publish(ctx context.Context, e *telemetry.Event) error {
 	m, err := p.message(e, make([]byte, 0, 256))
 	if err != nil {
 		return err
@@ -119,7 +121,7 @@ func (p *Publisher) Publish(ctx context.Context, e *Event) error {
 // PublishAsync publishes e to its JetStream stream without waiting for the stream's
 // acknowledgement (it blocks while AsyncMaxPending publications are unacknowledged);
 // the future resolves with the acknowledgement. Use WaitAsync to wait for all of them.
-func (p *Publisher) PublishAsync(e *Event) (jetstream.PubAckFuture, error) {
+func (p *Publisher) PublishAsync(e *telemetry.Event) (jetstream.PubAckFuture, error) {
 	m, err := p.message(e, make([]byte, 0, 256))
 	if err != nil {
 		return nil, err
@@ -143,7 +145,7 @@ func (p *Publisher) WaitAsync(ctx context.Context) error {
 
 // PublishCore publishes e with core NATS (at most once, no acknowledgement), e.g. for
 // a CoreSource.
-func (p *Publisher) PublishCore(e *Event) error {
+func (p *Publisher) PublishCore(e *telemetry.Event) error {
 	m, err := p.message(e, make([]byte, 0, 256))
 	if err != nil {
 		return err
@@ -153,8 +155,8 @@ func (p *Publisher) PublishCore(e *Event) error {
 
 // ContentMsgID derives a Nats-Msg-Id from the event's content (a SHA-256 of its wire
 // form), so that publishing the same event twice stores it once.
-func ContentMsgID(e *Event) string {
+func ContentMsgID(e *telemetry.Event) string {
 	var buf [512]byte
-	sum := sha256.Sum256(AppendJSON(buf[:0], e))
+	sum := sha256.Sum256(telemetry.AppendJSON(buf[:0], e))
 	return hex.EncodeToString(sum[:16])
 }
