@@ -71,7 +71,7 @@ func critical(at time.Duration, kind detectors.Kind) detectors.Detection {
 
 func shipped(t testing.TB) *playbooks.Engine {
 	t.Helper()
-	pb, err := playbooks.New(context.Background(), playbooks.Options{Sources: []playbooks.Source{playbooks.Shipped()}, PollInterval: -1})
+	pb, err := playbooks.New(context.Background(), playbooks.Options{Sources: []playbooks.Source{playbooks.Shipped()}, PollInterval: -1, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,11 +75,17 @@ default decision := {"actions": []}
 }
 
 // newEngine builds an engine on sources with a fixed stopwatch, so results are
-// deterministic.
+// deterministic. Unless a test sets its own deadline (the fail-safe tests do), the
+// evaluation deadline is a minute: under -race on a loaded two-core machine one
+// evaluation can take longer than the 50 ms default, and a test about something else
+// would see a timeout escalation.
 func newEngine(t testing.TB, opts playbooks.Options) *playbooks.Engine {
 	t.Helper()
 	if opts.Stopwatch == nil {
 		opts.Stopwatch = clock.NewManual(time.Unix(0, 0))
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = time.Minute
 	}
 	e, err := playbooks.New(context.Background(), opts)
 	if err != nil {

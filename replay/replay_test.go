@@ -21,7 +21,7 @@ var update = flag.Bool("update", false, "rewrite the golden reports in testdata"
 
 func shipped(t testing.TB) *playbooks.Engine {
 	t.Helper()
-	pb, err := playbooks.New(context.Background(), playbooks.Options{Sources: []playbooks.Source{playbooks.Shipped()}, PollInterval: -1})
+	pb, err := playbooks.New(context.Background(), playbooks.Options{Sources: []playbooks.Source{playbooks.Shipped()}, PollInterval: -1, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

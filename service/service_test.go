@@ -442,7 +442,7 @@ func TestReplayAndRunGiveTheSameIncidents(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	pb, err := playbooks.New(ctx, playbooks.Options{Sources: []playbooks.Source{playbooks.Shipped()}, PollInterval: -1})
+	pb, err := playbooks.New(ctx, playbooks.Options{Sources: []playbooks.Source{playbooks.Shipped()}, PollInterval: -1, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

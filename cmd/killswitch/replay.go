@@ -28,6 +28,9 @@ rails as the service, on a virtual clock that follows event time. Without --vaul
 actions are planned (with their exact targets), not applied.
 `
 
+// replayEvalTimeout is the playbooks' evaluation deadline in a replay.
+const replayEvalTimeout = 5 * time.Second
+
 // stringList is a repeatable string flag.
 type stringList []string
 
@@ -82,7 +85,9 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err != nil {
 		return fail("--playbooks: %v", err)
 	}
-	pb, err := playbooks.New(ctx, playbooks.Options{Sources: pbSources, PollInterval: -1})
+	// A replay's decisions must not depend on how busy the machine is: the evaluation
+	// deadline is generous (the service keeps its 50 ms one, to fail safe fast).
+	pb, err := playbooks.New(ctx, playbooks.Options{Sources: pbSources, PollInterval: -1, Timeout: replayEvalTimeout})
 	if err != nil {
 		printCompileError(stderr, "replay", err)
 		return 1
@@ -93,7 +98,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if err != nil {
 			return fail("--baseline-playbooks: %v", err)
 		}
-		if o.Baseline, err = playbooks.New(ctx, playbooks.Options{Sources: baseSrc, PollInterval: -1}); err != nil {
+		if o.Baseline, err = playbooks.New(ctx, playbooks.Options{Sources: baseSrc, PollInterval: -1, Timeout: replayEvalTimeout}); err != nil {
 			printCompileError(stderr, "replay (baseline)", err)
 			return 1
 		}
