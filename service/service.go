@@ -58,6 +58,9 @@ type Options struct {
 	APIToken string
 	// NewDecoder makes the telemetry decoder: json (default), vpc, ocsf or zeek.
 	NewDecoder func() telemetry.Decoder
+	// EvalTimeout is the playbooks' evaluation deadline; past it a decision escalates to
+	// a human. Default the playbooks engine's (50 ms).
+	EvalTimeout time.Duration
 	// Shards is the number of detector shards. Default GOMAXPROCS.
 	Shards int
 	// CheckpointEvery is how often detector state is checkpointed. Default 30s.
@@ -165,7 +168,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.pb, err = playbooks.New(ctx, playbooks.Options{Sources: o.Playbooks, Logger: s.log.Named("playbooks"), Clock: o.Clock,
+	if s.pb, err = playbooks.New(ctx, playbooks.Options{Sources: o.Playbooks, Logger: s.log.Named("playbooks"), Clock: o.Clock, Timeout: o.EvalTimeout,
 		OnReload: func(ev playbooks.ReloadEvent) {
 			if ev.Err != nil {
 				s.log.Error("playbook change refused: the previous playbooks keep serving", zap.Error(ev.Err))
