@@ -174,10 +174,10 @@ func (r *running) incidents(t testing.TB) []incidents.Incident {
 	return out.Incidents
 }
 
-// waitFor polls cond every 20 ms for up to 20 s.
+// waitFor polls cond every 20 ms for up to a minute (a loaded CI machine under -race is slow).
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

@@ -164,26 +164,38 @@ func TestControlMirror(t *testing.T) {
 			Vendor:   inv.Vendor(vendor),
 		}
 	}
+	// seen waits until r's control plane (its mirror, once the watch has synced) shows
+	// the pause switch as want.
+	seen := func(r *actions.Runner, want bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			st, err := r.Control().Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Paused.On == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the pause switch did not become %v for this instance", want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	if err := b.Control().Pause(ctx, "ana", "drill"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		refs, err := a.Act(ctx, req("v0"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if refs[0].Status == incidents.ActionHeld {
-			break // a's mirror saw b's pause
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the pause by another instance was not honoured: %+v", refs)
-		}
+	seen(a, true)
+	refs, err := a.Act(ctx, req("v0"))
+	if err != nil || refs[0].Status != incidents.ActionHeld {
+		t.Fatalf("the pause by another instance was not honoured: %+v, %v", refs, err)
 	}
 	if err := a.Control().Resume(ctx, "ana"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // b's mirror sees the resume
+	seen(a, false)
+	seen(b, false)
 	verified := 0
 	for i := 1; i < 8; i++ {
 		r := a
