@@ -256,7 +256,11 @@ func (ds *dispatcher) handle(ctx context.Context, it item) {
 		return
 	}
 	if ctx.Err() != nil {
-		return // shutting down: left unacknowledged, redelivered after the restart
+		// Shutting down: hand it back for prompt redelivery after the restart.
+		if err := m.Nak(); err != nil {
+			ds.cfg.Log.Debug("nak on shutdown failed (redelivered after the ack wait)", zap.String("detection", d.ID), zap.Error(err))
+		}
+		return
 	}
 	delivered := uint64(1)
 	if md, merr := m.Metadata(); merr == nil {
