@@ -114,7 +114,7 @@ func BenchmarkDecodeOCSF(b *testing.B) {
 }
 
 func BenchmarkAppendJSON(b *testing.B) {
-	e := testEvent(12345)
+	e := corpusEvent(rand.New(rand.NewPCG(1, 2)), 12345) // a realistic event, every field set
 	buf := make([]byte, 0, 512)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -1,15 +1,18 @@
-package telemetry
+package telemetry_test
 
 import (
 	"bytes"
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/telemetry"
+	"github.com/killswitch-dev/killswitch/telemetry/telemetrytest"
 	"github.com/klauspost/compress/gzip"
 	"go.uber.org/zap/zaptest"
 )
@@ -29,11 +32,11 @@ func gz(t testing.TB, data []byte) []byte {
 	return buf.Bytes()
 }
 
-func line(i int) string { e := testEvent(i); return string(AppendJSON(nil, &e)) }
+func line(i int) string { e := telemetrytest.Event(i); return string(telemetry.AppendJSON(nil, &e)) }
 
 type badLine struct {
 	pos    string
-	reason Reason
+	reason telemetry.Reason
 }
 
 func TestReadNDJSON(t *testing.T) {
@@ -48,23 +51,23 @@ func TestReadNDJSON(t *testing.T) {
 		`{"time":"2026-02-05T10:00:00Z","bytes":1}`,
 		line(3), // no final newline
 	)
-	want := []badLine{{"in:4", ReasonNegativeBytes}, {"in:5", ReasonInvalidJSON}, {"in:8", ReasonMissingVendor}}
+	want := []badLine{{"in:4", telemetry.ReasonNegativeBytes}, {"in:5", telemetry.ReasonInvalidJSON}, {"in:8", telemetry.ReasonMissingVendor}}
 	for _, tc := range []struct {
 		name string
 		data []byte
 	}{{"plain", input}, {"gzip", gz(t, input)}, {"concatenated gzip members", append(gz(t, input[:bytes.IndexByte(input, '\n')+1]), gz(t, input[bytes.IndexByte(input, '\n')+1:])...)}} {
 		t.Run(tc.name, func(t *testing.T) {
 			var bad []badLine
-			c := newCollector()
-			counters := NewCounters()
-			st, err := Read(context.Background(), "in", bytes.NewReader(tc.data), c, FileOptions{
+			c := telemetrytest.NewCollector()
+			counters := telemetry.NewCounters()
+			st, err := telemetry.Read(context.Background(), "in", bytes.NewReader(tc.data), c, telemetry.FileOptions{
 				BatchSize: 2, Counters: counters, Logger: zaptest.NewLogger(t),
-				OnBadLine: func(p Position, err error) { bad = append(bad, badLine{p.String(), ReasonOf(err)}) },
+				OnBadLine: func(p telemetry.Position, err error) { bad = append(bad, badLine{p.String(), telemetry.ReasonOf(err)}) },
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st != (FileStats{Lines: 9, Events: 4, Rejected: 3, Skipped: 2}) {
+			if st != (telemetry.FileStats{Lines: 9, Events: 4, Rejected: 3, Skipped: 2}) {
 				t.Fatalf("stats %+v", st)
 			}
 			if len(bad) != len(want) {
@@ -76,12 +79,12 @@ func TestReadNDJSON(t *testing.T) {
 				}
 			}
 			for i := range 4 {
-				if c.count(int64(i)) != 1 {
-					t.Fatalf("event %d delivered %d times", i, c.count(int64(i)))
+				if c.Count(int64(i)) != 1 {
+					t.Fatalf("event %d delivered %d times", i, c.Count(int64(i)))
 				}
 			}
 			snap := counters.Snapshot()
-			if snap.Received != 9 || snap.Delivered != 4 || snap.TotalRejected() != 3 || snap.Skipped[ReasonEmpty] != 2 {
+			if snap.Received != 9 || snap.Delivered != 4 || snap.TotalRejected() != 3 || snap.Skipped[telemetry.ReasonEmpty] != 2 {
 				t.Fatalf("counters %+v", snap)
 			}
 		})
@@ -92,32 +95,32 @@ func TestReadNDJSONOversizeLine(t *testing.T) {
 	huge := `{"time":"2026-02-05T10:00:00Z","vendor":"v","bytes":1,"pad":"` + strings.Repeat("x", 300) + `"}`
 	input := ndjson(line(0), huge, line(1), strings.Repeat("y", 1000), line(2))
 	var bad []badLine
-	c := newCollector()
-	st, err := Read(context.Background(), "f", bytes.NewReader(input), c, FileOptions{
-		Decode:     DecodeOptions{MaxMessageSize: 200},
+	c := telemetrytest.NewCollector()
+	st, err := telemetry.Read(context.Background(), "f", bytes.NewReader(input), c, telemetry.FileOptions{
+		Decode:     telemetry.DecodeOptions{MaxMessageSize: 200},
 		BufferSize: 16, // raised to the message bound
-		OnBadLine:  func(p Position, err error) { bad = append(bad, badLine{p.String(), ReasonOf(err)}) },
+		OnBadLine:  func(p telemetry.Position, err error) { bad = append(bad, badLine{p.String(), telemetry.ReasonOf(err)}) },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Events != 3 || st.Rejected != 2 || len(bad) != 2 || bad[0] != (badLine{"f:2", ReasonOversize}) || bad[1] != (badLine{"f:4", ReasonOversize}) {
+	if st.Events != 3 || st.Rejected != 2 || len(bad) != 2 || bad[0] != (badLine{"f:2", telemetry.ReasonOversize}) || bad[1] != (badLine{"f:4", telemetry.ReasonOversize}) {
 		t.Fatalf("stats %+v, bad %v", st, bad)
 	}
 }
 
 func TestReadNDJSONStrict(t *testing.T) {
 	input := ndjson(line(0), line(1), "oops", line(2))
-	c := newCollector()
-	st, err := Read(context.Background(), "f", bytes.NewReader(input), c, FileOptions{Strict: true, BatchSize: 1})
-	var le *LineError
-	if !errors.As(err, &le) || le.Pos.Line != 3 || ReasonOf(err) != ReasonInvalidJSON || !errors.Is(err, ErrInvalid) {
+	c := telemetrytest.NewCollector()
+	st, err := telemetry.Read(context.Background(), "f", bytes.NewReader(input), c, telemetry.FileOptions{Strict: true, BatchSize: 1})
+	var le *telemetry.LineError
+	if !errors.As(err, &le) || le.Pos.Line != 3 || telemetry.ReasonOf(err) != telemetry.ReasonInvalidJSON || !errors.Is(err, telemetry.ErrInvalid) {
 		t.Fatalf("got %v", err)
 	}
 	if !strings.HasPrefix(err.Error(), "f:3: ") {
 		t.Fatalf("error %q does not start with the position", err)
 	}
-	if st.Events != 2 || c.count(2) != 0 {
+	if st.Events != 2 || c.Count(2) != 0 {
 		t.Fatalf("events before the bad line must be delivered, none after: %+v", st)
 	}
 }
@@ -129,49 +132,49 @@ func TestReadNDJSONHandlerErrors(t *testing.T) {
 	}
 	input := ndjson(lines...)
 	t.Run("retryable error stops at the first unhandled line", func(t *testing.T) {
-		c := newCollector()
-		c.fail = func(_ int, batch []Event) error {
+		c := telemetrytest.NewCollector()
+		c.Fail = func(_ int, batch []telemetry.Event) error {
 			for i, e := range batch {
 				if e.Bytes == 6 {
-					return &PartialError{Handled: i, Err: errors.New("disk full")}
+					return &telemetry.PartialError{Handled: i, Err: errors.New("disk full")}
 				}
 			}
 			return nil
 		}
-		st, err := Read(context.Background(), "f", bytes.NewReader(input), c, FileOptions{BatchSize: 4})
-		var le *LineError
+		st, err := telemetry.Read(context.Background(), "f", bytes.NewReader(input), c, telemetry.FileOptions{BatchSize: 4})
+		var le *telemetry.LineError
 		if !errors.As(err, &le) || le.Pos.Line != 7 || !strings.Contains(err.Error(), "disk full") {
 			t.Fatalf("got %v", err)
 		}
-		if st.Events != 6 || c.distinct() != 6 {
+		if st.Events != 6 || c.Distinct() != 6 {
 			t.Fatalf("stats %+v", st)
 		}
 	})
 	t.Run("poison event is reported and skipped", func(t *testing.T) {
-		c := newCollector()
-		c.fail = func(_ int, batch []Event) error {
+		c := telemetrytest.NewCollector()
+		c.Fail = func(_ int, batch []telemetry.Event) error {
 			for i, e := range batch {
 				if e.Bytes == 6 {
-					return &PartialError{Handled: i, Err: killswitch.Permanent(killswitch.ReasonInvalid, errors.New("cannot process"))}
+					return &telemetry.PartialError{Handled: i, Err: killswitch.Permanent(killswitch.ReasonInvalid, errors.New("cannot process"))}
 				}
 			}
 			return nil
 		}
 		var bad []badLine
-		st, err := Read(context.Background(), "f", bytes.NewReader(input), c, FileOptions{
-			BatchSize: 4, OnBadLine: func(p Position, err error) { bad = append(bad, badLine{p.String(), ReasonOf(err)}) },
+		st, err := telemetry.Read(context.Background(), "f", bytes.NewReader(input), c, telemetry.FileOptions{
+			BatchSize: 4, OnBadLine: func(p telemetry.Position, err error) { bad = append(bad, badLine{p.String(), telemetry.ReasonOf(err)}) },
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Events != 9 || st.Rejected != 1 || c.count(6) != 0 || c.distinct() != 9 || len(bad) != 1 || bad[0].pos != "f:7" {
+		if st.Events != 9 || st.Rejected != 1 || c.Count(6) != 0 || c.Distinct() != 9 || len(bad) != 1 || bad[0].pos != "f:7" {
 			t.Fatalf("stats %+v bad %v", st, bad)
 		}
 	})
 	t.Run("cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		_, err := Read(ctx, "f", bytes.NewReader(input), newCollector(), FileOptions{})
+		_, err := telemetry.Read(ctx, "f", bytes.NewReader(input), telemetrytest.NewCollector(), telemetry.FileOptions{})
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("got %v", err)
 		}
@@ -189,12 +192,12 @@ func TestReadFileFormatsAndSource(t *testing.T) {
 	if err := os.WriteFile(b, ndjson(line(2), "bad"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := newCollector()
-	src := NewFileSource(FileOptions{}, a, b)
+	c := telemetrytest.NewCollector()
+	src := telemetry.NewFileSource(telemetry.FileOptions{}, a, b)
 	if err := src.Run(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	if st := src.Stats(); st.Events != 3 || st.Rejected != 1 || c.distinct() != 3 {
+	if st := src.Stats(); st.Events != 3 || st.Rejected != 1 || c.Distinct() != 3 {
 		t.Fatalf("stats %+v", st)
 	}
 
@@ -207,19 +210,22 @@ func TestReadFileFormatsAndSource(t *testing.T) {
 	if err := os.WriteFile(vpc, gz(t, []byte(flows)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	attr := testAttributor(t)
-	counters := NewCounters()
-	c = newCollector()
-	st, err := ReadFile(context.Background(), vpc, c, FileOptions{
-		Counters: counters, NewDecoder: func() Decoder { return NewVPCFlowDecoder(attr, DecodeOptions{}) },
+	attr, err := telemetry.NewAttributor(killswitch.Inventory{"mailer": {CIDRs: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counters := telemetry.NewCounters()
+	c = telemetrytest.NewCollector()
+	st, err := telemetry.ReadFile(context.Background(), vpc, c, telemetry.FileOptions{
+		Counters: counters, NewDecoder: func() telemetry.Decoder { return telemetry.NewVPCFlowDecoder(attr, telemetry.DecodeOptions{}) },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st != (FileStats{Lines: 4, Events: 1, Skipped: 3}) || c.count(1234) != 1 {
+	if st != (telemetry.FileStats{Lines: 4, Events: 1, Skipped: 3}) || c.Count(1234) != 1 {
 		t.Fatalf("stats %+v", st)
 	}
-	if snap := counters.Snapshot(); snap.Skipped[ReasonHeader] != 1 || snap.Skipped[ReasonUnattributed] != 1 || snap.Skipped[ReasonNoData] != 1 {
+	if snap := counters.Snapshot(); snap.Skipped[telemetry.ReasonHeader] != 1 || snap.Skipped[telemetry.ReasonUnattributed] != 1 || snap.Skipped[telemetry.ReasonNoData] != 1 {
 		t.Fatalf("skips %+v", snap.Skipped)
 	}
 
@@ -230,10 +236,10 @@ func TestReadFileFormatsAndSource(t *testing.T) {
 	if err := os.WriteFile(bad, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ReadFile(context.Background(), bad, newCollector(), FileOptions{}); err == nil {
+	if _, err := telemetry.ReadFile(context.Background(), bad, telemetrytest.NewCollector(), telemetry.FileOptions{}); err == nil {
 		t.Fatal("corrupt gzip read without error")
 	}
-	if _, err := ReadFile(context.Background(), filepath.Join(dir, "missing"), newCollector(), FileOptions{}); !errors.Is(err, os.ErrNotExist) {
+	if _, err := telemetry.ReadFile(context.Background(), filepath.Join(dir, "missing"), telemetrytest.NewCollector(), telemetry.FileOptions{}); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing file: %v", err)
 	}
 }
@@ -244,15 +250,15 @@ func FuzzNDJSON(f *testing.F) {
 	f.Add([]byte(`{"time":"2026-02-05T10:00:00Z","vendor":"v","bytes":1}` + "\r\r\n" + strings.Repeat("z", 150)))
 	const maxMsg = 100
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var got []Event
-		h := HandlerFunc(func(_ context.Context, batch []Event) error {
+		var got []telemetry.Event
+		h := telemetry.HandlerFunc(func(_ context.Context, batch []telemetry.Event) error {
 			got = append(got, batch...)
 			return nil
 		})
 		var badLines []int64
-		st, err := Read(context.Background(), "fuzz", bytes.NewReader(data), h, FileOptions{
-			Decode: DecodeOptions{MaxMessageSize: maxMsg}, BatchSize: 3, BufferSize: 1,
-			OnBadLine: func(p Position, _ error) { badLines = append(badLines, p.Line) },
+		st, err := telemetry.Read(context.Background(), "fuzz", bytes.NewReader(data), h, telemetry.FileOptions{
+			Decode: telemetry.DecodeOptions{MaxMessageSize: maxMsg}, BatchSize: 3, BufferSize: 1,
+			OnBadLine: func(p telemetry.Position, _ error) { badLines = append(badLines, p.Line) },
 		})
 		if len(data) >= 2 && data[0] == 0x1f && data[1] == 0x8b {
 			return // a gzip stream: only absence of panics is checked
@@ -266,8 +272,8 @@ func FuzzNDJSON(f *testing.F) {
 		if len(raw[len(raw)-1]) == 0 {
 			raw = raw[:len(raw)-1]
 		}
-		dec := NewJSONDecoder(DecodeOptions{MaxMessageSize: maxMsg})
-		var want []Event
+		dec := telemetry.NewJSONDecoder(telemetry.DecodeOptions{MaxMessageSize: maxMsg})
+		var want []telemetry.Event
 		var wantBad []int64
 		var skipped int64
 		for i, l := range raw {
@@ -275,7 +281,7 @@ func FuzzNDJSON(f *testing.F) {
 				wantBad = append(wantBad, int64(i+1))
 				continue
 			}
-			var e Event
+			var e telemetry.Event
 			l = bytes.TrimRight(l, "\r\n")
 			switch derr := dec.Decode(l, &e); {
 			case derr == nil:

@@ -9,6 +9,7 @@ import (
 
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	"github.com/killswitch-dev/killswitch/telemetry/telemetrytest"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -123,9 +124,9 @@ func TestJetStreamSourceBatchAckSkipsDeletedMessages(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := newCollector()
+	c := telemetrytest.NewCollector()
 	runSource(t, src, c)
-	eventually(t, 5*time.Second, "17 events", func() bool { return c.distinct() == 17 })
+	eventually(t, 5*time.Second, "17 events", func() bool { return c.Distinct() == 17 })
 	eventually(t, 5*time.Second, "acknowledged past the deleted messages", func() bool {
 		info := consumerInfo(t, nc, DefaultStream, DefaultDurable)
 		return info.NumAckPending == 0 && info.AckFloor.Stream == 20

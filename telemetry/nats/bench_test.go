@@ -10,25 +10,8 @@ import (
 
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	"github.com/killswitch-dev/killswitch/telemetry/telemetrytest"
 )
-
-// corpusEvent returns a realistic event: 20 vendors with 3 credentials each, 500
-// destinations, 4 sensors, time moving forward.
-func corpusEvent(r *rand.Rand, i int) telemetry.Event {
-	v := r.IntN(20)
-	return telemetry.Event{
-		Time:       time.Date(2026, 2, 5, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * 37 * time.Millisecond),
-		Vendor:     fmt.Sprintf("vendor-%02d", v),
-		Credential: fmt.Sprintf("vendor-%02d-key-%d", v, r.IntN(3)),
-		Dst:        fmt.Sprintf("203.0.%d.%d", r.IntN(2)+113, r.IntN(250)),
-		DstPort:    443,
-		Bytes:      r.Int64N(1 << 20),
-		Records:    r.Int64N(100),
-		Src:        fmt.Sprintf("10.0.%d.%d", r.IntN(4), r.IntN(250)),
-		Protocol:   "https",
-		Sensor:     fmt.Sprintf("egress-gw-%d", r.IntN(4)),
-	}
-}
 
 // BenchmarkJetStreamSource measures consuming telemetry through the durable pull
 // consumer with a no-op handler, every message acknowledged, in both AckModes. b.N
@@ -62,7 +45,7 @@ func BenchmarkJetStreamSource(b *testing.B) {
 			if published < n {
 				pubStart := time.Now()
 				for i := published; i < n; i++ {
-					e := corpusEvent(r, i)
+					e := telemetrytest.CorpusEvent(r, i)
 					if _, err := pub.PublishAsync(&e); err != nil {
 						b.Fatal(err)
 					}

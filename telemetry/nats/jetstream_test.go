@@ -12,60 +12,11 @@ import (
 	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/telemetry"
+	"github.com/killswitch-dev/killswitch/telemetry/telemetrytest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap/zaptest"
 )
-
-// testEvent is event number i; Bytes carries i so deliveries can be checked one by one.
-func testEvent(i int) telemetry.Event {
-	return telemetry.Event{
-		Time:   time.Date(2026, 2, 5, 10, 0, 0, 0, time.UTC).Add(time.Duration(i) * time.Millisecond),
-		Vendor: []string{"mailer", "crm", "billing"}[i%3], Credential: "cred-" + fmt.Sprint(i%5),
-		Dst: "203.0.113.7", DstPort: 443, Bytes: int64(i), Records: 1, Sensor: "gw-1",
-	}
-}
-
-// collector is a Handler that records the Bytes of every event handed to it.
-type collector struct {
-	mu    sync.Mutex
-	seen  map[int64]int // Bytes → times handed on
-	calls int
-	fail  func(call int, batch []telemetry.Event) error
-}
-
-func newCollector() *collector { return &collector{seen: map[int64]int{}} }
-
-func (c *collector) Handle(_ context.Context, batch []telemetry.Event) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.calls++
-	if c.fail != nil {
-		if err := c.fail(c.calls, batch); err != nil {
-			n := telemetry.HandledCount(err, len(batch))
-			for _, e := range batch[:n] {
-				c.seen[e.Bytes]++
-			}
-			return err
-		}
-	}
-	for _, e := range batch {
-		c.seen[e.Bytes]++
-	}
-	return nil
-}
-
-func (c *collector) distinct() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.seen)
-}
-
-func (c *collector) count(b int64) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.seen[b]
-}
 
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -135,7 +86,7 @@ func publishEvents(t *testing.T, nc *nats.Conn, from, to int) {
 		t.Fatal(err)
 	}
 	for i := from; i < to; i++ {
-		e := testEvent(i)
+		e := telemetrytest.Event(i)
 		if _, err := p.PublishAsync(&e); err != nil {
 			t.Fatal(err)
 		}
@@ -190,7 +141,7 @@ func TestJetStreamSourceDeliversAndAcks(t *testing.T) {
 		src := newJSSource(t, nc, o)
 		const n = 1000
 		publishEvents(t, nc, 0, n)
-		c := newCollector()
+		c := telemetrytest.NewCollector()
 		var mu sync.Mutex
 		var got []telemetry.Event
 		h := telemetry.HandlerFunc(func(ctx context.Context, batch []telemetry.Event) error {
@@ -200,21 +151,21 @@ func TestJetStreamSourceDeliversAndAcks(t *testing.T) {
 			return c.Handle(ctx, batch)
 		})
 		stop := runSource(t, src, h)
-		eventually(t, 10*time.Second, "all events", func() bool { return c.distinct() == n })
+		eventually(t, 10*time.Second, "all events", func() bool { return c.Distinct() == n })
 		eventually(t, 5*time.Second, "all acknowledged", settled(t, nc))
 		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 		for i := range n {
-			if c.count(int64(i)) != 1 {
-				t.Fatalf("event %d handed on %d times", i, c.count(int64(i)))
+			if c.Count(int64(i)) != 1 {
+				t.Fatalf("event %d handed on %d times", i, c.Count(int64(i)))
 			}
 		}
 		// Events arrive intact (compare one) and in publication order.
 		mu.Lock()
 		defer mu.Unlock()
 		// Seq is the stream sequence: the stream held nothing before, so event i is i+1.
-		if want := testEvent(7); got[7].Seq != 8 || func() bool { g := got[7]; g.Seq = 0; return g != want }() {
+		if want := telemetrytest.Event(7); got[7].Seq != 8 || func() bool { g := got[7]; g.Seq = 0; return g != want }() {
 			t.Fatalf("got %+v, want %+v", got[7], want)
 		}
 		for i := range got {
@@ -236,15 +187,15 @@ func TestJetStreamSourceRedeliversAfterHandlerError(t *testing.T) {
 		src := newJSSource(t, nc, o)
 		const n = 200
 		publishEvents(t, nc, 0, n)
-		c := newCollector()
-		c.fail = func(call int, batch []telemetry.Event) error {
+		c := telemetrytest.NewCollector()
+		c.Fail = func(call int, batch []telemetry.Event) error {
 			if call <= 2 {
 				return errors.New("downstream unavailable")
 			}
 			return nil
 		}
 		runSource(t, src, c)
-		eventually(t, 10*time.Second, "all events after retries", func() bool { return c.distinct() == n })
+		eventually(t, 10*time.Second, "all events after retries", func() bool { return c.Distinct() == n })
 		eventually(t, 5*time.Second, "all acknowledged", settled(t, nc))
 		snap := src.Counters().Snapshot()
 		if snap.HandlerErrors != 2 || snap.Naked == 0 || snap.Acked != n || snap.DeadLettered != 0 {
@@ -260,18 +211,18 @@ func TestJetStreamSourcePartialError(t *testing.T) {
 		src := newJSSource(t, nc, o)
 		const n = 50
 		publishEvents(t, nc, 0, n)
-		c := newCollector()
-		c.fail = func(call int, batch []telemetry.Event) error {
+		c := telemetrytest.NewCollector()
+		c.Fail = func(call int, batch []telemetry.Event) error {
 			if call == 1 && len(batch) > 10 {
 				return &telemetry.PartialError{Handled: 10, Err: errors.New("shard 2 busy")}
 			}
 			return nil
 		}
 		runSource(t, src, c)
-		eventually(t, 10*time.Second, "all events", func() bool { return c.distinct() == n })
+		eventually(t, 10*time.Second, "all events", func() bool { return c.Distinct() == n })
 		eventually(t, 5*time.Second, "all acknowledged", settled(t, nc))
 		for i := range n {
-			if got := c.count(int64(i)); got != 1 {
+			if got := c.Count(int64(i)); got != 1 {
 				t.Fatalf("event %d handed on %d times; the handled prefix must not be redelivered", i, got)
 			}
 		}
@@ -308,7 +259,7 @@ func TestJetStreamSourceDeadLetters(t *testing.T) {
 		nc := testharness.Connect(t, s)
 		o.Decode = telemetry.DecodeOptions{MaxMessageSize: 1024}
 		src := newJSSource(t, nc, o)
-		good := func(i int) []byte { e := testEvent(i); return telemetry.AppendJSON(nil, &e) }
+		good := func(i int) []byte { e := telemetrytest.Event(i); return telemetry.AppendJSON(nil, &e) }
 		bad := []struct {
 			data   string
 			reason telemetry.Reason
@@ -336,9 +287,9 @@ func TestJetStreamSourceDeadLetters(t *testing.T) {
 				seqs = append(seqs, ack.Sequence)
 			}
 		}
-		c := newCollector()
+		c := telemetrytest.NewCollector()
 		runSource(t, src, c)
-		eventually(t, 10*time.Second, "good events", func() bool { return c.distinct() == 20 })
+		eventually(t, 10*time.Second, "good events", func() bool { return c.Distinct() == 20 })
 		letters := readDeadLetters(t, nc, len(bad))
 		for i, m := range letters {
 			h := m.Headers()
@@ -384,8 +335,8 @@ func TestJetStreamSourceHandlerFailureDeadLetters(t *testing.T) {
 		o.MaxDeliver = 3
 		src := newJSSource(t, nc, o)
 		publishEvents(t, nc, 0, 10)
-		c := newCollector()
-		c.fail = func(_ int, batch []telemetry.Event) error {
+		c := telemetrytest.NewCollector()
+		c.Fail = func(_ int, batch []telemetry.Event) error {
 			for i, e := range batch {
 				switch e.Bytes {
 				case 3:
@@ -414,7 +365,7 @@ func TestJetStreamSourceHandlerFailureDeadLetters(t *testing.T) {
 		if !got["3/1"] || !got["9/3"] {
 			t.Fatalf("dead letters %v", got)
 		}
-		eventually(t, 10*time.Second, "the other events", func() bool { return c.distinct() == 8 })
+		eventually(t, 10*time.Second, "the other events", func() bool { return c.Distinct() == 8 })
 		eventually(t, 5*time.Second, "consumer settled", func() bool {
 			info := consumerInfo(t, nc, DefaultStream, DefaultDurable)
 			return info.NumPending == 0 && info.NumAckPending == 0
@@ -468,10 +419,10 @@ func TestJetStreamSourceKilledBeforeAck(t *testing.T) {
 		// messages before the server redelivers the first instance's. Acknowledging them
 		// must not acknowledge the others (with AckAll it would, if done naively).
 		publishEvents(t, setup, n, 2*n)
-		c := newCollector()
+		c := telemetrytest.NewCollector()
 		src2 := newJSSource(t, testharness.Connect(t, s), o)
 		runSource(t, src2, c)
-		eventually(t, 10*time.Second, "every event, the first instance's included", func() bool { return c.distinct() == 2*n })
+		eventually(t, 10*time.Second, "every event, the first instance's included", func() bool { return c.Distinct() == 2*n })
 		eventually(t, 5*time.Second, "all acknowledged", func() bool {
 			info := consumerInfo(t, setup, DefaultStream, DefaultDurable)
 			return info.NumPending == 0 && info.NumAckPending == 0
@@ -490,7 +441,7 @@ func TestJetStreamSourceSurvivesServerRestart(t *testing.T) {
 
 		var mu sync.Mutex
 		handled := 0
-		c := newCollector()
+		c := telemetrytest.NewCollector()
 		slow := telemetry.HandlerFunc(func(ctx context.Context, batch []telemetry.Event) error {
 			time.Sleep(2 * time.Millisecond) // keep messages in flight across the restart
 			mu.Lock()
@@ -499,7 +450,7 @@ func TestJetStreamSourceSurvivesServerRestart(t *testing.T) {
 			return c.Handle(ctx, batch)
 		})
 		stop := runSource(t, src, slow)
-		eventually(t, 10*time.Second, "some events before the restart", func() bool { return c.distinct() > 300 })
+		eventually(t, 10*time.Second, "some events before the restart", func() bool { return c.Distinct() > 300 })
 		if err := s.Restart(); err != nil {
 			t.Fatal(err)
 		}
@@ -517,7 +468,7 @@ func TestJetStreamSourceSurvivesServerRestart(t *testing.T) {
 			return err == nil
 		})
 		publishEvents(t, nc, first, total)
-		eventually(t, 30*time.Second, "every event after the restart", func() bool { return c.distinct() == total })
+		eventually(t, 30*time.Second, "every event after the restart", func() bool { return c.Distinct() == total })
 		eventually(t, 10*time.Second, "consumer settled", func() bool {
 			info := consumerInfo(t, nc, DefaultStream, DefaultDurable)
 			return info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream == total
@@ -555,8 +506,8 @@ func TestCoreSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newCollector()
-	c.fail = func(call int, batch []telemetry.Event) error {
+	c := telemetrytest.NewCollector()
+	c.Fail = func(call int, batch []telemetry.Event) error {
 		for _, e := range batch {
 			if e.Bytes == 5 {
 				return errors.New("boom")
@@ -571,13 +522,13 @@ func TestCoreSource(t *testing.T) {
 	}
 	// The subscription is set up asynchronously by Run: wait until it is live.
 	eventually(t, 5*time.Second, "subscription", func() bool {
-		e := testEvent(1000)
+		e := telemetrytest.Event(1000)
 		_ = pub.PublishCore(&e)
 		_ = nc.Flush()
-		return c.count(1000) > 0
+		return c.Count(1000) > 0
 	})
 	for i := range 10 {
-		e := testEvent(i)
+		e := telemetrytest.Event(i)
 		if err := pub.PublishCore(&e); err != nil {
 			t.Fatal(err)
 		}
@@ -597,7 +548,7 @@ func TestCoreSource(t *testing.T) {
 		return snap.Delivered+snap.Dropped >= 10
 	})
 	snap := src.Counters().Snapshot()
-	if snap.Dropped == 0 || snap.HandlerErrors == 0 || c.count(5) != 0 {
+	if snap.Dropped == 0 || snap.HandlerErrors == 0 || c.Count(5) != 0 {
 		t.Fatalf("a failed batch must be counted as dropped (at most once): %+v", snap)
 	}
 }
@@ -616,7 +567,7 @@ func TestPublisher(t *testing.T) {
 			t.Errorf("vendor %q: %v", v, err)
 		}
 	}
-	e := testEvent(1)
+	e := telemetrytest.Event(1)
 	ctx := context.Background()
 	for range 3 {
 		if err := p.Publish(ctx, &e); err != nil {
