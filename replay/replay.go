@@ -7,6 +7,7 @@
 package replay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -102,7 +103,8 @@ type runner struct {
 	clk      *clock.Manual
 	p        *pipeline.Pipeline
 	ledger   *ledger.Memory
-	store    *memoryStore
+	store    *incidents.Memory
+	tracked  map[string]*tracker // by incident ID
 	flips    *flipRecorder
 	pacer    *clock.Pacer
 	progress *progress
@@ -129,7 +131,7 @@ func newRunner(o Options) (*runner, error) {
 		o.ChartKeys = 20_000
 	}
 	r := &runner{
-		o: o, clk: clock.NewManual(time.Time{}), ledger: ledger.NewMemory(), store: newMemoryStore(),
+		o: o, clk: clock.NewManual(time.Time{}), ledger: ledger.NewMemory(), store: incidents.NewMemory(), tracked: make(map[string]*tracker),
 		trackers: make(map[detectors.Key]*tracker),
 	}
 	width := o.Detectors.Interval
@@ -156,7 +158,7 @@ func newRunner(o Options) (*runner, error) {
 		Inline:    true, // one recording, one order: byte-identical reports
 		Observer:  r.observe,
 		Responder: pipeline.ResponderConfig{
-			Incidents: inc, Decider: decider, Actor: actor, Ledger: r.ledger, Store: r.store,
+			Incidents: inc, Decider: decider, Actor: actor, Ledger: r.ledger, Store: tracked{Memory: r.store, track: r.track},
 			Inventory: o.Vendors, Events: o.Events, Log: o.Log, // no storm guard: a replay shows every incident
 		},
 		Counters: o.Counters, Virtual: r.clk, Log: o.Log,
@@ -165,7 +167,6 @@ func newRunner(o Options) (*runner, error) {
 		return nil, fmt.Errorf("replay: %w", err)
 	}
 	r.p = p
-	r.store.onSave = r.track
 	if o.Speed > 0 {
 		r.pacer = clock.NewPacer(o.Speed)
 	}
@@ -213,7 +214,7 @@ func (r *runner) Handle(ctx context.Context, batch []telemetry.Event) error {
 		return err
 	}
 	if r.progress != nil {
-		r.progress.update(r.events, r.last, r.store.len())
+		r.progress.update(r.events, r.last, r.store.Len())
 	}
 	return nil
 }
@@ -286,7 +287,7 @@ func (r *runner) track(in *incidents.Incident) {
 		t = &tracker{incident: in.ID, openedAt: r.seen + 1, base: in.AnomalousBytes}
 		t.chartSeries = r.charts.open(key, in.ID)
 		r.trackers[key] = t
-		r.store.trackers[in.ID] = t
+		r.tracked[in.ID] = t
 	}
 	if in.ContainedAt != nil && t.contained == nil {
 		c := *in.ContainedAt
@@ -302,7 +303,7 @@ func (r *runner) finish(ctx context.Context) (*Report, error) {
 		}
 	}
 	if r.progress != nil {
-		r.progress.done(r.events, r.store.len())
+		r.progress.done(r.events, r.store.Len())
 	}
 	if _, err := ledger.Verify(r.ledger.All(ctx)); err != nil {
 		return nil, fmt.Errorf("replay: ledger: %w", err)
@@ -311,8 +312,18 @@ func (r *runner) finish(ctx context.Context) (*Report, error) {
 	if r.events > 0 {
 		rep.FirstEvent, rep.LastEvent = ts(r.first), ts(r.last)
 	}
-	for _, in := range r.store.all() {
-		t := r.store.trackers[in.ID]
+	all, err := r.store.Incidents(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("replay: %w", err)
+	}
+	slices.SortFunc(all, func(a, b *incidents.Incident) int { // oldest first
+		if c := a.DetectedAt.Compare(b.DetectedAt); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	for _, in := range all {
+		t := r.tracked[in.ID]
 		inc := Incident{
 			ID: in.ID, Vendor: in.Vendor, Credential: in.Credential, Detectors: []string{},
 			FirstAnomalousAt: ts(in.FirstAnomalousAt), DetectedAt: ts(in.DetectedAt),
@@ -350,51 +361,16 @@ func ts(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
 func round3(f float64) float64 { return math.Round(f*1000) / 1000 }
 
-// memoryStore keeps the latest copy of every incident, in order of first appearance.
-type memoryStore struct {
-	byID     map[string]*incidents.Incident
-	order    []string
-	onSave   func(*incidents.Incident)
-	trackers map[string]*tracker
-}
-
-func newMemoryStore() *memoryStore {
-	return &memoryStore{byID: make(map[string]*incidents.Incident), trackers: make(map[string]*tracker)}
+// tracked keeps the incidents in memory and tells track of every change.
+type tracked struct {
+	*incidents.Memory
+	track func(*incidents.Incident)
 }
 
 // Save implements pipeline.IncidentStore.
-func (s *memoryStore) Save(_ context.Context, in *incidents.Incident) error {
-	if _, ok := s.byID[in.ID]; !ok {
-		s.order = append(s.order, in.ID)
-	}
-	s.byID[in.ID] = in.Clone()
-	if s.onSave != nil {
-		s.onSave(in)
-	}
-	return nil
-}
-
-func (s *memoryStore) len() int { return len(s.order) }
-
-// all returns the incidents ordered by detection time, then ID.
-func (s *memoryStore) all() []*incidents.Incident {
-	out := make([]*incidents.Incident, 0, len(s.order))
-	for _, id := range s.order {
-		out = append(out, s.byID[id])
-	}
-	slices.SortStableFunc(out, func(a, b *incidents.Incident) int {
-		if c := a.DetectedAt.Compare(b.DetectedAt); c != 0 {
-			return c
-		}
-		if a.ID < b.ID {
-			return -1
-		}
-		if a.ID > b.ID {
-			return 1
-		}
-		return 0
-	})
-	return out
+func (s tracked) Save(ctx context.Context, in *incidents.Incident) error {
+	s.track(in)
+	return s.Memory.Save(ctx, in)
 }
 
 // flipRecorder evaluates both playbook sets and records where they differ.
