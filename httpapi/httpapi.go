@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -267,19 +268,64 @@ func (s *server) fail(w http.ResponseWriter, err error) {
 		code = http.StatusConflict
 	case errors.Is(err, ErrBadRequest):
 		code = http.StatusBadRequest
+	case errors.Is(err, ErrTooLarge):
+		code = http.StatusRequestEntityTooLarge
 	default:
 		s.cfg.Log.Error("api request failed", zap.Error(err))
 	}
 	writeJSON(w, code, errBody(err.Error()))
 }
 
+// MaxBodyBytes bounds a request body; a longer one is answered 413.
+const MaxBodyBytes = 64 << 10
+
+// ErrTooLarge is wrapped by the error for a request body over MaxBodyBytes (answered 413).
+var ErrTooLarge = errors.New("request body too large")
+
+// decodeBody decodes exactly one JSON object, with no unknown fields and nothing after
+// it, from a body of at most MaxBodyBytes.
 func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 64<<10))
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, MaxBodyBytes))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	err := dec.Decode(v)
+	if err == nil {
+		// Anything but white space after the object is refused, not ignored.
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errTrailing
+			if terr != nil && !isSyntax(terr) {
+				err = terr
+			}
+		}
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &tooBig):
+		return fmt.Errorf("%w: the limit is %d bytes", ErrTooLarge, tooBig.Limit)
+	default:
 		return fmt.Errorf("%w: body: %w", ErrBadRequest, err)
 	}
-	return nil
+}
+
+var errTrailing = errors.New("data after the JSON object")
+
+func isSyntax(err error) bool {
+	var se *json.SyntaxError
+	return errors.As(err, &se)
+}
+
+// NewServer returns the HTTP server for h with every timeout set, so that a client that
+// sends slowly, or never reads, cannot hold a connection (and a goroutine) open.
+func NewServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    32 << 10,
+	}
 }
 
 func errBody(msg string) map[string]string { return map[string]string{"error": msg} }

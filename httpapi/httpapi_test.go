@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/metrics"
@@ -125,5 +127,81 @@ func TestAPI(t *testing.T) {
 	}
 	if _, err := New(Config{Token: "short"}); !errors.Is(err, ErrNoToken) {
 		t.Fatalf("short token accepted: %v", err)
+	}
+}
+
+func TestBodyLimits(t *testing.T) {
+	be := &fakeBackend{}
+	h, err := New(Config{Token: token, Gatherer: metrics.New().Registry, Incidents: be, Controller: be,
+		Ready: func(context.Context) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for _, tc := range []struct {
+		name, body string
+		want       int
+	}{
+		{"one object", `{"approver":"ana"}`, 200},
+		{"white space after", "{\"approver\":\"ana\"}\n \t", 200},
+		{"text after", `{"approver":"ana"} rm -rf`, 400},
+		{"second object", `{"approver":"ana"}{"approver":"eve"}`, 400},
+		{"unknown field", `{"approver":"ana","role":"admin"}`, 400},
+		{"not JSON", `approver=ana`, 400},
+		{"just over the limit", `{"approver":"ana","comment":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, 413},
+		{"10 MB", `{"comment":"` + strings.Repeat("x", 10<<20) + `"}`, 413},
+		{"10 MB after the object", `{"approver":"ana"}` + strings.Repeat(" ", 10<<20), 413},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", srv.URL+"/api/actions/held-1/approve", strings.NewReader(tc.body))
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.want, b)
+			}
+		})
+	}
+}
+
+// TestSlowClient: a client that declares a body and never sends it is cut off by the
+// server's read timeout instead of holding the connection open.
+func TestSlowClient(t *testing.T) {
+	be := &fakeBackend{}
+	h, err := New(Config{Token: token, Gatherer: metrics.New().Registry, Incidents: be, Controller: be,
+		Ready: func(context.Context) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(h)
+	if s.ReadTimeout <= 0 || s.WriteTimeout <= 0 || s.IdleTimeout <= 0 || s.ReadHeaderTimeout <= 0 || s.MaxHeaderBytes <= 0 {
+		t.Fatalf("a timeout or limit is not set: %+v", s)
+	}
+	s.ReadTimeout = 300 * time.Millisecond // the shipped 10 s, shortened for the test
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	defer s.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /api/pause HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{", token)
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.ReadAll(c) // returns when the server closes the connection
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the connection was held open %s", d)
+	}
+	if be.paused {
+		t.Fatal("a truncated body paused automation")
 	}
 }

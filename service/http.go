@@ -7,11 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/config"
@@ -36,7 +34,7 @@ func (s *Service) startHTTP() error {
 	if err != nil {
 		return fmt.Errorf("service: http listen: %w", err)
 	}
-	s.httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	s.httpSrv = httpapi.NewServer(h)
 	return nil
 }
 
