@@ -98,10 +98,10 @@ type Consumer interface {
 	Refund(ctx context.Context, c Check) error
 }
 
-// Guards returns the standard chain on the control plane c, in order: pause, approval,
+// Guards returns the standard chain on the control plane c, in order: pause, storm, approval,
 // cooldown, breaker, blast radius, budget.
 func Guards(c *Control) []Guard {
-	return []Guard{PauseGuard{c}, ApprovalGuard{}, CooldownGuard{c}, BreakerGuard{c}, BlastRadiusGuard{c}, BudgetGuard{c}}
+	return []Guard{PauseGuard{c}, StormGuard{c}, ApprovalGuard{}, CooldownGuard{c}, BreakerGuard{c}, BlastRadiusGuard{c}, BudgetGuard{c}}
 }
 
 // PauseGuard holds every destructive action while automation is paused (G1).

@@ -53,6 +53,19 @@ type Status struct {
 	BreakerOpen  bool      `json:"breaker_open"`
 	Mode         string    `json:"mode"`
 	DryRunReason string    `json:"dry_run_reason,omitempty"`
+	// Storm is the detection storm on, if any: the vendors whose destructive actions
+	// are held, until when, and the held actions.
+	Storm *Storm `json:"storm,omitempty"`
+}
+
+// Storm is a detection storm's hold as GET /api/status shows it.
+type Storm struct {
+	Vendors []string  `json:"vendors"`
+	Since   time.Time `json:"since"`
+	Until   time.Time `json:"until"`
+	Reason  string    `json:"reason,omitempty"`
+	// Held lists the IDs of the actions the storm holds for approval.
+	Held []string `json:"held"`
 }
 
 // Controller carries out operators' requests. Every call is recorded in the ledger by

@@ -3,6 +3,7 @@ package incidents
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -143,24 +144,49 @@ func TestStormGuard(t *testing.T) {
 	g := NewStormGuard(StormSettings{Vendors: 3, Window: time.Minute})
 	steps := []struct {
 		vendor string
+		counts bool
 		at     time.Duration
-		storm  string
+		storm  string // the vendors held when Escalated reports a change
+		until  time.Duration
 	}{
-		{"a", 0, ""}, {"b", time.Second, ""}, {"a", 2 * time.Second, ""},
-		{"c", 3 * time.Second, "a,b,c"}, // the third vendor within the window
-		{"d", 4 * time.Second, ""},      // the storm goes on: reported once
-		{"e", 5 * time.Minute, ""},      // the window moved on: the storm is over
-		{"f", 5*time.Minute + time.Second, ""},
-		{"g", 5*time.Minute + 2*time.Second, "e,f,g"}, // a new storm
+		{"a", true, 0, "", 0}, {"b", true, time.Second, "", 0}, {"a", true, 2 * time.Second, "", 0},
+		{"x1", false, 2 * time.Second, "", 0}, // made-up names never count
+		{"x2", false, 2 * time.Second, "", 0},
+		{"c", true, 3 * time.Second, "a,b,c", time.Minute + 3*time.Second},     // the third vendor within the window
+		{"d", true, 4 * time.Second, "a,b,c,d", time.Minute + 4*time.Second},   // joins the storm
+		{"x3", false, 5 * time.Second, "", 0},                                  // still never counts
+		{"b", true, 30 * time.Second, "a,b,c,d", time.Minute + 30*time.Second}, // held longer
+		{"e", true, 5 * time.Minute, "", 0},                                    // the window moved on: the storm is over
+		{"f", true, 5*time.Minute + time.Second, "", 0},
+		{"g", true, 5*time.Minute + 2*time.Second, "e,f,g", 6*time.Minute + 2*time.Second}, // a new storm
 	}
 	for _, st := range steps {
-		got := strings.Join(g.Escalated(st.vendor, t0.Add(st.at)), ",")
-		if got != st.storm {
-			t.Errorf("%s at %s: storm %q, want %q", st.vendor, st.at, got, st.storm)
+		s, changed := g.Escalated(st.vendor, st.counts, t0.Add(st.at))
+		if got := strings.Join(s.Vendors, ","); got != st.storm || changed != (st.storm != "") {
+			t.Errorf("%s at %s: storm %q (changed %v), want %q", st.vendor, st.at, got, changed, st.storm)
+		}
+		if changed && !s.Until.Equal(t0.Add(st.until)) {
+			t.Errorf("%s at %s: held until %s, want %s", st.vendor, st.at, s.Until.Sub(t0), st.until)
 		}
 	}
-	if off := NewStormGuard(StormSettings{Vendors: -1}); off.Escalated("a", t0) != nil {
+	if cur, ok := g.Current(t0.Add(5*time.Minute + 3*time.Second)); !ok || strings.Join(cur.Vendors, ",") != "e,f,g" {
+		t.Errorf("Current = %v %v, want the storm of e,f,g", cur, ok)
+	}
+	if _, ok := g.Current(t0.Add(7 * time.Minute)); ok {
+		t.Error("Current reports a storm after its hold ended")
+	}
+	if off := NewStormGuard(StormSettings{Vendors: -1}); func() bool { _, c := off.Escalated("a", true, t0); return c }() {
 		t.Fatal("a disabled guard reported a storm")
+	}
+}
+
+// TestStormGuardUnknownNames: however many made-up vendors escalate, no storm.
+func TestStormGuardUnknownNames(t *testing.T) {
+	g := NewStormGuard(StormSettings{Vendors: 10, Window: 5 * time.Minute})
+	for i := range 10000 {
+		if _, changed := g.Escalated(fmt.Sprintf("x%04d", i), false, t0.Add(time.Duration(i)*time.Millisecond)); changed {
+			t.Fatalf("made-up vendor %d started a storm", i)
+		}
 	}
 }
 

@@ -70,9 +70,11 @@ type ResponderConfig struct {
 	Events EventSink
 	// Storm is the storm guard (G7); nil disables it (replay shows every incident).
 	Storm *incidents.StormGuard
-	// OnStorm is called once when a storm starts, with the vendors involved; the
-	// service pauses automation and pages. May be nil.
-	OnStorm func(ctx context.Context, vendors []string)
+	// OnStorm is called when a storm starts, when a vendor joins it and when a vendor of
+	// it escalates again, before that vendor's decision is acted on: the service holds
+	// the destructive actions of the storm's vendors until its Until, and pages. May be
+	// nil.
+	OnStorm func(ctx context.Context, storm incidents.Storm)
 	// Clock tells the time of decisions and records (event time in replay).
 	Clock   clock.Clock
 	Log     *zap.Logger
@@ -205,15 +207,16 @@ func (r *Responder) Handle(ctx context.Context, d detectors.Detection) (err erro
 	if obs.Escalation == incidents.EscalationNone {
 		return r.save(ctx, inc)
 	}
+	vendor := r.cfg.Inventory.Vendor(d.Vendor)
 	if r.cfg.Storm != nil {
-		if vendors := r.cfg.Storm.Escalated(d.Vendor, now); vendors != nil {
-			r.cfg.Log.Error("detection storm: automation paused", zap.String("vendor", d.Vendor), zap.Strings("vendors", vendors))
+		if storm, changed := r.cfg.Storm.Escalated(d.Vendor, stormCounts(d, vendor != nil), now); changed {
+			r.cfg.Log.Error("detection storm: destructive actions of its vendors held",
+				zap.String("vendor", d.Vendor), zap.Strings("vendors", storm.Vendors), zap.Time("until", storm.Until))
 			if r.cfg.OnStorm != nil {
-				r.cfg.OnStorm(ctx, vendors)
+				r.cfg.OnStorm(ctx, storm)
 			}
 		}
 	}
-	vendor := r.cfg.Inventory.Vendor(d.Vendor)
 	in := playbooks.Input{
 		Detection: d,
 		Incident:  playbooks.SummaryOf(inc),
@@ -378,4 +381,19 @@ func outcome(res playbooks.Result) string {
 		return "no_action"
 	}
 	return "act"
+}
+
+// stormCounts says whether an escalation on detection d counts toward a storm: its
+// vendor is in the inventory (known), or the detection can only come from a vendor with
+// a history (spike, sustained and new destination fire only after the vendor's learning
+// period, counted in observed history; dormant only after observed idleness). Silence
+// never counts: it is an alert, never a revocation, and any name can go silent.
+func stormCounts(d detectors.Detection, known bool) bool {
+	switch d.Detector {
+	case detectors.KindSilence:
+		return false
+	case detectors.KindSpike, detectors.KindSustained, detectors.KindNewDestination, detectors.KindDormant:
+		return true
+	}
+	return known
 }

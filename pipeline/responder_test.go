@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -126,21 +127,33 @@ func TestResponderOneRevocationPerIncident(t *testing.T) {
 
 func TestResponderStormGuard(t *testing.T) {
 	ctx := context.Background()
-	var stormed [][]string
+	var stormed []string
 	r := NewResponder(ResponderConfig{
 		Decider: shipped(t), Ledger: ledger.NewMemory(), Clock: clock.NewManual(t0),
-		Storm:   incidents.NewStormGuard(incidents.StormSettings{Vendors: 3, Window: time.Minute}),
-		OnStorm: func(_ context.Context, v []string) { stormed = append(stormed, v) },
+		Inventory: killswitch.Inventory{"known": inventory["mailer"]},
+		Storm:     incidents.NewStormGuard(incidents.StormSettings{Vendors: 3, Window: time.Minute}),
+		OnStorm:   func(_ context.Context, s incidents.Storm) { stormed = append(stormed, strings.Join(s.Vendors, ",")) },
 	})
-	for i, v := range []string{"a", "b", "a", "c", "d"} {
-		d := critical(time.Duration(i)*time.Second, detectors.KindSpike)
-		d.Vendor, d.ID = v, d.ID+v
+	for i, st := range []struct {
+		vendor string
+		kind   detectors.Kind
+	}{
+		// Names without history cannot make a storm: a cap detection of a vendor that
+		// is not in the inventory, or a silence, does not count.
+		{"x1", detectors.KindCap}, {"x2", detectors.KindSilence}, {"x3", detectors.KindCap}, {"x4", detectors.KindSilence},
+		{"a", detectors.KindSpike}, {"known", detectors.KindCap}, {"a", detectors.KindSpike},
+		{"c", detectors.KindNewDestination}, // the third counted vendor: a storm
+		{"x5", detectors.KindCap},           // still does not count
+		{"d", detectors.KindSustained},      // joins
+	} {
+		d := critical(time.Duration(i)*time.Second, st.kind)
+		d.Vendor, d.ID = st.vendor, d.ID+st.vendor+string(st.kind)
 		if err := r.Handle(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if len(stormed) != 1 || strings.Join(stormed[0], ",") != "a,b,c" {
-		t.Fatalf("storms = %v, want one with a,b,c", stormed)
+	if want := []string{"a,c,known", "a,c,d,known"}; !slices.Equal(stormed, want) {
+		t.Fatalf("storms = %q, want %q", stormed, want)
 	}
 }
 

@@ -123,6 +123,9 @@ func (c controller) Resume(ctx context.Context, who string) error {
 	if err := c.s.runner.Control().Resume(ctx, who); err != nil {
 		return err
 	}
+	if err := c.s.runner.Control().ClearStorm(ctx, who); err != nil {
+		return err
+	}
 	c.s.metrics.Paused.Set(0)
 	return nil
 }
@@ -139,6 +142,20 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 	out := httpapi.Status{Paused: st.Paused.On, BreakerOpen: st.Breaker.On, Mode: string(st.Mode)}
 	if st.Paused.On {
 		out.PausedBy, out.PausedAt = st.Paused.By, st.Paused.At
+	}
+	if h, err := c.s.runner.Control().Storm(ctx); err != nil {
+		return httpapi.Status{}, err
+	} else if h.Active(c.s.o.Clock.Now()) {
+		out.Storm = &httpapi.Storm{Vendors: h.Vendors, Since: h.Since, Until: h.Until, Reason: h.Reason}
+		held, err := c.s.runner.Approvals().List(ctx)
+		if err != nil {
+			return httpapi.Status{}, err
+		}
+		for _, a := range held {
+			if a.Guard == (actions.StormGuard{}).Name() && a.State == actions.HoldPending {
+				out.Storm.Held = append(out.Storm.Held, a.ID)
+			}
+		}
 	}
 	if c.s.o.VaultExecutors == nil {
 		out.DryRunReason = c.s.o.DryRunReason

@@ -257,15 +257,14 @@ func (s *Service) restoreIncidents(ctx context.Context) error {
 	return nil
 }
 
-// storm is the storm guard's reaction: pause automation fleet-wide and page.
-func (s *Service) storm(ctx context.Context, vendors []string) {
-	reason := fmt.Sprintf("detection storm: %d vendors escalated within the storm window (%v)", len(vendors), vendors)
-	if err := s.runner.Control().Pause(ctx, "storm-guard", reason); err != nil {
-		s.log.Error("storm guard could not pause automation", zap.Error(err))
-	} else {
-		s.metrics.Paused.Set(1)
+// storm is the storm guard's reaction: hold the destructive actions of the storm's
+// vendors fleet-wide until its end, and page. Other vendors are not held.
+func (s *Service) storm(ctx context.Context, st incidents.Storm) {
+	reason := fmt.Sprintf("detection storm: %d vendors with a history escalated within the storm window", len(st.Vendors))
+	if err := s.runner.Control().HoldStorm(ctx, actions.StormHold{Vendors: st.Vendors, Since: st.Since, Until: st.Until, Reason: reason}); err != nil {
+		s.log.Error("storm guard could not hold the storm's vendors", zap.Error(err))
 	}
-	if err := s.pager.Page(ctx, "storm", map[string]any{"page": true, "reason": reason, "vendors": vendors}); err != nil {
+	if err := s.pager.Page(ctx, "storm", map[string]any{"page": true, "reason": reason, "vendors": st.Vendors, "until": st.Until}); err != nil {
 		s.log.Error("storm guard could not page", zap.Error(err))
 	}
 }

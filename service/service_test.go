@@ -19,6 +19,7 @@ import (
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/actions/vault"
 	"github.com/killswitch-dev/killswitch/config"
+	"github.com/killswitch-dev/killswitch/httpapi"
 	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/ledger"
@@ -384,28 +385,66 @@ func TestServiceRevokesAndApprovals(t *testing.T) {
 	verifyLedger(t, s)
 }
 
-// A storm of escalations across vendors pauses automation and pages.
-func TestServiceStormPausesAndPages(t *testing.T) {
-	vendors := map[string]string{"a": "acc-a", "b": "acc-b", "c": "acc-c"}
-	s := start(t, options{cfg: capConfig(vendors) + "incidents: {storm: {vendors: 3, window: 1h}}\n"})
+// A storm of escalations across vendors with a history holds those vendors'
+// destructive actions (never a fleet-wide pause) and pages; the status lists the storm
+// and what it holds; the third vendor's token survives until someone approves; resume
+// lifts the hold. Made-up vendor names cannot start a storm.
+func TestServiceStormHoldsItsVendorsAndPages(t *testing.T) {
+	rig := newVaultRig(t, "a", "b", "c")
+	s := start(t, options{cfg: capConfig(rig.inv) + "incidents: {storm: {vendors: 3, window: 1h}}\n", execs: rig.execs})
 	pages, err := s.nc.SubscribeSync("killswitch.notify.storm")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for v := range vendors {
-		s.publish(t, crossing(v, v+"-api"))
+	// Made-up names crossing nothing they have a cap for: no detection, no storm.
+	for i := range 20 {
+		s.publish(t, crossing(fmt.Sprintf("made-up-%d", i), "x"))
 	}
+	contained := func(v string) func() bool {
+		return func() bool {
+			for _, in := range s.incidents(t) {
+				if in.Vendor == v && in.State == incidents.StateContained {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	for _, v := range []string{"a", "b"} {
+		s.publish(t, crossing(v, v+"-api"))
+		waitFor(t, v+" contained", contained(v))
+	}
+	s.publish(t, crossing("c", "c-api")) // the third vendor within the window
 	m, err := pages.NextMsg(20 * time.Second)
 	if err != nil {
 		t.Fatalf("no page: %v", err)
 	}
-	if !bytes.Contains(m.Data, []byte(`"page":true`)) {
+	if !bytes.Contains(m.Data, []byte(`"page":true`)) || !bytes.Contains(m.Data, []byte(`"vendors":["a","b","c"]`)) {
 		t.Fatalf("page %s", m.Data)
 	}
-	code, b := s.api(t, http.MethodGet, "/api/status", "")
-	if code != http.StatusOK || !bytes.Contains(b, []byte(`"paused_by": "storm-guard"`)) {
-		t.Fatalf("/api/status after the storm: %d %s", code, b)
+	var st httpapi.Status
+	waitFor(t, "the storm holding c's revocation", func() bool {
+		code, b := s.api(t, http.MethodGet, "/api/status", "")
+		st = httpapi.Status{}
+		return code == http.StatusOK && json.Unmarshal(b, &st) == nil && st.Storm != nil && len(st.Storm.Held) == 1
+	})
+	if st.Paused || strings.Join(st.Storm.Vendors, ",") != "a,b,c" {
+		t.Fatalf("status during the storm: %+v", st)
 	}
+	if !rig.alive(t, "c") {
+		t.Fatal("the storm's third vendor was revoked without an approval")
+	}
+	if code, b := s.api(t, http.MethodPost, "/api/resume", `{"who":"ana"}`); code != http.StatusOK || bytes.Contains(b, []byte(`"storm"`)) {
+		t.Fatalf("resume: %d %s", code, b)
+	}
+	if code, b := s.api(t, http.MethodPost, "/api/actions/"+st.Storm.Held[0]+"/approve", `{"approver":"ana"}`); code != http.StatusOK {
+		t.Fatalf("approve: %d %s", code, b)
+	}
+	waitFor(t, "c contained by the approved action", contained("c"))
+	if rig.alive(t, "c") {
+		t.Fatal("the approved revocation did not kill c's token")
+	}
+	verifyLedger(t, s)
 }
 
 // The service refuses a configuration it cannot run with, and says why.
