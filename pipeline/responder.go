@@ -75,6 +75,9 @@ type ResponderConfig struct {
 	// the destructive actions of the storm's vendors until its Until, and pages. May be
 	// nil.
 	OnStorm func(ctx context.Context, storm incidents.Storm)
+	// Pager pages a human when a destructive action ends unverified (applied but not
+	// proven dead) or failed; nil pages nobody (replay).
+	Pager Pager
 	// Clock tells the time of decisions and records (event time in replay).
 	Clock   clock.Clock
 	Log     *zap.Logger
@@ -264,6 +267,18 @@ func (r *Responder) actionUpdate(ctx context.Context, v *vendorState, inc *incid
 		}
 	}
 	r.emit(ctx, "action", inc.Vendor, ref)
+	if r.cfg.Pager != nil && ref.Type.Destructive() && (ref.Status == incidents.ActionUnverified || ref.Status == incidents.ActionFailed) {
+		page := map[string]any{"page": true, "incident": inc.ID, "action": ref,
+			"reason": fmt.Sprintf("%s on %s is %s: a human must check the credential", ref.Type, inc.Vendor, ref.Status)}
+		if err := r.cfg.Pager.Page(ctx, inc.Vendor, page); err != nil {
+			r.cfg.Log.Error("could not page", zap.String("incident", inc.ID), zap.String("action", ref.ID), zap.Error(err))
+		}
+	}
+}
+
+// Pager tells a human that something needs them now.
+type Pager interface {
+	Page(ctx context.Context, vendor string, v any) error
 }
 
 // ActionUpdate records a later change of one of an incident's actions (a held action

@@ -89,7 +89,10 @@ type RespondConfig struct {
 	MaxPerVendor int
 	// MaxInFlight bounds the detections received and not yet acknowledged. Default 1024.
 	MaxInFlight int
-	// AckWait is how long a detection may take before JetStream redelivers it. Default 5m.
+	// AckWait is how long JetStream waits for news of a detection before it redelivers
+	// it. While a detection waits for its turn or is being handled, its progress is
+	// signalled every AckWait/3, so a slow Vault never causes a redelivery; a crashed
+	// instance's detections are redelivered after at most AckWait. Default 15s.
 	AckWait time.Duration
 	Log     *zap.Logger
 	Metrics *metrics.Metrics
@@ -106,7 +109,7 @@ func (c *RespondConfig) defaults() {
 		c.MaxInFlight = 1024
 	}
 	if c.AckWait <= 0 {
-		c.AckWait = 5 * time.Minute
+		c.AckWait = 15 * time.Second
 	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()
@@ -136,8 +139,10 @@ func Respond(ctx context.Context, cfg RespondConfig) error {
 	if err != nil {
 		return fmt.Errorf("pipeline: consumer %s: %w", RespondConsumer, err)
 	}
-	d := &dispatcher{cfg: cfg, queues: map[string]*vendorQueue{}}
+	d := &dispatcher{cfg: cfg, queues: map[string]*vendorQueue{}, held: map[jetstream.Msg]struct{}{}}
 	defer d.wg.Wait()
+	d.wg.Add(1)
+	go d.heartbeat(ctx)
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(64, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
@@ -167,6 +172,39 @@ type dispatcher struct {
 
 	mu     sync.Mutex
 	queues map[string]*vendorQueue
+	held   map[jetstream.Msg]struct{} // received, not yet acknowledged or handed back
+}
+
+// heartbeat signals progress on every detection held, every AckWait/3, until ctx is done.
+func (ds *dispatcher) heartbeat(ctx context.Context) {
+	defer ds.wg.Done()
+	t := time.NewTicker(ds.cfg.AckWait / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ds.mu.Lock()
+		held := make([]jetstream.Msg, 0, len(ds.held))
+		for m := range ds.held {
+			held = append(held, m)
+		}
+		ds.mu.Unlock()
+		for _, m := range held {
+			if err := m.InProgress(); err != nil {
+				ds.cfg.Log.Debug("in-progress signal failed", zap.String("subject", m.Subject()), zap.Error(err))
+			}
+		}
+	}
+}
+
+// release stops the heartbeat of m: it was acknowledged, handed back or terminated.
+func (ds *dispatcher) release(m jetstream.Msg) {
+	ds.mu.Lock()
+	delete(ds.held, m)
+	ds.mu.Unlock()
 }
 
 // vendorQueue is one vendor's detections waiting for their turn.
@@ -175,9 +213,8 @@ type vendorQueue struct {
 }
 
 type item struct {
-	m        jetstream.Msg
-	d        detectors.Detection
-	received time.Time
+	m jetstream.Msg
+	d detectors.Detection
 }
 
 // dispatch decodes a detection and queues it for its vendor, starting the vendor's
@@ -208,7 +245,8 @@ func (ds *dispatcher) dispatch(ctx context.Context, m jetstream.Msg) {
 		q = &vendorQueue{}
 		ds.queues[d.Vendor] = q
 	}
-	q.items = append(q.items, item{m: m, d: d, received: time.Now()})
+	q.items = append(q.items, item{m: m, d: d})
+	ds.held[m] = struct{}{}
 	ds.mu.Unlock()
 	if !running {
 		ds.wg.Add(1)
@@ -235,14 +273,11 @@ func (ds *dispatcher) work(ctx context.Context, vendor string) {
 			if err := it.m.Nak(); err != nil {
 				ds.cfg.Log.Debug("nak on shutdown failed (redelivered after the ack wait)", zap.Error(err))
 			}
+			ds.release(it.m)
 			continue
 		}
-		if time.Since(it.received) > ds.cfg.AckWait/2 {
-			if err := it.m.InProgress(); err != nil {
-				ds.cfg.Log.Debug("in-progress signal failed", zap.String("detection", it.d.ID), zap.Error(err))
-			}
-		}
 		ds.handle(ctx, it)
+		ds.release(it.m)
 	}
 }
 
@@ -302,9 +337,7 @@ func (ds *dispatcher) count(outcome string) {
 }
 
 // Pager tells a human that something needs them now.
-type Pager interface {
-	Page(ctx context.Context, vendor string, v any) error
-}
+type Pager = pipeline.Pager
 
 // NotifyPager pages on the notification subject of the vendor (killswitch.notify.<vendor>,
 // where notify actions publish too), and confirms the server received the page.

@@ -1,0 +1,194 @@
+package testharness
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// KillswitchBinary builds the killswitch binary once per test process and returns its
+// path (the build runs from the module's cmd/killswitch, wherever the test runs).
+func KillswitchBinary(tb testing.TB) string {
+	tb.Helper()
+	binOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		src := filepath.Join(filepath.Dir(file), "..", "..", "cmd", "killswitch")
+		dir, err := os.MkdirTemp("", "killswitch-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "killswitch")
+		cmd := exec.Command("go", "build", "-o", binPath, ".")
+		cmd.Dir = src
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		tb.Fatal(binErr)
+	}
+	return binPath
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	p, err := freePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// Killswitch is a `killswitch run` process: the real binary, with its embedded NATS on
+// a fixed port and its data directory, so that it can be killed and started again on
+// the same state.
+type Killswitch struct {
+	// Config is the path of the configuration file, DataDir the data directory.
+	Config, DataDir string
+	// NATSPort and HTTPPort are the ports it listens on (127.0.0.1).
+	NATSPort, HTTPPort int
+	// Env is added to the process's environment (VAULT_ADDR, VAULT_TOKEN…).
+	Env []string
+
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	logs   strings.Builder
+	exited chan error
+}
+
+// NewKillswitch writes cfgYAML to a temporary directory and returns a process (not
+// started yet) on free ports; "{{nats}}" in cfgYAML is replaced by its NATS listen
+// address. Cleanup stops it if it is still running.
+func NewKillswitch(tb testing.TB, cfgYAML string, env ...string) *Killswitch {
+	tb.Helper()
+	dir := tb.TempDir()
+	k := &Killswitch{DataDir: filepath.Join(dir, "data"), NATSPort: FreePort(tb), HTTPPort: FreePort(tb), Env: env}
+	cfgYAML = strings.ReplaceAll(cfgYAML, "{{nats}}", fmt.Sprintf("127.0.0.1:%d", k.NATSPort))
+	k.Config = filepath.Join(dir, "killswitch.yaml")
+	if err := os.WriteFile(k.Config, []byte(cfgYAML), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { k.Stop() })
+	return k
+}
+
+// NATSURL is the URL of its embedded NATS server.
+func (k *Killswitch) NATSURL() string { return fmt.Sprintf("nats://127.0.0.1:%d", k.NATSPort) }
+
+// HTTPURL is the URL of its API.
+func (k *Killswitch) HTTPURL() string { return fmt.Sprintf("http://127.0.0.1:%d", k.HTTPPort) }
+
+// Start starts the process and waits until /readyz answers 200 (30 s at most).
+func (k *Killswitch) Start(tb testing.TB) {
+	tb.Helper()
+	k.cmd = exec.Command(KillswitchBinary(tb), "run", "--config", k.Config, "--data-dir", k.DataDir,
+		"--http", fmt.Sprintf("127.0.0.1:%d", k.HTTPPort), "--log-level", "debug")
+	k.cmd.Env = append(os.Environ(), k.Env...)
+	stderr, err := k.cmd.StderrPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	k.exited = make(chan error, 1)
+	if err := k.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	go func(r io.Reader, exited chan error, cmd *exec.Cmd) {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			k.mu.Lock()
+			k.logs.WriteString(sc.Text() + "\n")
+			k.mu.Unlock()
+		}
+		exited <- cmd.Wait()
+	}(stderr, k.exited, k.cmd)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if resp, err := http.Get(k.HTTPURL() + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case err := <-k.exited:
+			k.cmd = nil
+			tb.Fatalf("killswitch exited: %v\n%s", err, k.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("killswitch not ready in 30s\n%s", k.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Kill9 kills the process with SIGKILL (nothing runs on its way out) and waits for it.
+func (k *Killswitch) Kill9() {
+	if k.cmd == nil {
+		return
+	}
+	_ = k.cmd.Process.Signal(syscall.SIGKILL)
+	<-k.exited
+	k.cmd = nil
+}
+
+// Stop ends the process gracefully (SIGTERM) and returns its exit error.
+func (k *Killswitch) Stop() error {
+	if k.cmd == nil {
+		return nil
+	}
+	_ = k.cmd.Process.Signal(syscall.SIGTERM)
+	var err error
+	select {
+	case err = <-k.exited:
+	case <-time.After(30 * time.Second):
+		_ = k.cmd.Process.Kill()
+		err = fmt.Errorf("killswitch did not stop within 30s")
+		<-k.exited
+	}
+	k.cmd = nil
+	return err
+}
+
+// Log returns what the process logged so far (its stderr, across restarts).
+func (k *Killswitch) Log() string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.logs.String()
+}
+
+// Run runs the killswitch binary with args (a one-shot command such as `ledger verify`)
+// and returns its exit code and output.
+func Run(tb testing.TB, env []string, args ...string) (code int, stdout, stderr string) {
+	tb.Helper()
+	cmd := exec.Command(KillswitchBinary(tb), args...)
+	cmd.Env = append(os.Environ(), env...)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), o.String(), e.String()
+	} else if err != nil {
+		tb.Fatal(err)
+	}
+	return 0, o.String(), e.String()
+}
