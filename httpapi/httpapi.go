@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/killswitch-dev/killswitch/incidents"
+	"github.com/killswitch-dev/killswitch/ledger"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -53,6 +54,8 @@ type Status struct {
 	BreakerOpen  bool      `json:"breaker_open"`
 	Mode         string    `json:"mode"`
 	DryRunReason string    `json:"dry_run_reason,omitempty"`
+	// Ledger is the audit ledger's integrity.
+	Ledger *LedgerStatus `json:"ledger,omitempty"`
 	// Storm is the detection storm on, if any: the vendors whose destructive actions
 	// are held, until when, and the held actions.
 	Storm *Storm `json:"storm,omitempty"`
@@ -67,6 +70,23 @@ type Storm struct {
 	// Held lists the IDs of the actions the storm holds for approval.
 	Held []string `json:"held"`
 }
+
+// LedgerStatus is the ledger's integrity as GET /api/status reports it.
+type LedgerStatus struct {
+	// Integrity is "ok", or "degraded" while some break is not sealed.
+	Integrity string `json:"integrity"`
+	// HeadSeq is the last good record's sequence.
+	HeadSeq uint64 `json:"head_seq"`
+	// BreaksSeen counts the breaks this process found, sealed or not.
+	BreaksSeen uint64 `json:"breaks_seen"`
+	// Unsealed lists the unsealed breaks (bounded); UnsealedMore counts the others.
+	Unsealed     []ledger.Break `json:"unsealed,omitempty"`
+	UnsealedMore uint64         `json:"unsealed_more,omitempty"`
+}
+
+// ErrDegraded is wrapped by a Config.Ready error that leaves the service ready but
+// degraded: /readyz answers 200 with status "degraded: …".
+var ErrDegraded = errors.New("degraded")
 
 // Controller carries out operators' requests. Every call is recorded in the ledger by
 // the implementation.
@@ -147,7 +167,10 @@ func (s *server) auth(next http.Handler) http.Handler {
 
 func (s *server) ready(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Ready != nil {
-		if err := s.cfg.Ready(r.Context()); err != nil {
+		if err := s.cfg.Ready(r.Context()); errors.Is(err, ErrDegraded) {
+			writeJSON(w, 200, map[string]string{"status": err.Error()})
+			return
+		} else if err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
 			return
 		}

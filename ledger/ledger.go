@@ -111,15 +111,21 @@ func Later(ctx context.Context, a Appender, e Entry) (wait func() error) {
 }
 
 // Memory is a ledger kept in memory: replay and tests use it. It chains and
-// de-duplicates exactly like the JetStream ledger. It is safe for concurrent use.
+// de-duplicates exactly like the JetStream ledger, and MACs its records when it has a
+// key. It is safe for concurrent use.
 type Memory struct {
+	key     *Key
 	mu      sync.Mutex
 	records []Record
 	byID    map[string]int
 }
 
-// NewMemory returns an empty in-memory ledger.
-func NewMemory() *Memory { return &Memory{byID: make(map[string]int)} }
+// NewMemory returns an empty in-memory ledger whose records carry no MAC (replay: its
+// records never leave the process).
+func NewMemory() *Memory { return NewMemoryWithKey(nil) }
+
+// NewMemoryWithKey returns an empty in-memory ledger that MACs its records with k.
+func NewMemoryWithKey(k *Key) *Memory { return &Memory{key: k, byID: make(map[string]int)} }
 
 // Queue appends e at once (Memory stores synchronously) and returns its resolved
 // Pending; see Queuer.
@@ -143,7 +149,7 @@ func (m *Memory) Append(_ context.Context, e Entry) (Record, error) {
 	if n := len(m.records); n > 0 {
 		seq, prev = m.records[n-1].Seq, m.records[n-1].Hash
 	}
-	r := Link(e, seq, prev)
+	r := LinkSigned(e, seq, prev, m.key)
 	m.byID[k] = len(m.records)
 	m.records = append(m.records, r)
 	return r, nil
@@ -168,6 +174,20 @@ func (m *Memory) All(context.Context) iter.Seq2[Record, error] {
 	}
 }
 
+// Messages iterates over the chain in its stored form, each record at the position of
+// its sequence, for Audit.
+func (m *Memory) Messages(context.Context) iter.Seq2[Message, error] {
+	recs := m.Records()
+	return func(yield func(Message, error) bool) {
+		for _, r := range recs {
+			b, err := json.Marshal(r)
+			if !yield(Message{Stream: r.Seq, Data: b}, err) || err != nil {
+				return
+			}
+		}
+	}
+}
+
 // VerifyResult summarises a chain verification.
 type VerifyResult struct {
 	// Records is the number of records checked and found intact.
@@ -177,7 +197,9 @@ type VerifyResult struct {
 }
 
 // Verify walks a chain and returns the first broken record as an error wrapping
-// ErrBroken; errors from the source itself are returned as they are.
+// ErrBroken; errors from the source itself are returned as they are. It checks links
+// and hashes only, not MACs, and stops at the first break: Audit checks MACs and
+// checkpoints and lists every break.
 func Verify(records iter.Seq2[Record, error]) (VerifyResult, error) {
 	res := VerifyResult{Head: Genesis}
 	for r, err := range records {

@@ -7,6 +7,17 @@
 // Records are kept in memory (Memory: replay and tests) or in a JetStream stream
 // (ledger/jetstream); both chain the same way.
 //
+// The hash is public (anyone can compute it), so records also carry a MAC: HMAC-SHA256
+// with a Key the service holds, over the same content as the hash. A record forged
+// without the key fails its MAC. Signed Checkpoints of the head, kept apart from the
+// records, make a chain cut off or rewritten after a checkpoint detectable.
+//
+// A stored message that is not a valid continuation of the chain (it does not decode,
+// its hash or MAC is wrong, or it does not follow the last good record) is a Break: a
+// Checker reports it and goes on from the last good record, so garbage in the store
+// never stops the chain. Audit lists every break; a seal record (TypeSeal, see Seal)
+// written by an operator after looking at them marks them as sealed.
+//
 // Append (Appender) stores one record and waits for it. Queue (Queuer) places an entry in
 // the chain at once and returns a Pending: a caller recording several facts queues them
 // all and waits for the last, since a record is stored only if every record queued
@@ -19,12 +30,14 @@ package ledger
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"time"
 )
 
@@ -45,6 +58,9 @@ const (
 	// TypeControl records an operator's control: pause, resume, approval, rejection,
 	// breaker reset.
 	TypeControl RecordType = "control"
+	// TypeSeal records an operator's seal over breaks of the chain (see Seal): a new
+	// epoch anchored on the last good record.
+	TypeSeal RecordType = "seal"
 )
 
 // Genesis is the Prev of the first record of a chain.
@@ -81,12 +97,28 @@ type Record struct {
 	Prev string `json:"prev"`
 	// Hash is the hex SHA-256 over Seq, Prev and the entry's fields.
 	Hash string `json:"hash"`
+	// MAC is the hex HMAC-SHA256 with the ledger's Key over the same content as Hash;
+	// empty in records written without a key (before MACs were introduced, replay).
+	MAC string `json:"mac,omitempty"`
 }
 
 // computeHash returns the hash of r's content and chain position (r.Hash is ignored).
-// Each variable-length field is length-prefixed so no two records share an encoding.
 func computeHash(r *Record) string {
 	h := sha256.New()
+	writeContent(h, r)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// computeMAC returns the MAC of r's content and chain position with k.
+func computeMAC(k *Key, r *Record) string {
+	m := k.mac(domainRecord)
+	writeContent(m, r)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// writeContent writes what the hash and the MAC cover: the record without Hash and MAC.
+// Each variable-length field is length-prefixed so no two records share an encoding.
+func writeContent(h hash.Hash, r *Record) {
 	var n [8]byte
 	put := func(b []byte) {
 		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
@@ -102,7 +134,6 @@ func computeHash(r *Record) string {
 	binary.BigEndian.PutUint64(n[:], uint64(r.Time.UnixNano()))
 	h.Write(n[:])
 	put(r.Payload)
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Link returns the record of e following the record with sequence seq and hash prev
@@ -112,6 +143,29 @@ func Link(e Entry, seq uint64, prev string) Record {
 	r.Time = r.Time.UTC()
 	r.Hash = computeHash(&r)
 	return r
+}
+
+// LinkSigned is Link, and MACs the record with k (a nil k leaves it without a MAC).
+func LinkSigned(e Entry, seq uint64, prev string, k *Key) Record {
+	r := Link(e, seq, prev)
+	if k != nil {
+		r.MAC = computeMAC(k, &r)
+	}
+	return r
+}
+
+// CheckMAC reports whether r carries the MAC k computes over its content: it wraps
+// ErrBroken when r has no MAC or another one, and ErrNoKey when k is nil.
+func (k *Key) CheckMAC(r *Record) error {
+	switch {
+	case k == nil:
+		return ErrNoKey
+	case r.MAC == "":
+		return fmt.Errorf("%w at record %d: no MAC", ErrBroken, r.Seq)
+	case !hmac.Equal([]byte(computeMAC(k, r)), []byte(r.MAC)):
+		return fmt.Errorf("%w at record %d: MAC does not match (forged, or MAC'd with another key)", ErrBroken, r.Seq)
+	}
+	return nil
 }
 
 // Check verifies that r is intact and follows a record with sequence seq and hash prev.
@@ -138,7 +192,7 @@ func DecodeRecord(b []byte) (Record, error) {
 	if dec.More() {
 		return Record{}, fmt.Errorf("%w: trailing data after record", ErrBroken)
 	}
-	if len(r.Hash) != 64 || len(r.Prev) != 64 {
+	if len(r.Hash) != 64 || len(r.Prev) != 64 || (r.MAC != "" && len(r.MAC) != 64) {
 		return Record{}, fmt.Errorf("%w at record %d: malformed hash fields", ErrBroken, r.Seq)
 	}
 	return r, nil

@@ -42,6 +42,9 @@ type Metrics struct {
 	RespondFailures *prometheus.CounterVec
 	// TickFailures counts processing-time checks that failed, by stage.
 	TickFailures prometheus.Counter
+	// LedgerBreaks counts stored ledger messages (and checkpoints) found not to be valid
+	// records: garbage, forgeries, a cut-off or rewritten chain.
+	LedgerBreaks *prometheus.CounterVec
 }
 
 // New creates the metrics on a fresh registry, with the Go and process collectors.
@@ -79,11 +82,26 @@ func New() *Metrics {
 			Help: "Detections whose handling failed, by outcome (retried, paged, page_failed, undecodable, vendor_backlog)."}, []string{"outcome"}),
 		TickFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "killswitch_tick_failures_total",
 			Help: "Processing-time checks (silence, incident and approval expiry) that failed."}),
+		LedgerBreaks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "killswitch_ledger_breaks_total",
+			Help: "Stored ledger messages or checkpoints that are not valid, by kind (undecodable, hash, mac, no_mac, link, truncated, rewritten, bad_checkpoint)."}, []string{"kind"}),
 	}
 	for _, c := range []prometheus.Collector{m.Events, m.DeadLetters, m.Detections, m.Incidents, m.Decisions,
 		m.Actions, m.DetectionLatency, m.DecisionLatency, m.RevocationLatency, m.ExposureWindow, m.Paused,
-		m.EventsDropped, m.RespondFailures, m.TickFailures} {
+		m.EventsDropped, m.RespondFailures, m.TickFailures, m.LedgerBreaks} {
 		f(c)
 	}
 	return m
+}
+
+// WatchLedger registers killswitch_ledger_integrity: 1 while intact reports true (every
+// break of the ledger is sealed), 0 while it is degraded.
+func (m *Metrics) WatchLedger(intact func() bool) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "killswitch_ledger_integrity",
+		Help: "1 while the ledger chain is intact (every break sealed), 0 while degraded (see /api/status)."},
+		func() float64 {
+			if intact() {
+				return 1
+			}
+			return 0
+		}))
 }

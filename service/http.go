@@ -77,6 +77,9 @@ func (s *Service) readiness(ctx context.Context) error {
 	if _, err := s.js.AccountInfo(ctx); err != nil {
 		return fmt.Errorf("JetStream unavailable: %w", err)
 	}
+	if s.ledger.Integrity().Degraded() {
+		return fmt.Errorf("%w: ledger integrity", httpapi.ErrDegraded) // still ready: the chain goes on
+	}
 	return nil
 }
 
@@ -156,6 +159,12 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 				out.Storm.Held = append(out.Storm.Held, a.ID)
 			}
 		}
+	}
+	li := c.s.ledger.Integrity()
+	out.Ledger = &httpapi.LedgerStatus{Integrity: "ok", HeadSeq: li.Head.Seq, BreaksSeen: li.BreaksSeen,
+		Unsealed: li.Unsealed, UnsealedMore: li.UnsealedMore}
+	if li.Degraded() {
+		out.Ledger.Integrity = "degraded"
 	}
 	if c.s.o.VaultExecutors == nil {
 		out.DryRunReason = c.s.o.DryRunReason

@@ -30,6 +30,7 @@ import (
 	incnatskv "github.com/killswitch-dev/killswitch/incidents/natskv"
 	"github.com/killswitch-dev/killswitch/internal/embeddednats"
 	"github.com/killswitch-dev/killswitch/internal/natsconn"
+	"github.com/killswitch-dev/killswitch/ledger"
 	ledgerjs "github.com/killswitch-dev/killswitch/ledger/jetstream"
 	"github.com/killswitch-dev/killswitch/metrics"
 	"github.com/killswitch-dev/killswitch/pipeline"
@@ -158,8 +159,19 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if _, err := pipejs.EnsureDetectionsStream(ctx, s.js, replicas); err != nil {
 		return nil, err
 	}
-	if s.ledger, err = ledgerjs.OpenStream(ctx, s.js, ledgerjs.StreamConfig{Replicas: replicas}); err != nil {
+	lkey, err := s.ledgerKey()
+	if err != nil {
 		return nil, err
+	}
+	if s.ledger, err = ledgerjs.OpenStream(ctx, s.js, ledgerjs.StreamConfig{Replicas: replicas, Key: lkey, Clock: o.Clock,
+		Log: s.log.Named("ledger"), OnBreak: func(b ledger.Break) { s.metrics.LedgerBreaks.WithLabelValues(string(b.Kind)).Inc() }}); err != nil {
+		return nil, err
+	}
+	s.metrics.WatchLedger(func() bool { return !s.ledger.Integrity().Degraded() })
+	if st := s.ledger.Integrity(); st.Degraded() {
+		s.log.Error("ledger integrity degraded: the chain holds breaks no seal covers; the service goes on from the last good record "+
+			"(see /api/status, `killswitch ledger verify`, then `killswitch ledger seal`)",
+			zap.Int("unsealed", len(st.Unsealed)+int(st.UnsealedMore)), zap.Uint64("head", st.Head.Seq))
 	}
 	if s.incidents, err = incnatskv.Open(ctx, s.js, replicas); err != nil {
 		return nil, err
@@ -274,6 +286,31 @@ func instanceID() string {
 	_, _ = rand.Read(b) // crypto/rand.Read never fails (it panics instead)
 	host, _ := os.Hostname()
 	return host + "-" + hex.EncodeToString(b)
+}
+
+// ledgerKey returns the ledger's MAC key: from the environment (ledger.EnvKey), else
+// the key file in the data directory, created once (0600). The key is never logged;
+// its public ID is.
+func (s *Service) ledgerKey() (*ledger.Key, error) {
+	if v := os.Getenv(ledger.EnvKey); v != "" {
+		k, err := ledger.ParseKey(v)
+		if err != nil {
+			return nil, fmt.Errorf("service: $%s: %w", ledger.EnvKey, err)
+		}
+		s.log.Info("ledger MAC key from the environment", zap.String("key_id", k.ID()))
+		return k, nil
+	}
+	p := filepath.Join(s.cfg.Service.DataDir, ledger.KeyFile)
+	k, created, err := ledger.LoadOrCreateKeyFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("service: %w", err)
+	}
+	if created {
+		s.log.Warn("no ledger MAC key: generated one; keep a copy (ledger verify needs it)", zap.String("file", p), zap.String("key_id", k.ID()))
+	} else {
+		s.log.Info("ledger MAC key", zap.String("file", p), zap.String("key_id", k.ID()))
+	}
+	return k, nil
 }
 
 // fingerprintKey returns the deployment's key for fingerprints of accessors, created

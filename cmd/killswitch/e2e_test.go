@@ -324,7 +324,7 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Fatalf("metrics:\n%s", grepLines(string(m), "killswitch_"))
 	}
 	// The ledger verifies.
-	code, out, stderr := run(t, "ledger", "verify", "--nats", s.natsURL)
+	code, out, stderr := run(t, "ledger", "verify", "--nats", s.natsURL, "--data-dir", s.dataDir)
 	if code != 0 || !strings.HasPrefix(out, "ok: ") {
 		t.Fatalf("ledger verify: %d %s %s", code, out, stderr)
 	}
@@ -412,7 +412,7 @@ func TestRunSurvivesKill9(t *testing.T) {
 	if applied > 1 {
 		t.Fatalf("the revocation was applied %d times", applied)
 	}
-	code, out, stderr := run(t, "ledger", "verify", "--nats", s.natsURL)
+	code, out, stderr := run(t, "ledger", "verify", "--nats", s.natsURL, "--data-dir", s.dataDir)
 	if code != 0 {
 		t.Fatalf("ledger verify after kill -9: %d %s %s", code, out, stderr)
 	}

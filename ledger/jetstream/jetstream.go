@@ -1,5 +1,17 @@
 // Package jetstream keeps the ledger on a JetStream stream: file storage, deletes and
-// purges denied, so the chain sequence equals the stream sequence.
+// purges denied. Anyone allowed to publish on the ledger's subject can add a message,
+// so the stream may hold messages that are not records of the chain: each is a break
+// (ledger.Checker), reported and skipped, and the chain goes on from the last good
+// record at a later stream sequence. A record's sequence therefore equals its stream
+// sequence only as long as nothing else was stored.
+//
+// With a key (StreamConfig.Key) records are MAC'd, their message IDs are derived from
+// the key (nobody else can occupy an entry's ID in the duplicate window), and signed
+// checkpoints of the head are published every CheckpointEvery records or
+// CheckpointInterval to a stream of their own (deletes and purges denied: the history
+// is kept). Opening starts from the last valid checkpoint and examines every message
+// after it; a checkpointed record that is gone or different is a break too. Opening
+// never fails because of what others stored.
 //
 // A Stream pipelines appends: one writer goroutine links each queued entry after the one
 // before it and publishes it without waiting for the previous acknowledgement, so several
@@ -18,14 +30,17 @@ import (
 	"fmt"
 	"iter"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/ledger"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 )
 
 // StreamConfig configures the JetStream ledger.
@@ -46,6 +61,28 @@ type StreamConfig struct {
 	Timeout time.Duration
 	// MaxInFlight bounds the records published and not yet acknowledged. Default 256.
 	MaxInFlight int
+	// Key MACs the records and the checkpoints. Without it records carry no MAC and no
+	// checkpoint is written (tests; a ledger that was never keyed).
+	Key *ledger.Key
+	// Checkpoints is the name of the stream of signed checkpoints. Default
+	// KILLSWITCH_LEDGER_CHECKPOINTS.
+	Checkpoints string
+	// CheckpointSubject is the subject checkpoints are published on. Default
+	// killswitch.ledger_checkpoints.
+	CheckpointSubject string
+	// CheckpointEvery is how many records may be appended before a checkpoint is
+	// written. Default 100.
+	CheckpointEvery int
+	// CheckpointInterval is how often the head is checkpointed when it moved, and how
+	// often an idle writer looks for messages others stored. Default 10s.
+	CheckpointInterval time.Duration
+	// Clock dates the checkpoints. Default the wall clock.
+	Clock clock.Clock
+	// Log receives the breaks found and checkpoint failures (never the key).
+	Log *zap.Logger
+	// OnBreak, if set, is called for every break found (from the writer goroutine; it
+	// must not block), e.g. to count them.
+	OnBreak func(ledger.Break)
 }
 
 func (c *StreamConfig) defaults() {
@@ -67,6 +104,24 @@ func (c *StreamConfig) defaults() {
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = 256
 	}
+	if c.Checkpoints == "" {
+		c.Checkpoints = "KILLSWITCH_LEDGER_CHECKPOINTS"
+	}
+	if c.CheckpointSubject == "" {
+		c.CheckpointSubject = "killswitch.ledger_checkpoints"
+	}
+	if c.CheckpointEvery <= 0 {
+		c.CheckpointEvery = 100
+	}
+	if c.CheckpointInterval <= 0 {
+		c.CheckpointInterval = 10 * time.Second
+	}
+	if c.Clock == nil {
+		c.Clock = clock.Real{}
+	}
+	if c.Log == nil {
+		c.Log = zap.NewNop()
+	}
 }
 
 const (
@@ -83,6 +138,12 @@ const (
 	// statusHeader and noResponders mark the server's reply when no stream listens.
 	statusHeader = "Status"
 	noResponders = "503"
+	// maxGetScan is the largest run of messages read one by one; longer runs are read
+	// with an ordered consumer.
+	maxGetScan = 64
+	// maxCheckpointScan bounds the invalid checkpoints skipped looking for the last
+	// valid one.
+	maxCheckpointScan = 1000
 )
 
 // JetStream API error codes meaning another writer appended first (or the same message
@@ -98,27 +159,67 @@ const (
 // ledger.ErrUnavailable.
 var ErrClosed = fmt.Errorf("%w: ledger stream closed", ledger.ErrUnavailable)
 
-// Stream is the ledger on a JetStream stream. The stream denies deletes and purges, so
-// the chain sequence equals the stream sequence. Several writers (processes) may share a
-// stream: each publish states the sequence it expects to follow, and a writer that lost
-// the race reloads the tail and links again. It is safe for concurrent use.
+// Stream is the ledger on a JetStream stream. The stream denies deletes and purges.
+// Several writers (processes) may share a stream: each publish states the stream
+// sequence it expects to follow, and a writer that lost the race (to another writer, or
+// to garbage someone published) examines what was stored since and links again after
+// the last good record. It is safe for concurrent use.
 //
-// A Stream owns a writer goroutine and a reply subscription on the JetStream
-// connection, both ended by Close.
+// A Stream owns a writer goroutine, a checkpointer goroutine and a reply subscription on
+// the JetStream connection, all ended by Close.
 type Stream struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
+	cps    jetstream.Stream // nil without a key
 	cfg    StreamConfig
 
 	mu     sync.Mutex
 	queue  []*item // queued, not yet taken by the writer, in chain order
 	closed bool
+	state  Integrity // the writer's view, for Integrity and the checkpoints
 
 	wake      chan struct{} // capacity 1: the queue has grown
+	poke      chan struct{} // capacity 1: look for messages others stored
+	cpWake    chan struct{} // capacity 1: enough records for a checkpoint
 	closing   chan struct{} // closed by Close
 	exited    chan struct{} // closed when the writer has stopped
+	cpExited  chan struct{} // closed when the checkpointer has stopped
 	closeOnce sync.Once
 	closeErr  error // written by the writer before exited is closed
+}
+
+// Integrity is a Stream's view of its chain: the head, and the breaks it has seen
+// (found by this process, or listed by the checkpoint it started from) that no seal
+// covers yet.
+type Integrity struct {
+	// Head is the last good record.
+	Head ledger.Anchor `json:"head"`
+	// BreaksSeen counts the breaks this process found, sealed or not.
+	BreaksSeen uint64 `json:"breaks_seen"`
+	// Unsealed lists unsealed breaks (at most ledger.MaxUnsealed); UnsealedMore counts
+	// the others.
+	Unsealed     []ledger.Break `json:"unsealed,omitempty"`
+	UnsealedMore uint64         `json:"unsealed_more,omitempty"`
+	// Unauthenticated counts the records without a MAC this process accepted (written
+	// before the ledger was keyed).
+	Unauthenticated uint64 `json:"unauthenticated,omitempty"`
+	// Checkpoint is the head last checkpointed by this process (or the checkpoint it
+	// started from).
+	Checkpoint ledger.Anchor `json:"checkpoint"`
+
+	cpUnsealed uint64 // unsealed breaks listed by that checkpoint
+}
+
+// Degraded reports whether some break is unsealed.
+func (i Integrity) Degraded() bool { return len(i.Unsealed) > 0 || i.UnsealedMore > 0 }
+
+// Integrity returns the stream's current view of the chain's integrity.
+func (s *Stream) Integrity() Integrity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.state
+	st.Unsealed = slices.Clone(st.Unsealed)
+	return st
 }
 
 var (
@@ -126,10 +227,49 @@ var (
 	_ ledger.Queuer   = (*Stream)(nil)
 )
 
-// OpenStream creates (or updates) the ledger stream, loads the chain's tail and starts
-// the writer. ctx bounds the opening only; the writer runs until Close.
+// OpenStream creates (or updates) the ledger stream (and, with a key, the checkpoint
+// stream), finds the chain's tail and starts the writer. The tail is the last good
+// record: from the last valid checkpoint on, every message is examined and the ones
+// that are not good records are reported as breaks, never refused. ctx bounds the
+// opening only; the writer runs until Close.
 func OpenStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (*Stream, error) {
 	cfg.defaults()
+	st, err := ensureStream(ctx, js, cfg)
+	if err != nil {
+		return nil, err
+	}
+	var cps jetstream.Stream
+	if cfg.Key != nil {
+		if cps, err = ensureCheckpoints(ctx, js, cfg); err != nil {
+			return nil, err
+		}
+	}
+	return startStream(ctx, js, cfg, st, cps)
+}
+
+// startStream finds the tail and starts the writer and the checkpointer.
+func startStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, st, cps jetstream.Stream) (*Stream, error) {
+	s := &Stream{
+		js: js, stream: st, cps: cps, cfg: cfg,
+		wake: make(chan struct{}, 1), poke: make(chan struct{}, 1), cpWake: make(chan struct{}, 1),
+		closing: make(chan struct{}), exited: make(chan struct{}), cpExited: make(chan struct{}),
+	}
+	w, err := newWriter(context.WithoutCancel(ctx), s)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.start(ctx); err != nil {
+		_ = w.sub.Unsubscribe()
+		w.nc.RemoveStatusListener(w.status)
+		return nil, err
+	}
+	go w.run()
+	go s.checkpointer()
+	return s, nil
+}
+
+// ensureStream creates or updates the ledger stream.
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        cfg.Name,
 		Description: "Killswitch audit ledger: append-only, hash-chained",
@@ -144,20 +284,26 @@ func OpenStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (
 	if err != nil {
 		return nil, fmt.Errorf("%w: create stream %s: %w", ledger.ErrUnavailable, cfg.Name, err)
 	}
-	s := &Stream{
-		js: js, stream: st, cfg: cfg,
-		wake: make(chan struct{}, 1), closing: make(chan struct{}), exited: make(chan struct{}),
-	}
-	tail, err := s.loadTail(ctx)
+	return st, nil
+}
+
+// ensureCheckpoints creates or updates the checkpoint stream: append-only like the
+// ledger, every checkpoint kept.
+func ensureCheckpoints(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
+	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        cfg.Checkpoints,
+		Description: "Killswitch audit ledger: signed checkpoints of the chain's head",
+		Subjects:    []string{cfg.CheckpointSubject},
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		Retention:   jetstream.LimitsPolicy,
+		DenyDelete:  true,
+		DenyPurge:   true,
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: create stream %s: %w", ledger.ErrUnavailable, cfg.Checkpoints, err)
 	}
-	w, err := newWriter(context.WithoutCancel(ctx), s, tail)
-	if err != nil {
-		return nil, err
-	}
-	go w.run()
-	return s, nil
+	return st, nil
 }
 
 // Queue places e at the end of the chain and returns at once; see ledger.Queuer. The
@@ -180,7 +326,7 @@ func (s *Stream) enqueue(es ...ledger.Entry) []*ledger.Pending {
 		}
 		p, resolve := ledger.NewPending()
 		ps[i] = p
-		items = append(items, &item{e: e, key: e.Key(), resolve: resolve})
+		items = append(items, &item{e: e, key: e.Key(), msgID: s.cfg.Key.MsgID(e.Key()), resolve: resolve})
 	}
 	if len(items) == 0 {
 		return ps
@@ -226,6 +372,7 @@ func (s *Stream) Close() error {
 		close(s.closing)
 	})
 	<-s.exited
+	<-s.cpExited
 	return s.closeErr
 }
 
@@ -238,31 +385,17 @@ func (s *Stream) take() []*item {
 	return q
 }
 
-// position is a place in the chain: a record's sequence and hash.
+// position is a place in the chain: a record's sequence and hash, and the stream
+// sequence the next record must follow (the record's own, or that of the last message
+// examined after it).
 type position struct {
-	seq  uint64
-	hash string
-}
-
-// loadTail reads the last record, the one the next append links to.
-func (s *Stream) loadTail(ctx context.Context) (position, error) {
-	info, err := s.stream.Info(ctx)
-	if err != nil {
-		return position{}, fmt.Errorf("%w: stream info: %w", ledger.ErrUnavailable, err)
-	}
-	last := info.State.LastSeq
-	if last == 0 {
-		return position{0, ledger.Genesis}, nil
-	}
-	r, err := s.readRecord(ctx, last)
-	if err != nil {
-		return position{}, err
-	}
-	return position{r.Seq, r.Hash}, nil
+	seq    uint64
+	hash   string
+	stream uint64
 }
 
 // readRecord reads the record stored at stream sequence seq and checks that it is
-// intact and in its place.
+// intact (hash, and MAC with a key).
 func (s *Stream) readRecord(ctx context.Context, seq uint64) (ledger.Record, error) {
 	msg, err := s.stream.GetMsg(ctx, seq)
 	if err != nil {
@@ -272,11 +405,13 @@ func (s *Stream) readRecord(ctx context.Context, seq uint64) (ledger.Record, err
 	if err != nil {
 		return ledger.Record{}, fmt.Errorf("stream sequence %d: %w", seq, err)
 	}
-	if r.Seq != seq {
-		return ledger.Record{}, fmt.Errorf("%w at record %d: stored at stream sequence %d", ledger.ErrBroken, r.Seq, seq)
-	}
 	if err := r.Check(r.Seq-1, r.Prev); err != nil {
-		return ledger.Record{}, err
+		return ledger.Record{}, fmt.Errorf("stream sequence %d: %w", seq, err)
+	}
+	if s.cfg.Key != nil {
+		if err := s.cfg.Key.CheckMAC(&r); err != nil {
+			return ledger.Record{}, fmt.Errorf("stream sequence %d: %w", seq, err)
+		}
 	}
 	return r, nil
 }
@@ -285,11 +420,13 @@ func (s *Stream) readRecord(ctx context.Context, seq uint64) (ledger.Record, err
 type item struct {
 	e        ledger.Entry
 	key      string
+	msgID    string // the message ID it is published under (see ledger.Key.MsgID)
 	resolve  func(ledger.Record, error)
 	attempts int // publishes refused because another writer appended first
 
 	// Set each time the item is published.
 	rec      ledger.Record // the record as linked for this publish
+	stream   uint64        // the stream sequence it must be stored at
 	token    string        // reply subject token
 	deadline time.Time     // when its acknowledgement is given up
 	barrier  bool          // publish nothing after it until it is acknowledged
@@ -319,10 +456,12 @@ type writer struct {
 	replies chan *nats.Msg
 	status  chan nats.Status
 
-	tail       position // the last record known to be stored
-	needReload bool     // tail may be stale after a failure: reload before publishing
-	ready      []*item  // taken from the queue or to publish again, in chain order
-	inflight   []*item  // published, in chain order
+	chk        *ledger.Checker // the last good record known to be stored, the breaks seen
+	last       uint64          // the last stream sequence examined
+	needReload bool            // the tail may be stale after a failure: reload before publishing
+	sinceCP    int             // records stored since the checkpointer was last woken
+	ready      []*item         // taken from the queue or to publish again, in chain order
+	inflight   []*item         // published, in chain order
 	tokens     map[string]*item
 	nextToken  uint64
 	troubled   bool      // an in-flight publish did not append: recover before publishing more
@@ -345,10 +484,10 @@ type uncertainKey struct {
 	gen uint64
 }
 
-func newWriter(base context.Context, s *Stream, tail position) (*writer, error) {
+func newWriter(base context.Context, s *Stream) (*writer, error) {
 	nc := s.js.Conn()
 	w := &writer{
-		s: s, nc: nc, base: base, tail: tail,
+		s: s, nc: nc, base: base, chk: ledger.NewChecker(s.cfg.Key, ledger.GenesisAnchor, ledger.MaxUnsealed),
 		inbox:     nc.NewInbox() + ".",
 		replies:   make(chan *nats.Msg, 2*s.cfg.MaxInFlight+16),
 		tokens:    make(map[string]*item),
@@ -382,7 +521,7 @@ func (w *writer) run() {
 		case head.out.stored():
 			w.inflight[0] = nil
 			w.inflight = w.inflight[1:]
-			w.tail = position{head.rec.Seq, head.rec.Hash}
+			w.accept(head.rec, head.out.seq)
 			w.settled(head)
 			head.resolve(head.rec, nil)
 		default:
@@ -447,6 +586,10 @@ func (w *writer) wait(deadline time.Time, wake bool) {
 		}
 		w.onConnectionLost(st)
 	case <-woken:
+	case <-w.s.poke:
+		if len(w.inflight) == 0 && !w.stopping {
+			w.idleSync()
+		}
 	case <-closing:
 		w.stopping = true
 	case now := <-timeout:
@@ -471,13 +614,13 @@ func (w *writer) publish() {
 	}
 	if w.needReload {
 		ctx, cancel := context.WithTimeout(w.base, w.s.cfg.Timeout)
-		tail, err := w.loadTail(ctx)
+		err := w.loadTail(ctx)
 		cancel()
 		if err != nil {
 			w.fail(nil, err)
 			return
 		}
-		w.tail, w.needReload = tail, false
+		w.needReload = false
 	}
 	for len(w.ready) > 0 && w.canPublish() {
 		it := w.ready[0]
@@ -489,12 +632,14 @@ func (w *writer) publish() {
 
 // send links it after the last record in flight (or the tail) and publishes it.
 func (w *writer) send(it *item) {
-	prev, prevKey := w.tail, ""
+	h := w.chk.Head()
+	prev, prevID := position{h.Seq, h.Hash, w.last}, ""
 	if n := len(w.inflight); n > 0 {
 		p := w.inflight[n-1]
-		prev, prevKey = position{p.rec.Seq, p.rec.Hash}, p.key
+		prev, prevID = position{p.rec.Seq, p.rec.Hash, p.stream}, p.msgID
 	}
-	it.rec = ledger.Link(it.e, prev.seq, prev.hash)
+	it.rec = ledger.LinkSigned(it.e, prev.seq, prev.hash, w.s.cfg.Key)
+	it.stream = prev.stream + 1
 	it.out = nil
 	_, it.barrier = w.uncertain[it.key]
 	it.deadline = time.Now().Add(w.s.cfg.Timeout)
@@ -508,14 +653,14 @@ func (w *writer) send(it *item) {
 	w.nextToken++
 	it.token = strconv.FormatUint(w.nextToken, 36)
 	msg := &nats.Msg{Subject: w.s.cfg.Subject, Reply: w.inbox + it.token, Data: data, Header: nats.Header{}}
-	msg.Header.Set(jetstream.MsgIDHeader, it.key)
+	msg.Header.Set(jetstream.MsgIDHeader, it.msgID)
 	msg.Header.Set(jetstream.ExpectedStreamHeader, w.s.cfg.Name)
-	msg.Header.Set(jetstream.ExpectedLastSeqHeader, strconv.FormatUint(prev.seq, 10))
-	if prevKey != "" {
+	msg.Header.Set(jetstream.ExpectedLastSeqHeader, strconv.FormatUint(prev.stream, 10))
+	if prevID != "" {
 		// The previous record is still in flight: if it is not the stream's last
 		// record (another writer got in first and this one was refused), the stream's
 		// last sequence may still match, but not its message ID.
-		msg.Header.Set(jetstream.ExpectedLastMsgIDHeader, prevKey)
+		msg.Header.Set(jetstream.ExpectedLastMsgIDHeader, prevID)
 	}
 	if err := w.nc.PublishMsg(msg); err != nil {
 		it.out = &outcome{err: fmt.Errorf("publish: %w", err)}
@@ -563,8 +708,8 @@ func (w *writer) parseAck(it *item, m *nats.Msg) *outcome {
 		return &outcome{err: fmt.Errorf("acknowledged by stream %q", ack.Stream), unknown: true}
 	case ack.Duplicate:
 		return &outcome{seq: ack.Seq, dup: true}
-	case ack.Seq != it.rec.Seq:
-		return &outcome{seq: ack.Seq, err: fmt.Errorf("%w at record %d: stored at stream sequence %d", ledger.ErrBroken, it.rec.Seq, ack.Seq)}
+	case ack.Seq != it.stream:
+		return &outcome{seq: ack.Seq, err: fmt.Errorf("%w at record %d: stored at stream sequence %d, not %d", ledger.ErrBroken, it.rec.Seq, ack.Seq, it.stream)}
 	}
 	return &outcome{seq: ack.Seq}
 }
@@ -627,13 +772,12 @@ func (w *writer) recover() {
 	}
 	ctx, cancel := context.WithTimeout(w.base, w.s.cfg.Timeout)
 	defer cancel()
-	tail, err := w.loadTail(ctx)
-	if err != nil {
+	if err := w.loadTail(ctx); err != nil {
 		w.needReload = true
 		w.fail(batch, fmt.Errorf("append %s %s: %v; reloading the tail: %w", batch[0].e.Type, batch[0].e.ID, batch[0].out.err, err))
 		return
 	}
-	w.tail, w.needReload = tail, false
+	w.needReload = false
 
 	// A record stored after one that was not appended as linked (refused, or given up)
 	// names it as its predecessor: the record the stream holds there carries that key.
@@ -651,7 +795,7 @@ func (w *writer) recover() {
 		if stored[i] == nil || stored[i-1] != nil {
 			continue
 		}
-		prev, err := w.s.readRecord(ctx, stored[i].Seq-1)
+		prev, err := w.s.readRecord(ctx, batch[i].stream-1)
 		if err != nil {
 			w.needReload = true
 			w.fail(batch, err)
@@ -708,12 +852,12 @@ func (w *writer) recover() {
 	}
 }
 
-// loadTail reloads the tail, failing at once when NATS is not connected.
-func (w *writer) loadTail(ctx context.Context) (position, error) {
+// loadTail brings the tail up to date, failing at once when NATS is not connected.
+func (w *writer) loadTail(ctx context.Context) error {
 	if !w.nc.IsConnected() {
-		return position{}, w.notConnected()
+		return w.notConnected()
 	}
-	return w.s.loadTail(ctx)
+	return w.sync(ctx)
 }
 
 func (w *writer) notConnected() error {
@@ -797,34 +941,312 @@ func (w *writer) stop() {
 	close(w.s.exited)
 }
 
+// accept moves the tail to r, which this writer has just stored at stream sequence seq.
+func (w *writer) accept(r ledger.Record, seq uint64) {
+	w.chk.Accept(r, seq)
+	w.last = seq
+	w.publishState()
+	if w.sinceCP++; w.sinceCP >= w.s.cfg.CheckpointEvery {
+		w.sinceCP = 0
+		select {
+		case w.s.cpWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// start finds the tail when the stream is opened: from the last valid checkpoint whose
+// record is still in place, or else from the chain's start, every message is examined.
+func (w *writer) start(ctx context.Context) error {
+	var found []ledger.Break // invalid checkpoints, then a checkpointed record gone
+	from := ledger.Anchor{}
+	if w.s.cps != nil {
+		cp, at, ok, err := w.s.lastCheckpoint(ctx, func(b ledger.Break) { found = append(found, b) })
+		if err != nil {
+			return err
+		}
+		if ok {
+			if b := w.s.checkAnchor(ctx, cp, at); b != nil {
+				found = append(found, *b)
+			} else {
+				w.chk = ledger.NewChecker(w.s.cfg.Key, cp.Anchor, ledger.MaxUnsealed)
+				w.chk.Restore(cp.Unsealed, cp.UnsealedMore)
+				w.last, from = cp.Stream, cp.Anchor
+				w.s.state.cpUnsealed = uint64(len(cp.Unsealed)) + cp.UnsealedMore
+			}
+		}
+	}
+	for _, b := range found {
+		w.report(w.chk.Add(b))
+	}
+	if err := w.sync(ctx); err != nil {
+		return err
+	}
+	w.publishState()
+	w.s.mu.Lock()
+	w.s.state.Checkpoint = from
+	w.s.mu.Unlock()
+	return nil
+}
+
+// checkAnchor reports a break unless the record checkpointed in cp (found at position
+// at among the checkpoints) is still stored where the checkpoint says.
+func (s *Stream) checkAnchor(ctx context.Context, cp ledger.Checkpoint, at uint64) *ledger.Break {
+	if cp.Seq == 0 {
+		return nil
+	}
+	b := &ledger.Break{Kind: ledger.BreakRewritten, Checkpoint: at, Seq: cp.Seq}
+	msg, err := s.stream.GetMsg(ctx, cp.Stream)
+	if err != nil {
+		b.Kind = ledger.BreakTruncated
+		b.Detail = fmt.Sprintf("record %d, checkpointed %s at stream sequence %d, cannot be read: %v", cp.Seq, cp.Time.Format(time.RFC3339), cp.Stream, err)
+		return b
+	}
+	r, err := ledger.DecodeRecord(msg.Data)
+	if err != nil || r.Seq != cp.Seq || r.Hash != cp.Hash {
+		b.Detail = fmt.Sprintf("stream sequence %d does not hold record %d %.12s…, checkpointed %s", cp.Stream, cp.Seq, cp.Hash, cp.Time.Format(time.RFC3339))
+		return b
+	}
+	return nil
+}
+
+// lastCheckpoint returns the last valid checkpoint and its position among the
+// checkpoints; invalid ones after it are reported.
+func (s *Stream) lastCheckpoint(ctx context.Context, report func(ledger.Break)) (ledger.Checkpoint, uint64, bool, error) {
+	info, err := s.cps.Info(ctx)
+	if err != nil {
+		return ledger.Checkpoint{}, 0, false, fmt.Errorf("%w: checkpoint stream info: %w", ledger.ErrUnavailable, err)
+	}
+	for seq, n := info.State.LastSeq, 0; seq >= max(info.State.FirstSeq, 1) && n < maxCheckpointScan; seq, n = seq-1, n+1 {
+		msg, err := s.cps.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return ledger.Checkpoint{}, 0, false, fmt.Errorf("%w: read checkpoint %d: %w", ledger.ErrUnavailable, seq, err)
+		}
+		cp, err := ledger.DecodeCheckpoint(msg.Data, s.cfg.Key)
+		if err != nil {
+			report(ledger.Break{Kind: ledger.BreakCheckpoint, Checkpoint: seq, Detail: err.Error()})
+			continue
+		}
+		return cp, seq, true, nil
+	}
+	return ledger.Checkpoint{}, 0, false, nil
+}
+
+// sync examines every message stored after the last one examined: records that
+// continue the chain move the tail on, anything else is reported as a break and
+// skipped.
+func (w *writer) sync(ctx context.Context) error {
+	info, err := w.s.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: stream info: %w", ledger.ErrUnavailable, err)
+	}
+	last := info.State.LastSeq
+	if last < w.last {
+		// The stream holds fewer messages than were examined: it was recreated. The
+		// checkpoints tell (verify); here the chain starts again from what is stored.
+		w.s.cfg.Log.Error("ledger stream is shorter than what was examined: it was recreated; reading it again from the start",
+			zap.Uint64("examined", w.last), zap.Uint64("last", last))
+		unsealed, more := w.chk.Unsealed()
+		w.chk = ledger.NewChecker(w.s.cfg.Key, ledger.GenesisAnchor, ledger.MaxUnsealed)
+		w.chk.Restore(unsealed, more)
+		w.last = 0
+	}
+	if last == w.last {
+		return nil
+	}
+	for m, err := range w.s.messages(ctx, w.last+1, last) {
+		if err != nil {
+			w.publishState()
+			return err
+		}
+		if _, b := w.chk.Next(m); b != nil {
+			w.report(b)
+		}
+		w.last = m.Stream
+	}
+	w.last = last
+	w.publishState()
+	return nil
+}
+
+// idleSync looks for messages others stored while this writer had nothing to publish,
+// so garbage and seals are seen without waiting for the next append.
+func (w *writer) idleSync() {
+	if !w.nc.IsConnected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(w.base, w.s.cfg.Timeout)
+	defer cancel()
+	if err := w.sync(ctx); err != nil {
+		w.needReload = true
+		w.s.cfg.Log.Debug("ledger: looking for messages stored by others", zap.Error(err))
+	}
+}
+
+// report logs a break and hands it to StreamConfig.OnBreak.
+func (w *writer) report(b *ledger.Break) {
+	if b == nil {
+		return
+	}
+	w.s.mu.Lock()
+	w.s.state.BreaksSeen++
+	w.s.mu.Unlock()
+	w.s.cfg.Log.Warn("ledger integrity: a stored message is not a valid record; the chain goes on from the last good record",
+		zap.String("kind", string(b.Kind)), zap.Uint64("stream_seq", b.Stream), zap.Uint64("seq", b.Seq),
+		zap.Uint64("after", b.After), zap.Uint64("checkpoint", b.Checkpoint), zap.String("detail", b.Detail))
+	if w.s.cfg.OnBreak != nil {
+		w.s.cfg.OnBreak(*b)
+	}
+	w.publishState()
+}
+
+// publishState copies the writer's view of the chain for Integrity and the checkpoints.
+func (w *writer) publishState() {
+	unsealed, more := w.chk.Unsealed()
+	w.s.mu.Lock()
+	defer w.s.mu.Unlock()
+	w.s.state.Head = w.chk.Head()
+	w.s.state.Unsealed, w.s.state.UnsealedMore = unsealed, more
+	w.s.state.Unauthenticated = w.chk.Unauthenticated()
+}
+
+// checkpointer writes a checkpoint of the head when CheckpointEvery records were
+// stored or every CheckpointInterval when it moved, pokes the writer to look for
+// messages others stored, and writes a last checkpoint once the writer has stopped.
+func (s *Stream) checkpointer() {
+	defer close(s.cpExited)
+	t := time.NewTicker(s.cfg.CheckpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.exited:
+			s.checkpoint()
+			return
+		case <-t.C:
+			select {
+			case s.poke <- struct{}{}:
+			default:
+			}
+		case <-s.cpWake:
+		}
+		s.checkpoint()
+	}
+}
+
+// checkpoint publishes a signed checkpoint of the head if it changed since the last.
+func (s *Stream) checkpoint() {
+	if s.cps == nil {
+		return
+	}
+	st := s.Integrity()
+	unsealed := uint64(len(st.Unsealed)) + st.UnsealedMore
+	if st.Head.Seq == 0 || (st.Head == st.Checkpoint && unsealed == st.cpUnsealed) {
+		return
+	}
+	data, err := ledger.EncodeCheckpoint(ledger.Checkpoint{Anchor: st.Head, Time: s.cfg.Clock.Now(),
+		Unsealed: st.Unsealed, UnsealedMore: st.UnsealedMore}, s.cfg.Key)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+		_, err = s.js.Publish(ctx, s.cfg.CheckpointSubject, data, jetstream.WithExpectStream(s.cfg.Checkpoints))
+		cancel()
+	}
+	if err != nil {
+		s.cfg.Log.Warn("ledger checkpoint not written (retried with the next one)", zap.Uint64("seq", st.Head.Seq), zap.Error(err))
+		return
+	}
+	s.mu.Lock()
+	s.state.Checkpoint, s.state.cpUnsealed = st.Head, unsealed
+	s.mu.Unlock()
+}
+
+// messages iterates over the messages stored at stream sequences from..to: one by one
+// for a short run, with an ordered consumer for a long one.
+func (s *Stream) messages(ctx context.Context, from, to uint64) iter.Seq2[ledger.Message, error] {
+	if to-from >= maxGetScan {
+		return ReadMessages(ctx, s.stream, from, to)
+	}
+	return func(yield func(ledger.Message, error) bool) {
+		for seq := from; seq <= to; seq++ {
+			msg, err := s.stream.GetMsg(ctx, seq)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				continue // deleted (only in streams that allow it)
+			}
+			if err != nil {
+				yield(ledger.Message{}, fmt.Errorf("%w: read stream sequence %d: %w", ledger.ErrUnavailable, seq, err))
+				return
+			}
+			if !yield(ledger.Message{Stream: seq, Data: msg.Data}, nil) {
+				return
+			}
+		}
+	}
+}
+
 // All iterates over the stored chain from the first record, reading with an ordered
-// consumer; it stops at the last record present when it started.
+// consumer; it stops at the last record present when it started. A message that is not
+// a record yields an error wrapping ledger.ErrBroken.
 func (s *Stream) All(ctx context.Context) iter.Seq2[ledger.Record, error] {
 	return ReadStream(ctx, s.stream)
 }
 
 // ReadStream iterates over the records of a ledger stream, in order, up to the last
-// record present when iteration starts.
+// record present when iteration starts. A message that is not a record yields an error
+// wrapping ledger.ErrBroken, and iteration stops (see ReadMessages and ledger.Audit
+// to go past it).
 func ReadStream(ctx context.Context, st jetstream.Stream) iter.Seq2[ledger.Record, error] {
 	return func(yield func(ledger.Record, error) bool) {
+		for m, err := range ReadMessages(ctx, st, 1, 0) {
+			if err != nil {
+				yield(ledger.Record{}, err)
+				return
+			}
+			r, err := ledger.DecodeRecord(m.Data)
+			if err != nil {
+				err = fmt.Errorf("stream sequence %d: %w", m.Stream, err)
+			}
+			if !yield(r, err) || err != nil {
+				return
+			}
+		}
+	}
+}
+
+// ReadMessages iterates over the messages of a stream from stream sequence from up to
+// to (0: the last message present when iteration starts), in order, with an ordered
+// consumer.
+func ReadMessages(ctx context.Context, st jetstream.Stream, from, to uint64) iter.Seq2[ledger.Message, error] {
+	return func(yield func(ledger.Message, error) bool) {
 		info, err := st.Info(ctx)
 		if err != nil {
-			yield(ledger.Record{}, fmt.Errorf("%w: stream info: %w", ledger.ErrUnavailable, err))
+			yield(ledger.Message{}, fmt.Errorf("%w: stream info: %w", ledger.ErrUnavailable, err))
 			return
 		}
 		last := info.State.LastSeq
-		if last == 0 {
+		if to != 0 {
+			last = min(last, to)
+		}
+		from = max(from, 1)
+		if last == 0 || last < from || info.State.Msgs == 0 {
 			return
 		}
-		cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+		cfg := jetstream.OrderedConsumerConfig{}
+		if from > 1 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
+		}
+		cons, err := st.OrderedConsumer(ctx, cfg)
 		if err != nil {
-			yield(ledger.Record{}, fmt.Errorf("%w: ordered consumer: %w", ledger.ErrUnavailable, err))
+			yield(ledger.Message{}, fmt.Errorf("%w: ordered consumer: %w", ledger.ErrUnavailable, err))
 			return
 		}
-		for {
-			batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+		for next := from; ; {
+			// Exactly what is left (at most 500), so the pull ends with its last
+			// message and leaves no subscription behind.
+			batch, err := cons.Fetch(int(min(500, last-next+1)), jetstream.FetchMaxWait(2*time.Second))
 			if err != nil {
-				yield(ledger.Record{}, fmt.Errorf("%w: fetch: %w", ledger.ErrUnavailable, err))
+				yield(ledger.Message{}, fmt.Errorf("%w: fetch: %w", ledger.ErrUnavailable, err))
 				return
 			}
 			n := 0
@@ -832,16 +1254,14 @@ func ReadStream(ctx context.Context, st jetstream.Stream) iter.Seq2[ledger.Recor
 				n++
 				md, err := msg.Metadata()
 				if err != nil {
-					yield(ledger.Record{}, fmt.Errorf("%w: metadata: %w", ledger.ErrUnavailable, err))
+					yield(ledger.Message{}, fmt.Errorf("%w: metadata: %w", ledger.ErrUnavailable, err))
 					return
 				}
-				r, err := ledger.DecodeRecord(msg.Data())
-				if err != nil {
-					err = fmt.Errorf("stream sequence %d: %w", md.Sequence.Stream, err)
-				} else if r.Seq != md.Sequence.Stream {
-					err = fmt.Errorf("%w at record %d: stored at stream sequence %d", ledger.ErrBroken, r.Seq, md.Sequence.Stream)
+				if md.Sequence.Stream > last {
+					return
 				}
-				if !yield(r, err) || err != nil {
+				next = md.Sequence.Stream + 1
+				if !yield(ledger.Message{Stream: md.Sequence.Stream, Data: msg.Data()}, nil) {
 					return
 				}
 				if md.Sequence.Stream >= last {
@@ -849,13 +1269,94 @@ func ReadStream(ctx context.Context, st jetstream.Stream) iter.Seq2[ledger.Recor
 				}
 			}
 			if err := batch.Error(); err != nil {
-				yield(ledger.Record{}, fmt.Errorf("%w: fetch: %w", ledger.ErrUnavailable, err))
+				yield(ledger.Message{}, fmt.Errorf("%w: fetch: %w", ledger.ErrUnavailable, err))
 				return
 			}
 			if n == 0 {
-				yield(ledger.Record{}, fmt.Errorf("%w: stream ended before sequence %d", ledger.ErrUnavailable, last))
+				yield(ledger.Message{}, fmt.Errorf("%w: stream ended before sequence %d", ledger.ErrUnavailable, last))
 				return
 			}
 		}
 	}
+}
+
+// ErrNothingToSeal is returned by Seal when the chain has no unsealed break.
+var ErrNothingToSeal = errors.New("ledger: nothing to seal: every break is sealed")
+
+// openExisting returns the ledger stream and (with a key) the checkpoint stream
+// without changing their configuration; a missing checkpoint stream is nil.
+func openExisting(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (st, cps jetstream.Stream, err error) {
+	if st, err = js.Stream(ctx, cfg.Name); err != nil {
+		return nil, nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
+	}
+	if cfg.Key == nil {
+		return st, nil, nil
+	}
+	cps, err = js.Stream(ctx, cfg.Checkpoints)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return st, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("stream %s: %w", cfg.Checkpoints, err)
+	}
+	return st, cps, nil
+}
+
+// Audit reads every message of the ledger stream named in cfg and, with cfg.Key,
+// every checkpoint, and lists every break (see ledger.Audit). It changes nothing.
+func Audit(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (ledger.Report, error) {
+	cfg.defaults()
+	st, cps, err := openExisting(ctx, js, cfg)
+	if err != nil {
+		return ledger.Report{}, err
+	}
+	var cpMsgs iter.Seq2[ledger.Message, error]
+	if cps != nil {
+		cpMsgs = ReadMessages(ctx, cps, 1, 0)
+	}
+	return ledger.Audit(ReadMessages(ctx, st, 1, 0), cpMsgs, cfg.Key)
+}
+
+// Seal audits the ledger (see Audit) and appends a seal record, MAC'd with cfg.Key,
+// over every unsealed break: a new epoch anchored on the last good record. by names the
+// operator. It returns the seal record and the audit it seals; ErrNothingToSeal when
+// there is no unsealed break. The streams must exist; their configuration is kept.
+func Seal(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, by, reason string) (ledger.Record, ledger.Report, error) {
+	cfg.defaults()
+	if cfg.Key == nil {
+		return ledger.Record{}, ledger.Report{}, ledger.ErrNoKey
+	}
+	rep, err := Audit(ctx, js, cfg)
+	if err != nil {
+		return ledger.Record{}, rep, err
+	}
+	unsealed := rep.Unsealed()
+	if len(unsealed) == 0 {
+		return ledger.Record{}, rep, ErrNothingToSeal
+	}
+	st, cps, err := openExisting(ctx, js, cfg)
+	if err != nil {
+		return ledger.Record{}, rep, err
+	}
+	if cps == nil {
+		info, err := st.Info(ctx)
+		if err != nil {
+			return ledger.Record{}, rep, fmt.Errorf("%w: stream info: %w", ledger.ErrUnavailable, err)
+		}
+		cfg.Replicas = info.Config.Replicas
+		if cps, err = ensureCheckpoints(ctx, js, cfg); err != nil {
+			return ledger.Record{}, rep, err
+		}
+	}
+	s, err := startStream(ctx, js, cfg, st, cps)
+	if err != nil {
+		return ledger.Record{}, rep, err
+	}
+	e, err := ledger.SealEntry(ledger.Seal{Epoch: rep.Epochs + 1, Breaks: unsealed, By: by, Reason: reason}, cfg.Clock.Now())
+	if err != nil {
+		_ = s.Close()
+		return ledger.Record{}, rep, err
+	}
+	r, err := s.Append(ctx, e)
+	return r, rep, errors.Join(err, s.Close())
 }
