@@ -11,9 +11,10 @@ import (
 // fingerprints. With an allow-list, a destination outside it fires on its first byte
 // (the allow-list is parsed once; each destination is checked against it once and the
 // verdict remembered). Without one, destinations are learned during the vendor's
-// learning period, and afterwards a destination never seen for the vendor fires on its
-// first byte and is then remembered. Each destination fires at most once while it is
-// remembered.
+// learning period (counted in observed history, see activity.hist, so an event dated
+// long ago does not end it), and afterwards a destination never seen for the vendor
+// fires on its first byte and is then remembered. Each destination fires at most once
+// while it is remembered.
 //
 // The set holds 30-bit fingerprints in an open-addressing table of 64 to destMaxSlots
 // slots (at most 16 KiB per vendor), probing at most destProbes slots. A new
@@ -103,7 +104,10 @@ func (s *destSet) resize(n int) {
 	}
 }
 
-func (e *Engine) destination(v *vendorState, ev *telemetry.Event, t int64, emit func(Detection)) {
+// destination runs the detector on an event counted at t (ns), ot on the vendor's
+// observed clock: the learning period is the vendor's observed history (ot - firstT),
+// not the distance to its first event time.
+func (e *Engine) destination(v *vendorState, ev *telemetry.Event, t, ot int64, emit func(Detection)) {
 	h := destTag(ev.Dst)
 	if v.dests.lookup(h) != 0 {
 		return
@@ -112,7 +116,7 @@ func (e *Engine) destination(v *vendorState, ev *telemetry.Event, t int64, emit 
 	if v.cfg.allow != nil {
 		alert = !v.cfg.allow.allowed(ev.Dst)
 	} else {
-		alert = t-v.firstT >= int64(e.set.learning)
+		alert = ot-v.firstT >= int64(e.set.learning)
 	}
 	if v.dests.insert(h, alert) {
 		e.c.destEvicted++

@@ -438,14 +438,16 @@ func TestNewDestination(t *testing.T) {
 			want: []string{"192.0.2.1", "evil.example.org"},
 		},
 		{
+			// The learning period is the vendor's observed history: the vendor sends
+			// every 10 minutes (bg), so a day of event time is a day of history.
 			name: "learned: quiet during the learning period, then a new destination fires once",
-			events: []telemetry.Event{
+			events: merge(series("acme", "bg", "198.51.100.9", day(0), day(1).Add(4*time.Hour), 10*time.Minute, constant(10)), []telemetry.Event{
 				{Time: day(0), Vendor: "acme", Credential: "k1", Dst: "198.51.100.9", Bytes: 10},
 				{Time: day(0).Add(23 * time.Hour), Vendor: "acme", Credential: "k1", Dst: "198.51.100.10", Bytes: 10},
 				{Time: day(1).Add(time.Hour), Vendor: "acme", Credential: "k1", Dst: "198.51.100.9", Bytes: 10},
 				{Time: day(1).Add(2 * time.Hour), Vendor: "acme", Credential: "k1", Dst: "203.0.113.50", Bytes: 10},
 				{Time: day(1).Add(3 * time.Hour), Vendor: "acme", Credential: "k2", Dst: "203.0.113.50", Bytes: 10},
-			},
+			}),
 			want: []string{"203.0.113.50"},
 		},
 	}
@@ -500,33 +502,39 @@ func TestDormant(t *testing.T) {
 	ev := func(tm time.Time, cred string, b int64) telemetry.Event {
 		return telemetry.Event{Time: tm, Vendor: "acme", Credential: cred, Dst: "198.51.100.1", Bytes: b}
 	}
+	// Dormancy is the vendor's observed history since the credential last moved data:
+	// the vendor keeps sending (credential bg, every 10 minutes) while the credentials
+	// under test are idle.
+	bg := func(to time.Time) []telemetry.Event {
+		return series("acme", "bg", "198.51.100.1", day(0), to, 10*time.Minute, constant(100))
+	}
 	cases := []struct {
 		name   string
 		events []telemetry.Event
-		want   []int // indexes of the events that fire
+		want   []time.Time // times of the events that fire
 	}{
 		{
 			name: "idle for more than DormantAfter fires on the first data",
-			events: []telemetry.Event{
+			events: merge(bg(day(8).Add(time.Hour)), []telemetry.Event{
 				ev(day(0), "old", 100), ev(day(8), "old", 0), ev(day(8).Add(time.Minute), "old", 100), ev(day(8).Add(2*time.Minute), "old", 100),
-			},
-			want: []int{2},
+			}),
+			want: []time.Time{day(8).Add(time.Minute)},
 		},
 		{
 			name:   "idle for less does not",
-			events: []telemetry.Event{ev(day(0), "recent", 100), ev(day(6), "recent", 100)},
+			events: merge(bg(day(6).Add(time.Hour)), []telemetry.Event{ev(day(0), "recent", 100), ev(day(6), "recent", 100)}),
 		},
 		{
 			name:   "a credential first seen has no history",
-			events: []telemetry.Event{ev(day(9), "new", 100)},
+			events: merge(bg(day(9).Add(time.Hour)), []telemetry.Event{ev(day(9), "new", 100)}),
 		},
 		{
 			name: "expected idle: every session fires, once",
-			events: []telemetry.Event{
+			events: merge(bg(day(0).Add(3*time.Hour)), []telemetry.Event{
 				ev(day(0), "breakglass", 100), ev(day(0).Add(10*time.Minute), "breakglass", 100),
 				ev(day(0).Add(2*time.Hour), "breakglass", 100),
-			},
-			want: []int{0, 2},
+			}),
+			want: []time.Time{day(0), day(0).Add(2 * time.Hour)},
 		},
 	}
 	for _, tc := range cases {
@@ -534,7 +542,7 @@ func TestDormant(t *testing.T) {
 			e := mustEngine(t, cfg)
 			got := ofKind(run(e, tc.events), KindDormant)
 			if len(got) != len(tc.want) {
-				t.Fatalf("got %v, want detections at events %v", got, tc.want)
+				t.Fatalf("got %v, want detections at %v", got, tc.want)
 			}
 			for i, g := range got {
 				// a credential marked expected_idle moving data is critical; a merely unused one is high
@@ -542,8 +550,9 @@ func TestDormant(t *testing.T) {
 				if g.d.Credential == "breakglass" {
 					want = SeverityCritical
 				}
-				if g.index != tc.want[i] || !g.d.DetectedAt.Equal(tc.events[g.index].Time) || g.d.Severity != want || g.d.Score < 0.5 {
-					t.Errorf("detection %d: %+v, want at event %d", i, g.d, tc.want[i])
+				if !g.d.DetectedAt.Equal(tc.want[i]) || !g.d.DetectedAt.Equal(tc.events[g.index].Time) || g.d.Credential == "bg" ||
+					g.d.Severity != want || g.d.Score < 0.5 {
+					t.Errorf("detection %d: %+v, want at %s", i, g.d, tc.want[i])
 				}
 			}
 		})

@@ -20,9 +20,41 @@
 // time seen for it minus AllowedLateness (default 1m, at most one Interval): a bucket
 // closes (its volume is learned) when the watermark passes its end. An event whose
 // bucket has not closed is counted in its own bucket, even when it arrives out of
-// order; a later event is never dropped: it is counted in the current bucket and in
-// Counters.Late. Buckets without events are learned as zero volume (at most a day's
-// worth after an idle period).
+// order; a later event is never dropped: it is counted in the current bucket, at its
+// vendor's latest event time, and in Counters.Late (so an event dated long ago never
+// moves a credential's last use, or anything else, into the past). Buckets without
+// events are learned as zero volume (at most a day's worth after an idle period, and
+// none from before a jump the vendor did not observe, see below).
+//
+// # Event time is untrusted
+//
+// Telemetry times are bounded at the door (package telemetry); the engine defends
+// itself as well, so that nothing one event says can move a key's clock or skip its
+// learning period:
+//
+//   - Observed history, not timestamp distance. Each vendor (and sensor) has an
+//     observed history: the sum of the gaps between its consecutive events in event-time
+//     order, each gap counted for at most MaxObservedGap (default 1h). The learning
+//     period (new destinations, silence) ends when the vendor's observed history reaches
+//     LearningPeriod, and a credential's idleness (dormancy) is the vendor's observed
+//     history since the credential last moved data. For a vendor that never goes silent
+//     for longer than MaxObservedGap this is exactly event time; an event dated decades
+//     before the next adds at most MaxObservedGap. So a credential is dormant when it
+//     moved nothing while its vendor kept sending; a vendor that is itself silent for
+//     days observed nothing meanwhile. The volume models count learned buckets, and the
+//     idle buckets learned after a jump the vendor did not observe start at most
+//     MaxObservedGap before it.
+//   - The clock guard. An event more than MaxClockJump (default 10m) ahead of its
+//     vendor's latest event must be within MaxClockJump of the engine's reference: the
+//     later of the last Tick's time (the service's clock; replay ticks with event time)
+//     and the engine's latest event time over all vendors. A vendor catching up with the
+//     fleet after a day of silence is accepted; one event far ahead of the fleet and the
+//     clock (dated 2099) is refused: it moves no watermark, opens no cap window, raises
+//     no detection, and is counted in Counters.ClockRejected. An engine never ticked
+//     judges against its latest event time with the bound of one observed gap (so a
+//     lone hourly vendor moves), and accepts a jump confirmed by three consecutive
+//     refused events that agree with each other (a whole shard resuming after a long
+//     silence). Times before 1970 or from 2200 on are invalid (Counters.Rejected).
 //
 // # Detector kinds and episodes
 //
@@ -41,17 +73,19 @@
 //     its line (low and slow) and the excess since it began totals at least MinBytes.
 //     Same episode rule.
 //   - new_destination: a destination outside the vendor's allow-list (first byte), or,
-//     without an allow-list, one never seen for the vendor after its learning period.
+//     without an allow-list, one never seen for the vendor after its learning period
+//     (the vendor's observed history).
 //     Once per destination while it is remembered (a bounded per-vendor set).
-//   - dormant_credential: a credential that moved no data for DormantAfter (or is
-//     marked ExpectedIdle) moves data. The episode is one usage session; it ends after
+//   - dormant_credential: a credential that moved no data for DormantAfter of its
+//     vendor's observed history (or is marked ExpectedIdle) moves data. The episode is one usage session; it ends after
 //     SilenceAfter without data.
 //   - silence: a regular vendor, or sensor, sends nothing for SilenceAfter (and for more
 //     than twice its longest recent gap at that hour). An alert, severity medium, never
 //     grounds for revocation. The episode ends with the next event.
 //
 // Spike, sustained and new-destination detectors learn for LearningPeriod (default 24h)
-// before they may fire. Detection IDs are deterministic (DetectionID, DetectionIDFor):
+// of observed history before they may fire (spike and sustained: that many learned
+// buckets). Detection IDs are deterministic (DetectionID, DetectionIDFor):
 // the same events always give the same detections with the same IDs.
 //
 // # State
@@ -62,5 +96,6 @@
 // BenchmarkEngineKeys100k). Destination memory is a bounded set of 30-bit fingerprints
 // per vendor (at most 16 KiB); sensors are bounded per engine. Snapshot and Restore
 // write and read the whole state in a versioned, checksummed binary format (see
-// snapshot.go), so a restart keeps every baseline.
+// snapshot.go; version 2 carries the observed histories and the clock guard, version 1
+// is still read), so a restart keeps every baseline.
 package detectors

@@ -9,17 +9,25 @@ import (
 )
 
 // The dormant-credential detector. A credential that moved no data for DormantAfter
-// (measured in event time from its last data-moving event) and then moves data fires
-// on that event; a credential marked ExpectedIdle in the inventory fires on any data
-// it moves. The episode (one usage session) ends once the credential has moved nothing
-// for SilenceAfter; only then can it fire again (for a credential that is not
-// ExpectedIdle, only after another DormantAfter of idleness). A credential first seen
-// in telemetry has no history and does not fire unless it is ExpectedIdle.
-func (e *Engine) dormant(v *vendorState, k *keyState, t int64, ev *telemetry.Event, emit func(Detection)) {
+// and then moves data fires on that event; a credential marked ExpectedIdle in the
+// inventory fires on any data it moves. Idleness is measured on the vendor's observed
+// clock (its first event time plus its observed history, see activity.hist): the
+// vendor's observed history since the credential last moved data. So a credential is
+// dormant when it moved nothing while its vendor kept sending, and one event dated
+// decades ago cannot make it look idle for decades (a jump adds at most
+// MaxObservedGap; a late event counts at its vendor's latest time). The episode (one
+// usage session) ends once the credential has moved nothing for SilenceAfter; only
+// then can it fire again (for a credential that is not ExpectedIdle, only after
+// another DormantAfter of idleness). A credential first seen in telemetry has no
+// history and does not fire unless it is ExpectedIdle.
+//
+// t is the event time the event counts at (ns) and ot the same instant on the
+// vendor's observed clock; k.lastData is on the observed clock.
+func (e *Engine) dormant(v *vendorState, k *keyState, t, ot int64, ev *telemetry.Event, emit func(Detection)) {
 	if ev.Bytes <= 0 {
 		return
 	}
-	sec := unixSeconds(t)
+	sec := unixSeconds(ot)
 	prev := int64(k.lastData) * int64(time.Second)
 	seen := k.has(flagDataSeen)
 	if sec > k.lastData || !seen {
@@ -29,7 +37,7 @@ func (e *Engine) dormant(v *vendorState, k *keyState, t int64, ev *telemetry.Eve
 	if v.cfg.disabled.has(KindDormant) {
 		return
 	}
-	idle := time.Duration(t - prev)
+	idle := time.Duration(ot - prev)
 	if k.has(flagDormant) {
 		if seen && idle >= e.set.silenceAfter {
 			k.flags &^= flagDormant // the previous session ended
@@ -49,7 +57,7 @@ func (e *Engine) dormant(v *vendorState, k *keyState, t int64, ev *telemetry.Eve
 	reason := fmt.Sprintf("credential %s, marked as normally idle in the inventory, moved %s to %s", key, formatBytes(float64(ev.Bytes)), orUnknown(ev.Dst))
 	win := Window{Start: utc(t), End: utc(t)}
 	if seen {
-		win.Start = utc(prev)
+		win.Start = utc(t - int64(idle)) // the last use, in event time (exact unless the vendor skipped time since)
 	}
 	if !expected {
 		sev = SeverityHigh

@@ -94,6 +94,13 @@ type Engine struct {
 	seen        bool  // an event has been processed (maxT is valid)
 	maxT        int64 // largest event time seen (ns)
 	nextSilence int64 // event time at which the silence check runs next
+	// now is the latest time given to Tick (ns; 0: never ticked), the clock guard's
+	// reference once set.
+	now int64
+	// candT and candN are the clock guard's pending jump of an engine never ticked:
+	// candN consecutive refused events, each within MaxClockJump of candT.
+	candT int64
+	candN uint32
 
 	c counters
 }
@@ -102,6 +109,7 @@ type Engine struct {
 type counters struct {
 	events, rejected, late, keysRefused uint64
 	sensorsUntracked, destEvicted       uint64
+	clockRejected                       uint64
 	detections                          [len(Kinds)]uint64
 }
 
@@ -109,12 +117,18 @@ type counters struct {
 type Counters struct {
 	// Events is the number of events processed.
 	Events uint64
-	// Rejected counts events ignored as invalid: no vendor, negative bytes, no time, or
-	// a credential name longer than 65535 bytes.
+	// Rejected counts events ignored as invalid: no vendor, negative bytes, no time, a
+	// time before 1970 or from 2200 on, or a credential name longer than 65535 bytes.
 	Rejected uint64
 	// Late counts events whose bucket had already closed (older than the watermark):
-	// they are never dropped but counted in the current bucket.
+	// they are never dropped but counted in the current bucket, at their vendor's
+	// latest event time (so they never move a credential's last use into the past).
 	Late uint64
+	// ClockRejected counts events refused by the clock guard: further ahead of their
+	// vendor's latest event, and of the engine's reference (the last Tick, else the
+	// engine's latest event time), than MaxClockJump. They change no state and raise
+	// no detection.
+	ClockRejected uint64
 	// Keys is the number of keys tracked (credential keys and vendor keys).
 	Keys uint64
 	// Vendors is the number of vendors tracked.
@@ -149,6 +163,7 @@ func (c *Counters) Add(o Counters) {
 	c.Events += o.Events
 	c.Rejected += o.Rejected
 	c.Late += o.Late
+	c.ClockRejected += o.ClockRejected
 	c.Keys += o.Keys
 	c.Vendors += o.Vendors
 	c.KeysRefused += o.KeysRefused
@@ -201,7 +216,7 @@ func newEngine(cfg Config, o options) (*Engine, error) {
 // owns the engine (Sharded.Counters is safe from any goroutine).
 func (e *Engine) Counters() Counters {
 	return Counters{
-		Events: e.c.events, Rejected: e.c.rejected, Late: e.c.late,
+		Events: e.c.events, Rejected: e.c.rejected, Late: e.c.late, ClockRejected: e.c.clockRejected,
 		Keys: uint64(e.keys.len()), Vendors: uint64(len(e.vendors)), KeysRefused: e.c.keysRefused,
 		SensorsUntracked: e.c.sensorsUntracked, DestinationsEvicted: e.c.destEvicted,
 		Detections: e.c.detections,
@@ -227,9 +242,16 @@ type vendorState struct {
 	seen   bool   // an event has been seen (maxT and firstT are valid)
 	maxT   int64  // largest event time seen for the vendor (ns)
 	firstT int64  // first event time seen for the vendor (ns)
-	act    activity
-	caps   []capState
-	dests  destSet
+	// skipAt is the event time at which the vendor's clock last jumped by more than
+	// MaxObservedGap (0: never): the time skipped is not observed history, so keys
+	// idle across it learn no idle buckets from before the jump.
+	skipAt int64
+	// act is the vendor's activity; act.hist is its observed history, so the
+	// vendor's observed clock is firstT + act.hist (equal to maxT when the vendor
+	// never went silent for longer than MaxObservedGap).
+	act   activity
+	caps  []capState
+	dests destSet
 }
 
 // vendor returns the vendor named name, creating it; nil when the key bound is
@@ -286,19 +308,36 @@ func (e *Engine) emit(emit func(Detection), d Detection) {
 	}
 }
 
+// maxEventSec bounds event times (Unix seconds, exclusive): 2200-01-01T00:00:00Z.
+const maxEventSec = 7258118400
+
 // Process runs every detector on one event and calls emit for each detection, in a
 // deterministic order. It is the hot path: in steady state it does not allocate.
 func (e *Engine) Process(ev *telemetry.Event, emit func(Detection)) {
 	e.c.events++
-	if ev.Vendor == "" || ev.Bytes < 0 || ev.Time.IsZero() || len(ev.Credential) > maxCredentialLen {
+	if ev.Vendor == "" || ev.Bytes < 0 || len(ev.Credential) > maxCredentialLen {
 		e.c.rejected++
 		return
 	}
-	t := ev.Time.UnixNano()
-	vi, v := e.vendor(ev.Vendor)
-	if v == nil {
-		e.c.keysRefused++
+	if sec := ev.Time.Unix(); sec < 0 || sec >= maxEventSec {
+		e.c.rejected++ // the zero time too
 		return
+	}
+	t := ev.Time.UnixNano()
+	vi, known := e.vendorIdx[ev.Vendor]
+	var v *vendorState
+	if known {
+		v = e.vendors[vi]
+	}
+	if !e.clockAccepts(v, t) {
+		e.c.clockRejected++
+		return
+	}
+	if !known {
+		if vi, v = e.vendor(ev.Vendor); v == nil {
+			e.c.keysRefused++
+			return
+		}
 	}
 
 	// Watermark: buckets ending at or before it are closed; an event for a closed
@@ -307,6 +346,9 @@ func (e *Engine) Process(ev *telemetry.Event, emit func(Detection)) {
 	if !v.seen {
 		v.seen, v.firstT, v.maxT = true, t, t
 	} else if t > v.maxT {
+		if t-v.maxT > int64(e.set.maxGap) {
+			v.skipAt = t // the time skipped is not observed history
+		}
 		v.maxT = t
 	}
 	tb := t // the time the event is counted at
@@ -316,12 +358,16 @@ func (e *Engine) Process(ev *telemetry.Event, emit func(Detection)) {
 	}
 
 	e.observeActivity(v, ev, t)
+	// ot is tb on the vendor's observed clock (firstT + observed history), which the
+	// learning period and dormancy count; it equals tb unless the vendor was once
+	// silent for longer than MaxObservedGap.
+	ot := v.firstT + v.act.hist - (v.maxT - tb)
 
 	vk := e.keys.at(v.key)
 	e.volume(v, vk, tb, ev.Bytes, emit)
 	if ev.Credential != "" {
 		if ck := e.credentialKey(vi, v, ev.Credential); ck != nil {
-			e.dormant(v, ck, t, ev, emit)
+			e.dormant(v, ck, tb, ot, ev, emit)
 			e.volume(v, ck, tb, ev.Bytes, emit)
 		}
 	}
@@ -329,7 +375,7 @@ func (e *Engine) Process(ev *telemetry.Event, emit func(Detection)) {
 		e.capCheck(v, ev, tb, emit)
 	}
 	if ev.Dst != "" && ev.Bytes > 0 && !v.cfg.disabled.has(KindNewDestination) {
-		e.destination(v, ev, t, emit)
+		e.destination(v, ev, tb, ot, emit)
 	}
 
 	// Event time advancing (through any vendor) drives the silence detector, so that
@@ -346,9 +392,64 @@ func (e *Engine) Process(ev *telemetry.Event, emit func(Detection)) {
 	}
 }
 
+// clockAccepts is the clock guard: it reports whether an event at t (ns) of vendor v
+// (nil: a vendor not seen yet) may move any state. An event at most MaxClockJump
+// ahead of its vendor's latest event is accepted. Otherwise it is judged against the
+// engine's reference:
+//
+//   - once the engine was ticked (the service ticks with its clock, replay with event
+//     time), the later of the last Tick's time and the engine's latest event time over
+//     all vendors, with the bound MaxClockJump: a vendor catching up with the others or
+//     with the clock after a silence is accepted, but one event cannot put a vendor
+//     ahead of both;
+//   - before any Tick, the engine's latest event time, with the bound of one observed
+//     gap (the larger of MaxClockJump and MaxObservedGap), so that a lone, sparse vendor
+//     driven by event time alone still moves; and, as such an engine has no clock but
+//     its events, confirmJump consecutive refused events within that bound of each
+//     other are accepted (every vendor of the shard resuming after a long silence).
+//
+// The first event of an engine never ticked has nothing to be judged against and is
+// accepted.
+func (e *Engine) clockAccepts(v *vendorState, t int64) bool {
+	j := int64(e.set.maxJump)
+	if v != nil && v.seen && t <= v.maxT+j {
+		return true
+	}
+	var ref int64
+	switch {
+	case e.now != 0:
+		ref = e.now
+		if e.seen {
+			ref = max(ref, e.maxT)
+		}
+		return t <= ref+j
+	case e.seen:
+		ref, j = e.maxT, max(j, int64(e.set.maxGap))
+	default:
+		return true
+	}
+	if t <= ref+j {
+		return true
+	}
+	if e.candN > 0 && t >= e.candT-j && t <= e.candT+j {
+		e.candN++
+	} else {
+		e.candT, e.candN = t, 1
+	}
+	if e.candN >= confirmJump {
+		e.candN = 0
+		return true
+	}
+	return false
+}
+
 // Tick runs the processing-time checks (silence) at now. Call it periodically with the
-// injected clock's time; replay can call it with event time.
+// injected clock's time; replay can call it with event time. The latest time given to
+// Tick is also the clock guard's reference (see Settings.MaxClockJump).
 func (e *Engine) Tick(now time.Time, emit func(Detection)) {
+	if n := now.UnixNano(); n > e.now {
+		e.now = n
+	}
 	e.checkSilence(now.UnixNano(), emit)
 }
 

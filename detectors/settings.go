@@ -33,6 +33,19 @@ type Settings struct {
 	SilenceAfter time.Duration `yaml:"silence_after"`
 	// MinBytes is the smallest interval volume a spike may be raised for. Default 1 MiB.
 	MinBytes killswitch.ByteSize `yaml:"min_bytes"`
+	// MaxObservedGap is the most one gap between two consecutive events of a vendor (or
+	// a sensor) adds to its observed history, which the learning period, dormancy and
+	// the silence detector's learning count: a vendor silent for longer (or an event
+	// dated decades before the next) adds only this much. Default 1h; never less than
+	// Interval.
+	MaxObservedGap time.Duration `yaml:"max_observed_gap"`
+	// MaxClockJump is the most one event may move a vendor's clock ahead of the
+	// engine's reference: the time of the last Tick (the service's clock) or, before
+	// any Tick, the latest event time of the whole engine. An event further ahead than
+	// that, and further ahead than its own vendor's latest event by more than the
+	// bound, is refused (Counters.ClockRejected) and changes nothing. Default 10m: the
+	// door's default max_future_skew (5m) plus the time between two Ticks.
+	MaxClockJump time.Duration `yaml:"max_clock_jump"`
 }
 
 // Config is what an engine is built from: the settings and the vendor inventory (caps,
@@ -58,7 +71,8 @@ func (s Settings) Validate(vendors killswitch.Inventory) error {
 	}{
 		{"detectors.interval", s.Interval}, {"detectors.allowed_lateness", s.AllowedLateness},
 		{"detectors.learning_period", s.LearningPeriod}, {"detectors.dormant_after", s.DormantAfter},
-		{"detectors.silence_after", s.SilenceAfter},
+		{"detectors.silence_after", s.SilenceAfter}, {"detectors.max_observed_gap", s.MaxObservedGap},
+		{"detectors.max_clock_jump", s.MaxClockJump},
 	} {
 		if f.v < 0 {
 			bad("%s: must not be negative, got %s", f.name, f.v)
@@ -101,7 +115,19 @@ const (
 	DefaultSilenceAfter = 30 * time.Minute
 	// DefaultMinBytes is the smallest bucket volume a spike may be raised for.
 	DefaultMinBytes = 1 << 20
+	// DefaultMaxObservedGap is the most one gap between two consecutive events of a
+	// vendor or sensor adds to its observed history.
+	DefaultMaxObservedGap = time.Hour
+	// DefaultMaxClockJump is how far one event may move a vendor's clock ahead of the
+	// engine's reference (the last Tick, else the engine's latest event time).
+	DefaultMaxClockJump = 10 * time.Minute
 )
+
+// confirmJump is the number of consecutive refused events, each within MaxClockJump
+// of the first, that move the clock of an engine that has never been ticked (an
+// engine driven by event time alone, with no other reference, e.g. after every
+// vendor of the shard was silent).
+const confirmJump = 3
 
 // kindMask is a set of detector kinds.
 type kindMask uint8
@@ -136,9 +162,13 @@ type settings struct {
 	learning     time.Duration
 	dormantAfter time.Duration
 	silenceAfter time.Duration
-	minBytes     int64
-	sensitivity  float64
-	disabled     kindMask
+	// maxGap is MaxObservedGap, at least one interval.
+	maxGap time.Duration
+	// maxJump is MaxClockJump.
+	maxJump     time.Duration
+	minBytes    int64
+	sensitivity float64
+	disabled    kindMask
 	// gapFill is the most zero-volume buckets fed to a model after a key was idle.
 	gapFill int
 	// decayEvery is how many buckets (a week) pass between two decrements of the hour
@@ -150,6 +180,7 @@ func resolveSettings(d Settings) (settings, error) {
 	s := settings{
 		interval: d.Interval, lateness: d.AllowedLateness, learning: d.LearningPeriod,
 		dormantAfter: d.DormantAfter, silenceAfter: d.SilenceAfter,
+		maxGap: d.MaxObservedGap, maxJump: d.MaxClockJump,
 		minBytes: int64(d.MinBytes), sensitivity: d.Sensitivity,
 	}
 	if s.interval == 0 {
@@ -171,6 +202,13 @@ func resolveSettings(d Settings) (settings, error) {
 	}
 	if s.silenceAfter <= 0 {
 		s.silenceAfter = DefaultSilenceAfter
+	}
+	if s.maxGap <= 0 {
+		s.maxGap = DefaultMaxObservedGap
+	}
+	s.maxGap = max(s.maxGap, s.interval)
+	if s.maxJump <= 0 {
+		s.maxJump = DefaultMaxClockJump
 	}
 	if s.minBytes <= 0 {
 		s.minBytes = DefaultMinBytes

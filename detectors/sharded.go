@@ -600,7 +600,7 @@ func (s *Sharded) Restore(ctx context.Context, r io.Reader) error {
 		}
 	}
 	route := func(vendor string) *Engine { return engines[ShardOf(vendor, len(engines))] }
-	d := &decoder{b: body, off: 8}
+	d := newDecoder(body)
 	parts := d.count(16, math.MaxInt32)
 	for p := range parts {
 		size := d.u64()
@@ -617,7 +617,7 @@ func (s *Sharded) Restore(ctx context.Context, r io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("shard %d: %w", p, err)
 		}
-		sub := &decoder{b: inner, off: 8}
+		sub := newDecoder(inner)
 		engines[p%len(engines)].decodeBody(sub, route, false)
 		if sub.err == nil && sub.off != len(sub.b) {
 			sub.fail("%d trailing bytes", len(sub.b)-sub.off)

@@ -10,7 +10,8 @@ import (
 
 // The silence detector. A vendor, or a sensor (over all the vendors it reports), is
 // "regular" once
-// it has been seen for the learning period and in at least regularBuckets distinct
+// its observed history (see activity.hist) reaches the learning period, it has been
+// seen in at least regularBuckets distinct
 // buckets, with an (exponentially weighted) mean gap between active buckets of at most
 // half of SilenceAfter. A regular source raises one silence alert when it has sent
 // nothing for SilenceAfter and for more than twice the longest gap it has recently had
@@ -35,20 +36,26 @@ type activity struct {
 	buckets  uint16  // active buckets seen (saturating)
 	lastHour uint8   // hour of the day of lastB
 	silent   bool    // a silence episode is active
+	// hist is the observed history (ns): the sum of the gaps between consecutive
+	// event times (in event-time order), each at most MaxObservedGap. One event dated
+	// decades before the next adds only MaxObservedGap.
+	hist int64
 	// hourGap is, per hour of the day (UTC) of its start, the longest recent gap in
 	// buckets between two active buckets; each new gap starting in that hour first
 	// decays it by 1/16.
 	hourGap [24]uint16
 }
 
-// observe records an event at t (ns) in bucket b, whose hour of the day is hour.
-func (a *activity) observe(t int64, b uint32, hour uint8) {
+// observe records an event at t (ns) in bucket b, whose hour of the day is hour;
+// maxGap is the most one gap adds to the observed history.
+func (a *activity) observe(t int64, b uint32, hour uint8, maxGap int64) {
 	a.silent = false
 	if a.buckets == 0 {
 		a.firstT, a.lastT, a.lastB, a.lastHour, a.buckets = t, t, b, hour, 1
 		return
 	}
 	if t > a.lastT {
+		a.hist += min(t-a.lastT, maxGap)
 		a.lastT = t
 	}
 	if b > a.lastB {
@@ -70,7 +77,7 @@ func (a *activity) observe(t int64, b uint32, hour uint8) {
 // line returns how long (ns) the source may be silent before an alert, or -1 when it
 // is not regular (yet).
 func (e *Engine) silenceLine(a *activity) int64 {
-	if a.buckets < regularBuckets || a.lastT-a.firstT < int64(e.set.learning) ||
+	if a.buckets < regularBuckets || a.hist < int64(e.set.learning) ||
 		time.Duration(float64(a.gap)*float64(e.set.interval)) > e.set.silenceAfter/2 {
 		return -1
 	}
@@ -85,13 +92,14 @@ type sensorState struct {
 func (e *Engine) observeActivity(v *vendorState, ev *telemetry.Event, t int64) {
 	b := e.bucketOf(t)
 	hour := e.slotOfBucket(b).Hour
-	v.act.observe(t, b, hour)
+	gap := int64(e.set.maxGap)
+	v.act.observe(t, b, hour, gap)
 	if ev.Sensor == "" {
 		return
 	}
 	for i := range e.sensors {
 		if e.sensors[i].name == ev.Sensor {
-			e.sensors[i].act.observe(t, b, hour)
+			e.sensors[i].act.observe(t, b, hour, gap)
 			return
 		}
 	}
@@ -100,7 +108,7 @@ func (e *Engine) observeActivity(v *vendorState, ev *telemetry.Event, t int64) {
 		return
 	}
 	e.sensors = append(e.sensors, sensorState{name: ev.Sensor})
-	e.sensors[len(e.sensors)-1].act.observe(t, b, hour)
+	e.sensors[len(e.sensors)-1].act.observe(t, b, hour, gap)
 }
 
 // checkSilence raises silence alerts for every regular source silent at now (ns).
@@ -177,6 +185,7 @@ func mergeActivity(into *activity, a activity, first bool) {
 		into.gap = a.gap
 	}
 	into.buckets = max(into.buckets, a.buckets)
+	into.hist = max(into.hist, a.hist)
 	for h := range into.hourGap {
 		into.hourGap[h] = min(into.hourGap[h], a.hourGap[h])
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Snapshot format, version 1 (all integers little-endian):
+// Snapshot format, version 2 (all integers little-endian):
 //
 //	magic "KSDS" | version u16 | reserved u16 | body | CRC-32C (Castagnoli) u32
 //
@@ -22,6 +22,12 @@ import (
 // stored: they are recomputed from the models on restore, under the configuration of
 // the engine being restored (so a changed MinBytes or sensitivity takes effect).
 //
+// Version 2 adds the clock guard's state (the last Tick's time, the pending jump, the
+// ClockRejected counter), each activity's observed history and each vendor's last
+// unobserved jump. Version 1 snapshots are still read: their activities are taken as
+// observed without gaps (observed history = last - first event time, as version 1
+// counted it), with no unobserved jump, no Tick and ClockRejected zero.
+//
 // A Sharded snapshot is
 //
 //	magic "KSSH" | version u16 | reserved u16 | shards u32 | (length u64 | engine snapshot)… | CRC-32C u32
@@ -30,7 +36,9 @@ import (
 // routed to their new shard by the same hash used for events.
 
 const (
-	snapshotVersion = 1
+	snapshotVersion = 2
+	// minSnapshotVersion is the oldest version Restore reads (and migrates).
+	minSnapshotVersion = 1
 	// MaxSnapshotBytes bounds the size of a snapshot Restore accepts (16 GiB).
 	MaxSnapshotBytes = 16 << 30
 )
@@ -101,6 +109,13 @@ type decoder struct {
 	b   []byte
 	off int
 	err error
+	// version is the snapshot's format version.
+	version uint16
+}
+
+// newDecoder returns a decoder for a verified snapshot b, after its header.
+func newDecoder(b []byte) *decoder {
+	return &decoder{b: b, off: 8, version: binary.LittleEndian.Uint16(b[4:6])}
 }
 
 func (d *decoder) fail(format string, args ...any) {
@@ -219,8 +234,8 @@ func verify(b []byte, magic [4]byte) ([]byte, error) {
 	if [4]byte(b[:4]) != magic {
 		return nil, fmt.Errorf("%w: magic %q, want %q", ErrSnapshot, b[:4], magic[:])
 	}
-	if v := binary.LittleEndian.Uint16(b[4:6]); v != snapshotVersion {
-		return nil, fmt.Errorf("%w: version %d, this build reads version %d", ErrSnapshot, v, snapshotVersion)
+	if v := binary.LittleEndian.Uint16(b[4:6]); v < minSnapshotVersion || v > snapshotVersion {
+		return nil, fmt.Errorf("%w: version %d, this build reads versions %d to %d", ErrSnapshot, v, minSnapshotVersion, snapshotVersion)
 	}
 	body := b[:len(b)-4]
 	want := binary.LittleEndian.Uint32(b[len(b)-4:])
@@ -250,7 +265,10 @@ func (e *Engine) encodeBody(enc *encoder) {
 	enc.boolean(e.seen)
 	enc.i64(e.maxT)
 	enc.i64(e.nextSilence)
-	for _, c := range []uint64{e.c.events, e.c.rejected, e.c.late, e.c.keysRefused, e.c.sensorsUntracked, e.c.destEvicted} {
+	enc.i64(e.now)
+	enc.i64(e.candT)
+	enc.u32(e.candN)
+	for _, c := range []uint64{e.c.events, e.c.rejected, e.c.late, e.c.keysRefused, e.c.sensorsUntracked, e.c.destEvicted, e.c.clockRejected} {
 		enc.u64(c)
 	}
 	enc.u32(uint32(len(e.c.detections)))
@@ -293,6 +311,7 @@ func encodeActivity(enc *encoder, a *activity) {
 	for _, g := range a.hourGap {
 		enc.u16(g)
 	}
+	enc.i64(a.hist)
 }
 
 func encodeVendor(enc *encoder, v *vendorState) {
@@ -300,6 +319,7 @@ func encodeVendor(enc *encoder, v *vendorState) {
 	enc.boolean(v.seen)
 	enc.i64(v.maxT)
 	enc.i64(v.firstT)
+	enc.i64(v.skipAt)
 	encodeActivity(enc, &v.act)
 	enc.u32(uint32(len(v.caps)))
 	for i := range v.caps {
@@ -372,7 +392,7 @@ func (e *Engine) Restore(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	d := &decoder{b: body, off: 8}
+	d := newDecoder(body)
 	fresh.decodeBody(d, func(string) *Engine { return fresh }, true)
 	if d.err == nil && d.off != len(d.b) {
 		d.fail("%d trailing bytes", len(d.b)-d.off)
@@ -402,8 +422,16 @@ func (e *Engine) decodeBody(d *decoder, route func(vendor string) *Engine, globa
 			fmtDur(iv), fmtDur(lt), e.set.interval, e.set.lateness)
 	}
 	seen, maxT, next := d.boolean(), d.i64(), d.i64()
+	var g guard
+	if d.version >= 2 {
+		g.now, g.candT, g.candN = d.i64(), d.i64(), d.u32()
+	}
 	var c counters
-	for _, p := range []*uint64{&c.events, &c.rejected, &c.late, &c.keysRefused, &c.sensorsUntracked, &c.destEvicted} {
+	ps := []*uint64{&c.events, &c.rejected, &c.late, &c.keysRefused, &c.sensorsUntracked, &c.destEvicted, &c.clockRejected}
+	if d.version < 2 {
+		ps = ps[:6] // version 1 had no ClockRejected
+	}
+	for _, p := range ps {
 		*p = d.u64()
 	}
 	if n := d.count(8, 64); n != len(c.detections) && d.err == nil {
@@ -415,7 +443,7 @@ func (e *Engine) decodeBody(d *decoder, route func(vendor string) *Engine, globa
 	if d.err != nil {
 		return
 	}
-	e.mergeGlobal(seen, maxT, next, c, global)
+	e.mergeGlobal(seen, maxT, next, g, c, global)
 	ns := d.count(4+minActivitySize, maxSensors)
 	for range ns {
 		name := d.str(maxCredentialLen)
@@ -500,14 +528,25 @@ func decodeActivity(d *decoder, a *activity) {
 	for i := range a.hourGap {
 		a.hourGap[i] = d.u16()
 	}
+	if d.version >= 2 {
+		a.hist = d.i64()
+	} else if a.buckets > 0 {
+		a.hist = a.lastT - a.firstT // version 1 counted history as the distance
+	}
 	if a.lastHour > 23 {
 		d.fail("hour %d", a.lastHour)
+	}
+	if d.err == nil && a.hist < 0 {
+		d.fail("negative observed history")
 	}
 }
 
 func decodeVendor(d *decoder, v *vendorState) {
 	v.seen = d.boolean()
 	v.maxT, v.firstT = d.i64(), d.i64()
+	if d.version >= 2 {
+		v.skipAt = d.i64()
+	}
 	decodeActivity(d, &v.act)
 	nc := d.count(capStateSize, 1<<16)
 	caps := make([]capState, nc)
@@ -579,7 +618,13 @@ func decodeKey(d *decoder, k *keyState) {
 	}
 }
 
-func (e *Engine) mergeGlobal(seen bool, maxT, next int64, c counters, global bool) {
+// guard is the clock guard's state in a snapshot.
+type guard struct {
+	now, candT int64
+	candN      uint32
+}
+
+func (e *Engine) mergeGlobal(seen bool, maxT, next int64, g guard, c counters, global bool) {
 	if global || !e.seen || (seen && maxT > e.maxT) {
 		if seen {
 			e.seen, e.maxT = true, maxT
@@ -588,10 +633,15 @@ func (e *Engine) mergeGlobal(seen bool, maxT, next int64, c counters, global boo
 	if global || next > e.nextSilence {
 		e.nextSilence = next
 	}
+	if global || g.now > e.now {
+		e.now = g.now
+	}
 	if global {
+		e.candT, e.candN = g.candT, g.candN
 		e.c = c
 		return
 	}
+	e.c.clockRejected += c.clockRejected
 	e.c.events += c.events
 	e.c.rejected += c.rejected
 	e.c.late += c.late

@@ -115,10 +115,15 @@ func (e *Engine) advance(v *vendorState, k *keyState, b uint32) {
 			if lastOpen {
 				n--
 			}
-			// learn the idle buckets cur+1 .. cur+n (only the last gapFill of them)
+			// learn the idle buckets cur+1 .. cur+n (only the last gapFill of them, and
+			// none from before the vendor's last unobserved jump: a gap the vendor did
+			// not observe is no history, see vendorState.skipAt)
 			from := int64(k.cur) + 1
 			if skip := n - int64(e.set.gapFill); skip > 0 {
 				from += skip
+			}
+			if v.skipAt != 0 && e.bucketStart(k.cur) < v.skipAt {
+				from = max(from, int64(e.bucketOf(v.skipAt-int64(e.set.maxGap))))
 			}
 			for i := from; i <= int64(k.cur)+n; i++ {
 				e.learn(v, k, uint32(i), 0)
