@@ -80,7 +80,7 @@ func TestKill9AtEachStep(t *testing.T) {
 				if n := r.proxy.Succeeded(revokePath); n != 1 {
 					t.Fatalf("Vault revoked the token %d times, want exactly 1", n)
 				}
-				if n := r.ledgerCount(`"stage":"verified"`, `vault.revoke_token_accessor`, in.ID); n != 1 {
+				if n := r.ledgerCount(`"stage":"verified"`, `"type":"vault.revoke_token_accessor"`, in.ID); n != 1 {
 					t.Fatalf("%d verified records for the incident, want 1", n)
 				}
 				out := r.verifyLedger()
