@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/killswitch-dev/killswitch"
@@ -20,21 +21,28 @@ var (
 	ErrUnknownAction = errors.New("no held action with this id")
 	// ErrExpired: the approval window closed; nothing ran.
 	ErrExpired = errors.New("approval window closed")
-	// ErrDecided: the held action was already approved, rejected or expired.
+	// ErrDecided: the held action was already approved (and is running, being retried or
+	// done), rejected, expired or superseded.
 	ErrDecided = errors.New("already decided")
 )
 
 // HoldState is where a held action stands.
 type HoldState string
 
-// The hold states. Only a pending hold can be decided.
+// The hold states. Only a pending or failed hold can be decided.
 const (
 	// HoldPending: waiting for an approval until it expires.
 	HoldPending HoldState = "pending"
-	// HoldApproved: approved; the action is running.
+	// HoldApproved: approved; the action is running, or failed retryably and is retried
+	// (Approvals.Expire, on every tick) until it is done or its retry deadline passes.
 	HoldApproved HoldState = "approved"
-	// HoldDone: approved and run (whatever the outcome).
+	// HoldDone: approved and run: verified, planned, or applied but unverified
+	// (escalated).
 	HoldDone HoldState = "done"
+	// HoldFailed: approved, but the action failed permanently, could not run, or kept
+	// failing until its retry deadline; it may be approved again within a new approval
+	// window (after the cause is fixed), or rejected, and expires like a pending one.
+	HoldFailed HoldState = "failed"
 	// HoldRejected: rejected; nothing ran.
 	HoldRejected HoldState = "rejected"
 	// HoldExpired: nobody decided within the approval window; nothing ran.
@@ -52,6 +60,8 @@ func (s HoldState) actionStatus() incidents.ActionStatus {
 		return incidents.ActionExpired
 	case HoldApproved, HoldDone, HoldSuperseded:
 		return incidents.ActionApplied
+	case HoldFailed:
+		return incidents.ActionFailed
 	}
 	return incidents.ActionHeld
 }
@@ -80,7 +90,19 @@ type Held struct {
 	Approver   string           `json:"approver,omitempty"`
 	Comment    string           `json:"comment,omitempty"`
 	DecidedAt  time.Time        `json:"decided_at,omitzero"`
-	Payload    []byte           `json:"payload,omitempty"`
+	// Approvals counts the approvals (a failed action may be approved again).
+	Approvals int `json:"approvals,omitempty"`
+	// Attempts counts the runs under approval, and LastError is the last failure.
+	Attempts  int    `json:"attempts,omitempty"`
+	LastError string `json:"last_error,omitempty"`
+	// RetryAt is when an approved action may run (again): while a run is under way it is
+	// the end of that run's lease (a crashed run is taken over after it), and after a
+	// retryable failure the runner's backoff.
+	RetryAt time.Time `json:"retry_at,omitzero"`
+	// RetryUntil is the deadline of an approved action: it is retried until then (one
+	// approval window after the approval), then fails.
+	RetryUntil time.Time `json:"retry_until,omitzero"`
+	Payload    []byte    `json:"payload,omitempty"`
 }
 
 // Approvals are the held actions: each waits for an approval bound to it (approver,
@@ -94,59 +116,248 @@ type Approvals struct {
 // Approve runs a held action, once: the approval is bound to that one action, with the
 // approver and the time. An expired approval window runs nothing (ErrExpired). The
 // returned Update (set also with ErrExpired, and when the action failed) is for the
-// caller to apply to the incident. The
-// approved action skips the budget and the breaker (a human decided) but still takes
-// its idempotency claim, and a credential that meanwhile left the inventory or became
-// protected is not touched.
+// caller to apply to the incident. The approved action skips the budget and the breaker
+// (a human decided) but still takes its idempotency claim, waits while automation is
+// paused, and a credential that meanwhile left the inventory or became protected is not
+// touched. An action that fails retryably (Vault unavailable) stays approved and is
+// retried with the runner's backoff on every later tick (Expire) and redelivery, until
+// it is done or its retry deadline passes; Approve then answers without an error (the
+// Update and the held action's record tell how it stands). An action that failed
+// permanently may be approved again.
 func (a *Approvals) Approve(ctx context.Context, id, approver, comment string) (Update, error) {
 	r := a.r
 	h, rev, expired, err := a.decide(ctx, id, approver, comment, HoldApproved)
 	if err != nil {
 		return expired, err
 	}
+	if err := r.record(ctx, a.job(h), "approved", Event{Status: incidents.ActionHeld, Approver: approver, Reason: comment}); err != nil {
+		return Update{}, err // still approved: a later tick runs it once its lease passes
+	}
+	u, _, err := a.run(ctx, h, rev, r.s.Attempts)
+	return u, err
+}
+
+// lease bounds one run of an approved action of attempts Apply attempts and
+// Settings.Attempts Verify attempts (each with its deadline and backoff), and the wait
+// for a stale claim: another instance takes over a run that has not finished by then
+// (its instance crashed).
+func (a *Approvals) lease(attempts int) time.Duration {
+	s := a.r.s
+	return time.Duration(attempts+s.Attempts)*(s.CallTimeout+BackoffMax) + s.ClaimStale
+}
+
+// run runs the approved action h (at revision rev, whose lease this instance holds)
+// with at most attempts Apply attempts and settles its record: done, failed (it may be
+// approved again), or still approved and due again after the runner's backoff. retrying
+// reports the latter. The error is a failure to run it at all (no executor, no longer a
+// target: permanent) or to keep the books; the action's own failure is in the Update.
+func (a *Approvals) run(ctx context.Context, h Held, rev uint64, attempts int) (u Update, retrying bool, err error) {
+	r := a.r
 	j := a.job(h)
+	j.attempts = attempts
 	var exec Executor
+	var notRun error
 	if !r.s.PlanOnly {
 		var ok bool
 		if exec, ok = r.d.Executors[h.Action.Type]; !ok {
-			return a.done(ctx, h, rev, j, killswitch.Permanent(killswitch.ReasonMisconfigured,
-				fmt.Errorf("no executor for %s is configured", h.Action.Type)))
+			notRun = killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("no executor for %s is configured", h.Action.Type))
 		}
 	}
-	cred, err := r.d.Inventory.Vendor(h.Vendor).Target(h.Credential, h.Action.Type)
-	if err != nil {
-		return a.done(ctx, h, rev, j, killswitch.Permanent(killswitch.ReasonMisconfigured,
-			fmt.Errorf("%s/%s is no longer a target: %w", h.Vendor, h.Credential, err)))
+	if notRun == nil {
+		if cred, err := r.d.Inventory.Vendor(h.Vendor).Target(h.Credential, h.Action.Type); err != nil {
+			notRun = killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("%s/%s is no longer a target: %w", h.Vendor, h.Credential, err))
+		} else {
+			j.target.Identity = cred
+			j.ref.Target = r.describe(j.target)
+		}
 	}
-	j.target.Identity = cred
-	j.ref.Target = r.describe(j.target)
-	if err := r.record(ctx, j, "approved", Event{Status: incidents.ActionHeld, Approver: approver, Reason: comment}); err != nil {
-		return Update{}, err
+	var runErr error
+	var errs []error // the books
+	if notRun != nil {
+		j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionFailed, r.d.Clock.Now(), notRun.Error()
+		errs = append(errs, r.record(ctx, j, "failed", Event{Status: incidents.ActionFailed, Error: j.ref.Detail,
+			Approver: h.Approver, Cause: killswitch.ReasonOf(notRun)}))
+	} else {
+		j.ref, runErr = r.execute(ctx, j, exec, h.Approver, false)
 	}
-	ref, err := r.execute(ctx, j, exec, approver, false)
-	j.ref = ref
-	return a.done(ctx, h, rev, j, err)
-}
-
-// done closes an approved hold (whatever its outcome) and returns the incident's update.
-// When the action did not run, err says why and is recorded as its failure.
-func (a *Approvals) done(ctx context.Context, h Held, rev uint64, j *job, err error) (Update, error) {
-	r := a.r
-	var errs []error
-	if j.ref.Status == "" && err != nil {
-		j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionFailed, r.d.Clock.Now(), err.Error()
-		errs = append(errs, r.record(ctx, j, "failed", Event{Status: incidents.ActionFailed, Error: j.ref.Detail, Cause: killswitch.ReasonOf(err)}))
+	// The books are kept even when the caller gives up (an approver's request cancelled).
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.s.CallTimeout)
+	defer cancel()
+	now := r.d.Clock.Now()
+	h.Attempts++
+	switch j.ref.Status {
+	case incidents.ActionVerified, incidents.ActionPlanned, incidents.ActionUnverified:
+		// Done (an unverified one is escalated); a failure to keep the books after it is
+		// the caller's, and a later redelivery reconciles the claim through Verify.
+		h.State, h.LastError = HoldDone, ""
+		errs = append(errs, runErr)
+		runErr = nil
 	}
-	h.State = HoldDone
-	if b, merr := json.Marshal(h); merr != nil {
-		errs = append(errs, merr)
-	} else if _, uerr := r.d.Store.Update(ctx, ApprovalsBucket, h.ID, b, rev); uerr != nil {
-		errs = append(errs, fmt.Errorf("actions: close held action %s: %w", h.ID, uerr))
+	switch {
+	case h.State == HoldDone:
+	case notRun != nil || killswitch.IsPermanent(runErr) || (runErr == nil && j.ref.Status == incidents.ActionFailed):
+		why := j.ref.Detail
+		if runErr != nil {
+			why = runErr.Error()
+		}
+		h.State, h.LastError, h.ExpiresAt = HoldFailed, why, now.Add(r.s.ApprovalTTL)
+		r.d.Log.Error("approved action failed; it may be approved again", zap.String("action", h.ID), zap.String("error", why))
+	case runErr != nil && !now.Before(h.RetryUntil):
+		h.State, h.LastError, h.ExpiresAt = HoldFailed, "retry deadline passed: "+runErr.Error(), now.Add(r.s.ApprovalTTL)
+		j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionFailed, now, h.LastError
+		errs = append(errs, r.record(bctx, j, "retry-deadline", Event{Status: incidents.ActionFailed, Error: h.LastError,
+			Approver: h.Approver, Cause: killswitch.ReasonOf(runErr)}))
+		r.d.Log.Error("approved action: retry deadline passed; it may be approved again", zap.String("action", h.ID), zap.Error(runErr))
+	case runErr != nil: // retryable: stays approved, due again after the backoff
+		retrying = true
+		h.LastError, h.RetryAt = runErr.Error(), now.Add(r.backoff(h.Attempts))
+		j.ref.Status, j.ref.At = incidents.ActionFailed, now
+		j.ref.Detail = fmt.Sprintf("approved by %s; attempt %d failed, retried until %s: %s", h.Approver, h.Attempts,
+			h.RetryUntil.Format(time.RFC3339), runErr.Error())
+		r.d.Log.Warn("approved action failed; retrying", zap.String("action", h.ID), zap.Int("attempts", h.Attempts),
+			zap.String("cause", string(killswitch.ReasonOf(runErr))), zap.Error(runErr))
+	case j.ref.Status == incidents.ActionHeld: // paused immediately before Apply: runs after the resume
+		retrying = true
+		h.LastError, h.RetryAt = j.ref.Detail, now
+	default:
+		h.State, h.LastError = HoldDone, ""
 	}
+	if h.State != HoldApproved {
+		h.RetryAt = time.Time{}
+	}
+	errs = append(errs, a.settle(bctx, h, rev))
 	if e := errors.Join(errs...); e != nil {
 		r.d.Log.Error("approved action: bookkeeping failed", zap.String("action", h.ID), zap.Error(e))
 	}
-	return h.update(j.ref), errors.Join(append(errs, err)...)
+	return h.update(j.ref), retrying, errors.Join(append(errs, notRun)...)
+}
+
+// settle stores h, the outcome of a run of an approved action read at revision rev
+// (compare-and-set: should another instance have changed it meanwhile, the outcome is
+// stored over it only while it is still approved).
+func (a *Approvals) settle(ctx context.Context, h Held, rev uint64) error {
+	r := a.r
+	for range 10 {
+		b, err := json.Marshal(h)
+		if err != nil {
+			return killswitch.Permanent(killswitch.ReasonInternal, err)
+		}
+		_, err = r.d.Store.Update(ctx, ApprovalsBucket, h.ID, b, rev)
+		if !errors.Is(err, ErrStale) {
+			if err != nil {
+				return fmt.Errorf("actions: settle held action %s: %w", h.ID, err)
+			}
+			return nil
+		}
+		cur, crev, ok, err := a.get(ctx, h.ID)
+		if err != nil || !ok || cur.State != HoldApproved {
+			return err
+		}
+		rev = crev
+	}
+	return killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("actions: held action %s keeps changing", h.ID))
+}
+
+// take takes the lease of a run of the approved action h (at revision rev) for a run
+// of attempts Apply attempts; ok is false when someone else took it first.
+func (a *Approvals) take(ctx context.Context, h Held, rev uint64, attempts int) (Held, uint64, bool, error) {
+	h.RetryAt = a.r.d.Clock.Now().Add(a.lease(attempts))
+	b, err := json.Marshal(h)
+	if err != nil {
+		return h, 0, false, killswitch.Permanent(killswitch.ReasonInternal, err)
+	}
+	nrev, err := a.r.d.Store.Update(ctx, ApprovalsBucket, h.ID, b, rev)
+	if errors.Is(err, ErrStale) {
+		return h, 0, false, nil
+	}
+	return h, nrev, err == nil, err
+}
+
+// redeliver handles a decision whose action is approved (the detection redelivered, or
+// a re-escalation of its incident): when the approved action is due (it failed
+// retryably, or its run was abandoned) it runs now, under its approval; otherwise it
+// reports how it stands.
+func (a *Approvals) redeliver(ctx context.Context, h Held, rev uint64) (incidents.ActionRef, error) {
+	r := a.r
+	j := a.job(h)
+	j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionHeld, h.DecidedAt, "approved by "+h.Approver+"; running"
+	if r.d.Clock.Now().Before(h.RetryAt) {
+		if h.LastError != "" {
+			j.ref.Detail = "approved by " + h.Approver + "; retried at " + h.RetryAt.Format(time.RFC3339) + " after: " + h.LastError
+		}
+		return j.ref, nil
+	}
+	h, rev, ok, err := a.take(ctx, h, rev, r.s.Attempts)
+	if err != nil || !ok {
+		return j.ref, err
+	}
+	u, _, err := a.run(ctx, h, rev, r.s.Attempts)
+	return u.Ref, err
+}
+
+// retryDue runs the approved actions that are due, each with one Apply attempt (the
+// next one after the runner's backoff, on a later tick), at most a few at once; those
+// past their retry deadline fail instead. Nothing runs while automation is paused.
+func (a *Approvals) retryDue(ctx context.Context, due []Held, revs []uint64) ([]Update, error) {
+	r := a.r
+	if _, hold, err := r.control.gate(ctx, true); err != nil || hold != "" {
+		return nil, err
+	}
+	var (
+		mu      sync.Mutex
+		updates []Update
+		errs    []error
+		wg      sync.WaitGroup
+		slots   = make(chan struct{}, approvedRunsAtOnce)
+	)
+	for i, h := range due {
+		wg.Add(1)
+		slots <- struct{}{}
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			u, err := a.retryOne(ctx, h, revs[i])
+			mu.Lock()
+			defer mu.Unlock()
+			if u.Ref.ID != "" {
+				updates = append(updates, u)
+			}
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return updates, errors.Join(errs...)
+}
+
+// approvedRunsAtOnce bounds the approved actions one tick runs at the same time.
+const approvedRunsAtOnce = 4
+
+// retryOne runs one due approved action once, or fails it when its deadline passed; the
+// zero Update when another instance took it first.
+func (a *Approvals) retryOne(ctx context.Context, h Held, rev uint64) (Update, error) {
+	r := a.r
+	now := r.d.Clock.Now()
+	if !now.Before(h.RetryUntil) {
+		j := a.job(h)
+		h.State, h.ExpiresAt, h.RetryAt = HoldFailed, now.Add(r.s.ApprovalTTL), time.Time{}
+		if h.LastError == "" {
+			h.LastError = "retry deadline passed"
+		} else {
+			h.LastError = "retry deadline passed: " + h.LastError
+		}
+		if err := a.settle(ctx, h, rev); err != nil {
+			return Update{}, err
+		}
+		j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionFailed, now, h.LastError
+		return h.update(j.ref), r.record(ctx, j, "retry-deadline", Event{Status: incidents.ActionFailed, Error: h.LastError, Approver: h.Approver})
+	}
+	h, rev, ok, err := a.take(ctx, h, rev, 1)
+	if err != nil || !ok {
+		return Update{}, err
+	}
+	u, _, err := a.run(ctx, h, rev, 1)
+	return u, err
 }
 
 // Reject drops a held action; nothing runs. The returned Update (set also with
@@ -165,8 +376,11 @@ func (a *Approvals) Reject(ctx context.Context, id, approver, comment string) (U
 	return h.update(j.ref), nil
 }
 
-// Expire marks every pending held action past its window as expired (recorded) and
-// returns the incidents' updates. The pipeline calls it on every tick.
+// Expire does what the clock calls for, and returns the incidents' updates: every
+// pending (or failed) held action past its approval window is marked expired
+// (recorded), and every approved action that is due again (it failed retryably, or its
+// run was abandoned) runs once more, unless automation is paused; one past its retry
+// deadline fails. The pipeline calls it on every tick.
 func (a *Approvals) Expire(ctx context.Context) ([]Update, error) {
 	keys, err := a.r.d.Store.Keys(ctx, ApprovalsBucket)
 	if err != nil {
@@ -175,23 +389,33 @@ func (a *Approvals) Expire(ctx context.Context) ([]Update, error) {
 	var updates []Update
 	now := a.r.d.Clock.Now()
 	var errs []error
+	var due []Held
+	var revs []uint64
 	for _, k := range keys {
 		h, rev, ok, err := a.get(ctx, k)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if !ok || h.State != HoldPending || now.Before(h.ExpiresAt) {
-			continue
+		switch {
+		case !ok:
+		case h.State == HoldApproved && !now.Before(h.RetryAt):
+			due, revs = append(due, h), append(revs, rev)
+		case (h.State == HoldPending || h.State == HoldFailed) && !now.Before(h.ExpiresAt):
+			u, err := a.expire(ctx, h, rev)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if u.Ref.ID != "" {
+				updates = append(updates, u)
+			}
 		}
-		u, err := a.expire(ctx, h, rev)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if u.Ref.ID != "" {
-			updates = append(updates, u)
-		}
+	}
+	if len(due) > 0 {
+		us, err := a.retryDue(ctx, due, revs)
+		updates = append(updates, us...)
+		errs = append(errs, err)
 	}
 	return updates, errors.Join(errs...)
 }
@@ -244,6 +468,44 @@ func (a *Approvals) hold(ctx context.Context, j *job, guard, reason string) (inc
 	return j.ref, r.record(ctx, j, "held", Event{Status: incidents.ActionHeld, Guard: guard, Reason: reason})
 }
 
+// reopen holds j for approval again because guard held it immediately before Apply
+// (the caller records it): a new pending hold, or one that reopens a decided hold
+// (superseded, failed…) with a new approval window. A pending or approved hold is left
+// as it is.
+func (a *Approvals) reopen(ctx context.Context, j *job, guard, reason string) error {
+	r := a.r
+	for range 10 {
+		now := r.d.Clock.Now()
+		h, rev, ok, err := a.get(ctx, j.id)
+		if err != nil {
+			return err
+		}
+		if ok && (h.State == HoldPending || h.State == HoldApproved) {
+			return nil
+		}
+		n := Held{
+			ID: j.id, Incident: j.target.Incident, Vendor: j.target.Vendor, Credential: j.target.Credential,
+			Action: j.target.Action, Target: j.ref.Target, Guard: guard, Reason: reason,
+			HeldAt: now, ExpiresAt: now.Add(r.s.ApprovalTTL), State: HoldPending, Payload: j.target.Payload,
+			Approvals: h.Approvals, Attempts: h.Attempts, LastError: h.LastError,
+		}
+		b, err := json.Marshal(n)
+		if err != nil {
+			return killswitch.Permanent(killswitch.ReasonInternal, err)
+		}
+		if ok {
+			_, err = r.d.Store.Update(ctx, ApprovalsBucket, j.id, b, rev)
+		} else {
+			_, err = r.d.Store.Create(ctx, ApprovalsBucket, j.id, b)
+		}
+		if errors.Is(err, ErrStale) || errors.Is(err, ErrExists) {
+			continue
+		}
+		return err
+	}
+	return killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("actions: held action %s keeps changing", j.id))
+}
+
 // supersede closes the pending hold h (at revision rev) of j because a later decision
 // runs the action.
 func (a *Approvals) supersede(ctx context.Context, j *job, h Held, rev uint64, decision string) error {
@@ -262,7 +524,7 @@ func (a *Approvals) supersede(ctx context.Context, j *job, h Held, rev uint64, d
 	return r.record(ctx, j, "superseded", Event{Status: incidents.ActionHeld, Reason: "the hold is superseded by decision " + decision})
 }
 
-// decide moves a pending held action to state, once (compare-and-set). A held action
+// decide moves a pending (or failed) held action to state, once (compare-and-set). A held action
 // past its expiry is marked expired instead: ErrExpired is returned with the incident's
 // update.
 func (a *Approvals) decide(ctx context.Context, id, approver, comment string, state HoldState) (Held, uint64, Update, error) {
@@ -275,17 +537,24 @@ func (a *Approvals) decide(ctx context.Context, id, approver, comment string, st
 		return h, 0, Update{}, fmt.Errorf("%w: %s", ErrUnknownAction, id)
 	}
 	now := r.d.Clock.Now()
-	if h.State == HoldPending && !now.Before(h.ExpiresAt) {
+	open := h.State == HoldPending || h.State == HoldFailed
+	if open && !now.Before(h.ExpiresAt) {
 		u, err := a.expire(ctx, h, rev)
 		if err != nil {
 			return h, 0, Update{}, err
 		}
 		return h, 0, u, fmt.Errorf("%w: %s expired at %s; nothing ran", ErrExpired, id, h.ExpiresAt.Format(time.RFC3339))
 	}
-	if h.State != HoldPending {
+	if !open {
 		return h, 0, Update{}, fmt.Errorf("%w: %s is %s", ErrDecided, id, h.State)
 	}
 	h.State, h.Approver, h.Comment, h.DecidedAt = state, approver, comment, now
+	if state == HoldApproved {
+		// The approving instance runs it now; should it crash, the lease passes and
+		// another takes it over.
+		h.Approvals++
+		h.RetryAt, h.RetryUntil = now.Add(a.lease(r.s.Attempts)), now.Add(r.s.ApprovalTTL)
+	}
 	b, err := json.Marshal(h)
 	if err != nil {
 		return h, 0, Update{}, killswitch.Permanent(killswitch.ReasonInternal, err)
@@ -335,7 +604,7 @@ func (a *Approvals) job(h Held) *job {
 		id: h.ID,
 		target: Target{Incident: h.Incident, Vendor: h.Vendor, Credential: h.Credential, Action: h.Action, Payload: h.Payload,
 			Fingerprint: a.r.d.Fingerprint},
-		mode: killswitch.ModeEnforce, playbooks: h.Action.Playbooks,
+		mode: killswitch.ModeEnforce, playbooks: h.Action.Playbooks, approval: h.Approvals,
 	}
 	j.ref = incidents.ActionRef{ID: h.ID, Type: h.Action.Type, Credential: h.Credential, Target: h.Target,
 		Playbook: strings.Join(h.Action.Playbooks, ","), Mode: killswitch.ModeEnforce}

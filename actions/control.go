@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -43,14 +44,51 @@ type Status struct {
 	Breaker Switch
 }
 
-// counter is a budget counter for one window.
-type counter struct {
-	Used int `json:"used"`
+// window is a sliding budget window (one key in the control bucket, shared by every
+// instance): the units taken recently, one per action, in the order they were taken.
+//
+// A unit may be taken at now only while fewer than the limit count against it: those
+// taken less than the window's span before or after now (after: an instance whose clock
+// runs ahead). So no interval of that span ever holds more than the limit, whatever the
+// order in which the instances commit and however their clocks differ (by less than the
+// span). Units are kept for twice the span, so an instance that read its time a moment
+// before another still sees every unit it must count; the key therefore holds at most
+// about twice the limit units, and stays small.
+type window struct {
+	Units []unit `json:"units"`
+}
+
+// unit is one destructive action's unit of a budget.
+type unit struct {
+	// Action is the action's fleet-wide ID: a unit is refunded by it, and an action
+	// holds at most one unit of a window.
+	Action string `json:"a"`
+	// At is when the unit was taken, in Unix nanoseconds.
+	At int64 `json:"t"`
+}
+
+// live returns the units that count against a unit taken at now: those taken less than
+// span before or after it.
+func (w window) live(now time.Time, span time.Duration) []unit {
+	from, to := now.Add(-span).UnixNano(), now.Add(span).UnixNano()
+	return slices.DeleteFunc(slices.Clone(w.Units), func(u unit) bool { return u.At <= from || u.At >= to })
+}
+
+// kept returns the units still kept at now: those taken less than twice span before
+// it, or later.
+func (w window) kept(now time.Time, span time.Duration) []unit {
+	from := now.Add(-2 * span).UnixNano()
+	return slices.DeleteFunc(slices.Clone(w.Units), func(u unit) bool { return u.At <= from })
+}
+
+// holds reports whether units include one taken for action.
+func holds(units []unit, action string) bool {
+	return slices.ContainsFunc(units, func(u unit) bool { return u.Action == action })
 }
 
 // Control is the fleet-wide control plane of the guard rails: the pause switch (the
-// kill switch for the kill switch), the budget's circuit breaker, the budget counters
-// and the cooldown stamps, kept in the Store (JetStream KV in the service, shared by
+// kill switch for the kill switch), the budget's circuit breaker, the budgets' sliding
+// windows and the cooldown stamps, kept in the Store (JetStream KV in the service, shared by
 // every instance). Every operator's change is recorded in the ledger before it takes
 // effect. It is safe for concurrent use.
 type Control struct {
@@ -73,7 +111,7 @@ type stored struct {
 
 // Watch keeps a mirror of the control bucket while ctx lasts, when the Store can watch
 // (JetStream KV): the guard rails then read the pause switch, the breaker, cooldowns and
-// budget counters from memory. Without it, or while it is not synced, they read the
+// budget windows from memory. Without it, or while it is not synced, they read the
 // Store. It returns when ctx is done (nil) or the watch fails (the error; reads go to
 // the Store again, and the caller may call Watch again).
 func (c *Control) Watch(ctx context.Context) error {
@@ -169,13 +207,14 @@ func (c *Control) Status(ctx context.Context) (Status, error) {
 	return st, nil
 }
 
-// Budget reports the revocation budget for the playbooks' input. A store that cannot be
-// read reports the whole budget (the guards still check it before anything runs).
+// Budget reports the revocation budget for the playbooks' input, from the same sliding
+// window the budget guard consumes: Remaining is how many units could be taken now. A store that cannot be read reports the whole budget (the
+// guards still check it before anything runs).
 func (c *Control) Budget(ctx context.Context) playbooks.Budget {
 	b := playbooks.Budget{Limit: c.s.Budget, Remaining: c.s.Budget, Window: c.s.BudgetWindow.String()}
-	var n counter
-	if _, _, err := c.read(ctx, c.budgetKey(c.clock.Now()), &n); err == nil {
-		b.Remaining = max(0, c.s.Budget-n.Used)
+	var w window
+	if _, _, err := c.read(ctx, budgetKey, &w); err == nil {
+		b.Remaining = max(0, c.s.Budget-len(w.live(c.clock.Now(), c.s.BudgetWindow)))
 	}
 	if br, err := c.get(ctx, breakerKey); err == nil {
 		b.BreakerOpen = br.On
@@ -212,28 +251,33 @@ func (c *Control) openBreaker(ctx context.Context, reason string) error {
 	return c.put(ctx, breakerKey, Switch{On: true, By: "budget", At: c.clock.Now(), Reason: reason})
 }
 
-func (c *Control) budgetKey(now time.Time) string {
-	return "budget." + strconv.FormatInt(now.Truncate(c.s.BudgetWindow).Unix(), 10)
-}
+// budgetKey is the fleet-wide budget's sliding window.
+const budgetKey = "budget"
 
-func (c *Control) vendorBudgetKey(vendor string, now time.Time) string {
-	return "vendor-budget." + hashKey(vendor) + "." + strconv.FormatInt(now.Truncate(c.s.BudgetWindow).Unix(), 10)
-}
+// vendorBudgetKey is the sliding window of one vendor's budget (blast radius).
+func vendorBudgetKey(vendor string) string { return "vendor-budget." + hashKey(vendor) }
 
-// consume takes one unit of a counter with compare-and-set; false when it is spent. The
-// first attempt trusts the mirror; a lost race reads the Store.
-func (c *Control) consume(ctx context.Context, key string, limit int) (bool, error) {
+// consume takes one unit of the sliding window at key for action at now, with
+// compare-and-set on the Store; false when limit units already count against now (see
+// window). An action that already holds a counted unit keeps it and passes (a decision
+// handled again does not pay twice). Old units are dropped on every write. The first
+// attempt trusts the mirror (one storage round: the write); a lost race reads the Store.
+func (c *Control) consume(ctx context.Context, key, action string, now time.Time, limit int) (bool, error) {
 	read := c.read
 	for range 20 {
-		var n counter
-		rev, ok, err := read(ctx, key, &n)
+		var w window
+		rev, ok, err := read(ctx, key, &w)
 		if err != nil {
 			return false, err
 		}
-		if n.Used >= limit {
+		live := w.live(now, c.s.BudgetWindow)
+		if holds(live, action) {
+			return true, nil
+		}
+		if len(live) >= limit {
 			return false, nil
 		}
-		b, err := json.Marshal(counter{Used: n.Used + 1})
+		b, err := json.Marshal(window{Units: append(w.kept(now, c.s.BudgetWindow), unit{Action: action, At: now.UnixNano()})})
 		if err != nil {
 			return false, killswitch.Permanent(killswitch.ReasonInternal, err)
 		}
@@ -244,7 +288,7 @@ func (c *Control) consume(ctx context.Context, key string, limit int) (bool, err
 			nrev, err = c.store.Create(ctx, ControlBucket, key, b)
 		}
 		if errors.Is(err, ErrExists) || errors.Is(err, ErrStale) {
-			// Another instance counted first, or the mirror lags: read the Store.
+			// Another instance took a unit first, or the mirror lags: read the Store.
 			read = func(ctx context.Context, key string, v any) (uint64, bool, error) {
 				return getJSON(ctx, c.store, ControlBucket, key, v)
 			}
@@ -255,18 +299,20 @@ func (c *Control) consume(ctx context.Context, key string, limit int) (bool, err
 		}
 		return err == nil, err
 	}
-	return false, killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("actions: budget counter %s is contended", key))
+	return false, killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("actions: budget window %s is contended", key))
 }
 
-// release gives back one unit of a counter (compare-and-set on the Store).
-func (c *Control) release(ctx context.Context, key string) error {
+// release gives back the unit action holds in the sliding window at key, if any
+// (compare-and-set on the Store).
+func (c *Control) release(ctx context.Context, key, action string) error {
 	for range 20 {
-		var n counter
-		rev, ok, err := getJSON(ctx, c.store, ControlBucket, key, &n)
-		if err != nil || !ok || n.Used == 0 {
+		var w window
+		rev, ok, err := getJSON(ctx, c.store, ControlBucket, key, &w)
+		if err != nil || !ok || !holds(w.Units, action) {
 			return err
 		}
-		b, err := json.Marshal(counter{Used: n.Used - 1})
+		w.Units = slices.DeleteFunc(w.kept(c.clock.Now(), c.s.BudgetWindow), func(u unit) bool { return u.Action == action })
+		b, err := json.Marshal(w)
 		if err != nil {
 			return killswitch.Permanent(killswitch.ReasonInternal, err)
 		}
@@ -279,7 +325,23 @@ func (c *Control) release(ctx context.Context, key string) error {
 		}
 		return err
 	}
-	return killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("actions: budget counter %s is contended", key))
+	return killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("actions: budget window %s is contended", key))
+}
+
+// gate reports why an action about to be applied must be held after all: the pause
+// switch is on, or the breaker is open (not for an approved action: a human decided).
+// The runner asks immediately before every Apply; it reads the mirror when it is live.
+func (c *Control) gate(ctx context.Context, approved bool) (guard, reason string, err error) {
+	guards := []Guard{PauseGuard{c}, BreakerGuard{c}}
+	if approved {
+		guards = guards[:1]
+	}
+	for _, g := range guards {
+		if hold, err := g.Check(ctx, Check{}); err != nil || hold != "" {
+			return g.Name(), hold, err
+		}
+	}
+	return "", "", nil
 }
 
 // cooldown returns the last stamp of a credential (ok false when it was never acted on).

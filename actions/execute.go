@@ -27,6 +27,10 @@ const (
 	ClaimPlanned ClaimState = "planned"
 	// ClaimFailed: the last attempt failed; the next one takes the claim over.
 	ClaimFailed ClaimState = "failed"
+	// ClaimHeld: the pause switch or the breaker held the action immediately before
+	// Apply; the next attempt (an approval, or a decision the guards let through) takes
+	// the claim over.
+	ClaimHeld ClaimState = "held"
 )
 
 // Claim is the idempotency claim of one action (ClaimsBucket, keyed by action ID).
@@ -35,6 +39,9 @@ type Claim struct {
 	Instance string     `json:"instance"`
 	At       time.Time  `json:"at"`
 	Error    string     `json:"error,omitempty"`
+	// Round counts the attempts that took the claim (1 for the first): the ledger records
+	// of later rounds carry it in their IDs, so that none is lost to de-duplication.
+	Round int `json:"round,omitempty"`
 }
 
 // Retry pacing: the first retry after about BackoffBase, doubling, capped at BackoffMax,
@@ -45,19 +52,20 @@ const (
 	claimPoll   = 50 * time.Millisecond
 )
 
-func (r *Runner) claimBytes(state ClaimState, errText string) []byte {
-	b, _ := json.Marshal(Claim{State: state, Instance: r.d.Instance, At: r.d.Clock.Now(), Error: errText}) // a Claim always encodes
+func (r *Runner) claimBytes(state ClaimState, round int, errText string) []byte {
+	b, _ := json.Marshal(Claim{State: state, Instance: r.d.Instance, At: r.d.Clock.Now(), Error: errText, Round: round}) // a Claim always encodes
 	return b
 }
 
 // claim takes the idempotency claim of j. took reports that this instance now owns it;
 // prior is the claim found (zero for a fresh claim). When took is false, prior is
-// finished (verified or planned) by someone else.
+// finished (verified or planned) by someone else. Taking the claim sets j.round.
 func (r *Runner) claim(ctx context.Context, j *job) (rev uint64, prior Claim, took bool, err error) {
 	polls := int(r.s.ClaimStale/claimPoll) + 1
 	for i := 0; ; i++ {
-		rev, err := r.d.Store.Create(ctx, ClaimsBucket, j.id, r.claimBytes(ClaimClaimed, ""))
+		rev, err := r.d.Store.Create(ctx, ClaimsBucket, j.id, r.claimBytes(ClaimClaimed, 1, ""))
 		if err == nil {
+			j.round = 1
 			return rev, Claim{}, true, nil
 		}
 		if !errors.Is(err, ErrExists) {
@@ -83,21 +91,23 @@ func (r *Runner) claim(ctx context.Context, j *job) (rev uint64, prior Claim, to
 			}
 			continue
 		}
-		// Failed, our own, or abandoned by a crashed instance: take it over.
-		nrev, err := r.d.Store.Update(ctx, ClaimsBucket, j.id, r.claimBytes(ClaimClaimed, ""), crev)
+		// Failed, held, our own, or abandoned by a crashed instance: take it over.
+		round := max(cur.Round, 1) + 1
+		nrev, err := r.d.Store.Update(ctx, ClaimsBucket, j.id, r.claimBytes(ClaimClaimed, round, ""), crev)
 		if errors.Is(err, ErrStale) {
 			continue
 		}
 		if err != nil {
 			return 0, Claim{}, false, err
 		}
+		j.round = round
 		return nrev, cur, true, nil
 	}
 }
 
 // setClaim moves our claim to a new state.
 func (r *Runner) setClaim(ctx context.Context, j *job, rev uint64, state ClaimState, errText string) (uint64, error) {
-	nrev, err := r.d.Store.Update(ctx, ClaimsBucket, j.id, r.claimBytes(state, errText), rev)
+	nrev, err := r.d.Store.Update(ctx, ClaimsBucket, j.id, r.claimBytes(state, j.round, errText), rev)
 	if err != nil {
 		return rev, fmt.Errorf("actions: claim %s → %s: %w", j.id, state, err)
 	}
@@ -175,10 +185,25 @@ func (r *Runner) execute(ctx context.Context, j *job, exec Executor, approver st
 	}
 	var out Outcome
 	err = r.retry(ctx, j, "apply", func(cctx context.Context) error {
+		// The pause switch and the breaker are checked again immediately before every
+		// destructive Apply: the guards ran before the claim, perhaps long ago (a redelivered or
+		// reconciled claim skips them), and a retry may come after a backoff.
+		if destructive {
+			guard, hold, err := r.control.gate(cctx, approver != "")
+			if err != nil {
+				return fmt.Errorf("check the pause switch and the breaker: %w", err)
+			}
+			if hold != "" {
+				return &heldError{guard: guard, reason: hold}
+			}
+		}
 		var err error
 		out, err = exec.Apply(cctx, j.target)
 		return err
 	})
+	if he := (*heldError)(nil); errors.As(err, &he) {
+		return r.holdBeforeApply(ctx, j, rev, he.guard, he.reason, approver)
+	}
 	if err != nil {
 		j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionFailed, r.d.Clock.Now(), err.Error()
 		rerr := r.record(ctx, j, "failed", Event{Status: incidents.ActionFailed, Error: err.Error(),
@@ -245,6 +270,45 @@ func (r *Runner) verified(ctx context.Context, j *job, rev uint64, v Verificatio
 	return j.ref, errors.Join(record(), cerr)
 }
 
+// heldError is what an attempt returns when the pause switch or the breaker holds the
+// action immediately before Apply: no attempt is made, and none is recorded as failed.
+type heldError struct{ guard, reason string }
+
+func (e *heldError) Error() string { return "held by " + e.guard + ": " + e.reason }
+
+// holdBeforeApply holds j, whose claim (at rev) this instance took, because guard saw a
+// reason to hold it immediately before Apply. The claim is left held (the next attempt
+// takes it over), the hold is recorded in the ledger, and nothing is dropped: an action
+// of a decision is held for approval like any other (its budget units are given back:
+// it did not run), an approved one stays approved and is run again by
+// Approvals.Expire once the pause is lifted.
+func (r *Runner) holdBeforeApply(ctx context.Context, j *job, rev uint64, guard, reason, approver string) (incidents.ActionRef, error) {
+	_, err := r.setClaim(ctx, j, rev, ClaimHeld, reason)
+	errs := []error{err}
+	if approver == "" {
+		errs = append(errs, r.refund(ctx, j), r.approvals.reopen(ctx, j, guard, reason))
+	}
+	j.ref.Status, j.ref.At, j.ref.Detail = incidents.ActionHeld, r.d.Clock.Now(), reason
+	errs = append(errs, r.record(ctx, j, "held-before-apply", Event{Status: incidents.ActionHeld, Guard: guard, Reason: reason, Approver: approver}))
+	r.d.Log.Warn("action held immediately before apply", zap.String("action", j.id), zap.String("guard", guard),
+		zap.Bool("approved", approver != ""), zap.String("reason", reason))
+	return j.ref, errors.Join(errs...)
+}
+
+// refund gives back the budget units j holds (the consumers of the guard chain).
+func (r *Runner) refund(ctx context.Context, j *job) error {
+	c := Check{Now: r.d.Clock.Now(), Action: j.id, Incident: j.target.Incident, Vendor: j.target.Vendor, Credential: j.target.Credential}
+	var errs []error
+	for _, g := range r.guards {
+		if cons, ok := g.(Consumer); ok {
+			if err := cons.Refund(ctx, c); err != nil {
+				errs = append(errs, fmt.Errorf("actions: refund %s: %w", g.Name(), err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func (r *Runner) verifyOnce(ctx context.Context, exec Executor, j *job) (Verification, error) {
 	cctx, cancel := context.WithTimeout(ctx, r.s.CallTimeout)
 	defer cancel()
@@ -252,8 +316,8 @@ func (r *Runner) verifyOnce(ctx context.Context, exec Executor, j *job) (Verific
 }
 
 // retry calls f with a deadline per attempt, retrying failures not marked permanent
-// with capped, jittered exponential backoff, at most Settings.Attempts times; every
-// failed attempt is recorded.
+// with capped, jittered exponential backoff, at most Settings.Attempts times (Apply: or
+// the job's own bound); every failed attempt is recorded. A hold (heldError) returns at once.
 func (r *Runner) retry(ctx context.Context, j *job, stage string, f func(context.Context) error) error {
 	for attempt := 1; ; attempt++ {
 		cctx, cancel := context.WithTimeout(ctx, r.s.CallTimeout)
@@ -265,13 +329,20 @@ func (r *Runner) retry(ctx context.Context, j *job, stage string, f func(context
 		if ctx.Err() != nil {
 			return killswitch.Retryable(killswitch.ReasonCanceled, fmt.Errorf("%s: %w", stage, ctx.Err()))
 		}
+		if he := (*heldError)(nil); errors.As(err, &he) {
+			return err
+		}
 		retryable := killswitch.IsRetryable(err)
 		if rerr := r.record(ctx, j, fmt.Sprintf("%s-attempt-%d", stage, attempt), Event{
 			Status: incidents.ActionFailed, Attempt: attempt, Error: err.Error(), Retryable: retryable, Cause: killswitch.ReasonOf(err),
 		}); rerr != nil {
 			return errors.Join(err, rerr)
 		}
-		if !retryable || attempt >= r.s.Attempts {
+		limit := r.s.Attempts
+		if stage == "apply" {
+			limit = j.maxAttempts(limit)
+		}
+		if !retryable || attempt >= limit {
 			return err
 		}
 		if err := r.d.Sleep(ctx, r.backoff(attempt)); err != nil {

@@ -2,15 +2,19 @@
 // target against the inventory (protected credentials are never targets), applies the
 // strictest mode, runs the guard chain (pause, approval, cooldown, breaker, blast
 // radius, budget: each a Guard that may hold the action for a human), takes an
-// idempotency claim, records the intent in the ledger, and only then has the executor
-// apply it (bounded retries with backoff, a deadline per call) and verify it.
+// idempotency claim, records the intent in the ledger, checks the pause switch and the
+// breaker once more, and only then has the executor apply it (bounded retries with
+// backoff, a deadline per call, the pause and the breaker checked again before each
+// attempt) and verify it. The budgets are sliding windows shared by every instance.
 //
 // The package is organised around three types:
 //
 //   - Runner: the executor loop (Act), the one way anything is applied;
 //   - Control: the fleet-wide control plane — pause switch, circuit breaker, budget
-//     counters, cooldown stamps — kept in a Store (actions/natskv in the service);
-//   - Approvals: held actions, approved once by a named person, rejected, or expired.
+//     windows, cooldown stamps — kept in a Store (actions/natskv in the service);
+//   - Approvals: held actions, approved once by a named person, rejected, or expired;
+//     an approved action that fails retryably is retried until its deadline, one that
+//     failed may be approved again.
 //
 // Every executor has three steps: Plan (read-only: exactly what would die), Apply
 // (idempotent: already gone is success) and Verify (proof that the credential no longer

@@ -89,12 +89,14 @@ type Guard interface {
 }
 
 // A Consumer is a guard that takes a unit of something (a budget) when it lets an action
-// through, and can give it back. The consumers at the end of a chain are checked at the
-// same time (their writes then cost one storage round, not one each); when one of them
-// holds the action, or fails, the units the others took are given back.
+// through, and can give it back (the unit is the action's: Refund needs only c.Action
+// and c.Vendor, and refunding twice is harmless). The consumers at the end of a chain
+// are checked at the same time (their writes then cost one storage round, not one
+// each); when one of them holds the action, or fails, the units the others took are
+// given back.
 type Consumer interface {
 	Guard
-	// Refund gives back the unit Check took for c.
+	// Refund gives back the unit Check took for c.Action, if it holds one.
 	Refund(ctx context.Context, c Check) error
 }
 
@@ -104,7 +106,8 @@ func Guards(c *Control) []Guard {
 	return []Guard{PauseGuard{c}, StormGuard{c}, ApprovalGuard{}, CooldownGuard{c}, BreakerGuard{c}, BlastRadiusGuard{c}, BudgetGuard{c}}
 }
 
-// PauseGuard holds every destructive action while automation is paused (G1).
+// PauseGuard holds every destructive action while automation is paused (G1). The runner
+// checks the pause switch again immediately before every Apply (see Control.gate).
 type PauseGuard struct{ C *Control }
 
 // Name implements Guard.
@@ -168,11 +171,13 @@ func (g BreakerGuard) Check(ctx context.Context, _ Check) (string, error) {
 
 // Refund implements Consumer.
 func (g BlastRadiusGuard) Refund(ctx context.Context, c Check) error {
-	return g.C.release(ctx, g.C.vendorBudgetKey(c.Vendor, c.Now))
+	return g.C.release(ctx, vendorBudgetKey(c.Vendor), c.Action)
 }
 
-// BlastRadiusGuard consumes one unit of the vendor's budget (Settings.VendorBudget per
-// BudgetWindow) and holds the action when it is spent (G3).
+// BlastRadiusGuard consumes one unit of the vendor's budget and holds the action when
+// it is spent (G3): never more than Settings.VendorBudget destructive actions on one
+// vendor in any interval of length Settings.BudgetWindow (a sliding window shared by
+// every instance).
 type BlastRadiusGuard struct{ C *Control }
 
 // Name implements Guard.
@@ -181,20 +186,22 @@ func (BlastRadiusGuard) Name() string { return "blast_radius" }
 // Check implements Guard.
 func (g BlastRadiusGuard) Check(ctx context.Context, c Check) (string, error) {
 	s := g.C.s
-	ok, err := g.C.consume(ctx, g.C.vendorBudgetKey(c.Vendor, c.Now), s.VendorBudget)
+	ok, err := g.C.consume(ctx, vendorBudgetKey(c.Vendor), c.Action, c.Now, s.VendorBudget)
 	if err != nil || ok {
 		return "", err
 	}
-	return fmt.Sprintf("vendor %s reached %d destructive actions in this %s window", c.Vendor, s.VendorBudget, s.BudgetWindow), nil
+	return fmt.Sprintf("vendor %s reached %d destructive actions within the last %s", c.Vendor, s.VendorBudget, s.BudgetWindow), nil
 }
 
 // Refund implements Consumer.
 func (g BudgetGuard) Refund(ctx context.Context, c Check) error {
-	return g.C.release(ctx, g.C.budgetKey(c.Now))
+	return g.C.release(ctx, budgetKey, c.Action)
 }
 
-// BudgetGuard consumes one unit of the fleet-wide budget (Settings.Budget per
-// BudgetWindow); when it is spent it opens the circuit breaker and holds the action (G2).
+// BudgetGuard consumes one unit of the fleet-wide budget; when it is spent it opens the
+// circuit breaker and holds the action (G2). The budget is a sliding window shared by
+// every instance: never more than Settings.Budget destructive actions in any interval
+// of length Settings.BudgetWindow (up to the instances' clock skew).
 type BudgetGuard struct{ C *Control }
 
 // Name implements Guard.
@@ -203,7 +210,7 @@ func (BudgetGuard) Name() string { return "budget" }
 // Check implements Guard.
 func (g BudgetGuard) Check(ctx context.Context, c Check) (string, error) {
 	s := g.C.s
-	ok, err := g.C.consume(ctx, g.C.budgetKey(c.Now), s.Budget)
+	ok, err := g.C.consume(ctx, budgetKey, c.Action, c.Now, s.Budget)
 	if err != nil || ok {
 		return "", err
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -157,7 +158,9 @@ type Event struct {
 	Proof      *Verification          `json:"verification,omitempty"`
 	Playbooks  []string               `json:"playbooks,omitempty"`
 	Approver   string                 `json:"approver,omitempty"`
-	Instance   string                 `json:"instance"`
+	// Round is the claim's round when it is not the first (a retry taking the claim over).
+	Round    int    `json:"round,omitempty"`
+	Instance string `json:"instance"`
 }
 
 // job is one action being carried out.
@@ -167,6 +170,21 @@ type job struct {
 	mode      killswitch.Mode
 	playbooks []string
 	ref       incidents.ActionRef
+	// round is the claim's round (set when the claim is taken) and approval the
+	// approval's number (held actions): later rounds and approvals are told apart in the
+	// ledger records' IDs.
+	round, approval int
+	// attempts bounds the Apply attempts of this run (a tick's retry of an approved
+	// action makes one); 0 is Settings.Attempts.
+	attempts int
+}
+
+// maxAttempts is the bound of Apply attempts of this run.
+func (j *job) maxAttempts(def int) int {
+	if j.attempts > 0 {
+		return j.attempts
+	}
+	return def
 }
 
 // Act carries out a decision's actions for an incident through the guard rails and
@@ -249,14 +267,21 @@ func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, paylo
 		return j.ref, err
 	}
 	switch {
-	case claimed: // reconciled: finished if unfinished
+	case held && h.State == HoldApproved: // a human decided: it runs under the approval
+		return r.approvals.redeliver(ctx, h, heldRev)
+	case held && (h.State == HoldPending || h.State == HoldFailed) && !req.Result.Decision.RequiresApproval:
+		// superseded below if the guards let it through
+	case held && h.State != HoldDone && h.State != HoldSuperseded:
+		j.ref.Status, j.ref.At, j.ref.Detail = h.State.actionStatus(), h.HeldAt, h.Reason
+		return j.ref, nil
+	case claimed: // reconciled: finished if unfinished (pause and breaker still checked before Apply)
 		return r.execute(ctx, j, exec, "", false)
-	case held && (h.State != HoldPending || req.Result.Decision.RequiresApproval):
+	case held:
 		j.ref.Status, j.ref.At, j.ref.Detail = h.State.actionStatus(), h.HeldAt, h.Reason
 		return j.ref, nil
 	}
-	// Nothing yet, or a pending hold that this decision (needing no approval) supersedes
-	// if the guards let it through.
+	// Nothing yet, or a pending (or failed) hold that this decision (needing no approval)
+	// supersedes if the guards let it through.
 	chk := Check{Now: r.d.Clock.Now(), Action: j.id, Incident: j.target.Incident, Vendor: j.target.Vendor,
 		Credential: j.target.Credential, RequiresApproval: req.Result.Decision.RequiresApproval, Reason: req.Result.Decision.Reason}
 	if guard, hold, err := runGuards(ctx, r.guards, chk); err != nil {
@@ -320,11 +345,19 @@ func (r *Runner) entry(j *job, stage string, ev Event) (ledger.Entry, error) {
 	ev.Action, ev.Incident, ev.Type, ev.Vendor = j.id, j.target.Incident, j.target.Action.Type, j.target.Vendor
 	ev.Credential, ev.Target, ev.Stage, ev.Mode = j.target.Credential, j.ref.Target, stage, j.mode
 	ev.Playbooks, ev.Instance = j.playbooks, r.d.Instance
+	id := j.id + "/" + stage
+	if j.approval > 1 {
+		id += "/a" + strconv.Itoa(j.approval)
+	}
+	if j.round > 1 {
+		ev.Round = j.round
+		id += "/r" + strconv.Itoa(j.round)
+	}
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return ledger.Entry{}, killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("actions: encode record: %w", err))
 	}
-	return ledger.Entry{Type: ledger.TypeAction, ID: j.id + "/" + stage, Incident: j.target.Incident,
+	return ledger.Entry{Type: ledger.TypeAction, ID: id, Incident: j.target.Incident,
 		Time: r.d.Clock.Now(), Payload: b}, nil
 }
 

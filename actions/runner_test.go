@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -477,5 +478,322 @@ func TestLaterDecisionSupersedesHold(t *testing.T) {
 	}
 	if _, err := r.runner.Approvals().Approve(ctx, refs[0].ID, "ana", ""); !errors.Is(err, ErrDecided) || r.exec.count("api") != 1 {
 		t.Fatalf("approve after supersede: %v", err)
+	}
+}
+
+// hookStore runs after once, right after a claim is taken (created, or taken over):
+// between the claim and Apply.
+type hookStore struct {
+	Store
+	once  sync.Once
+	after func()
+}
+
+func (h *hookStore) claimed(bucket string, val []byte, err error) {
+	if err == nil && bucket == ClaimsBucket && h.after != nil && strings.Contains(string(val), `"state":"claimed"`) {
+		h.once.Do(h.after)
+	}
+}
+
+func (h *hookStore) Create(ctx context.Context, bucket, key string, val []byte) (uint64, error) {
+	rev, err := h.Store.Create(ctx, bucket, key, val)
+	h.claimed(bucket, val, err)
+	return rev, err
+}
+
+func (h *hookStore) Update(ctx context.Context, bucket, key string, val []byte, rev uint64) (uint64, error) {
+	nrev, err := h.Store.Update(ctx, bucket, key, val, rev)
+	h.claimed(bucket, val, err)
+	return nrev, err
+}
+
+func (r *rig) claimOf(t *testing.T, id string) Claim {
+	t.Helper()
+	var c Claim
+	if _, ok, err := getJSON(context.Background(), r.store, ClaimsBucket, id, &c); err != nil || !ok {
+		t.Fatalf("claim of %s: %v (found %v)", id, err, ok)
+	}
+	return c
+}
+
+func (r *rig) heldOf(t *testing.T, id string) Held {
+	t.Helper()
+	h, _, ok, err := r.runner.Approvals().get(context.Background(), id)
+	if err != nil || !ok {
+		t.Fatalf("held action %s: %v (found %v)", id, err, ok)
+	}
+	return h
+}
+
+var errUnavailable = killswitch.Retryable(killswitch.ReasonUnavailable, errors.New("vault: 503 service unavailable"))
+
+// The pause switch and the breaker are checked again immediately before Apply, for a
+// fresh claim, a redelivered one (a claim left failed), and one taken over: the action
+// is held (recorded, held for approval, its budget units given back, its claim held),
+// never applied and never dropped; after the resume it runs once, approved or
+// superseded by a decision the guards let through.
+func TestHoldImmediatelyBeforeApply(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		// failFirst: a first delivery fails retryably, leaving its claim failed.
+		failFirst bool
+		// before runs before the (re)delivery; between runs between its claim and Apply.
+		before, between func(c *Control) error
+		guard           string
+	}{
+		{name: "fresh claim, paused between the claim and Apply", guard: "paused",
+			between: func(c *Control) error { return c.Pause(ctx, "ana", "drill") }},
+		{name: "redelivered claim, paused before the redelivery", guard: "paused", failFirst: true,
+			before: func(c *Control) error { return c.Pause(ctx, "ana", "drill") }},
+		{name: "redelivered claim, paused between the takeover and Apply", guard: "paused", failFirst: true,
+			between: func(c *Control) error { return c.Pause(ctx, "ana", "drill") }},
+		{name: "fresh claim, breaker opened between the claim and Apply", guard: "breaker",
+			between: func(c *Control) error { return c.openBreaker(ctx, "another instance spent the budget") }},
+		{name: "redelivered claim, breaker open before the redelivery", guard: "breaker", failFirst: true,
+			before: func(c *Control) error { return c.openBreaker(ctx, "spent") }},
+	}
+	for _, tt := range tests {
+		for _, then := range []string{"approve", "redeliver"} {
+			t.Run(tt.name+", then "+then, func(t *testing.T) {
+				hook := &hookStore{Store: NewMemoryStore()}
+				r := newRig(t, Settings{Attempts: 2}, hook, "a")
+				c := r.runner.Control()
+				req := r.request("v01", "inc-1", false, revokeAPI)
+				id := ActionID("inc-1", revokeAPI)
+				if tt.failFirst {
+					r.exec.failures = []error{errUnavailable, errUnavailable}
+					if refs, err := r.runner.Act(ctx, req); !killswitch.IsRetryable(err) || refs[0].Status != incidents.ActionFailed {
+						t.Fatalf("first delivery: %+v, %v", refs, err)
+					}
+				}
+				if tt.before != nil {
+					if err := tt.before(c); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if tt.between != nil {
+					hook.once = sync.Once{}
+					hook.after = func() {
+						if err := tt.between(c); err != nil {
+							t.Error(err)
+						}
+					}
+				}
+				refs, err := r.runner.Act(ctx, req)
+				if err != nil || refs[0].Status != incidents.ActionHeld || r.exec.count("api") != 0 {
+					t.Fatalf("held: %+v, %v, applied %d", refs, err, r.exec.count("api"))
+				}
+				if h := r.heldOf(t, id); h.State != HoldPending || h.Guard != tt.guard {
+					t.Fatalf("held record %+v, want pending by %s", h, tt.guard)
+				}
+				if cl := r.claimOf(t, id); cl.State != ClaimHeld {
+					t.Fatalf("claim %+v, want held", cl)
+				}
+				if s := r.stages(t); s["held-before-apply"] != 1 {
+					t.Fatalf("stages %v: the hold is not recorded", s)
+				}
+				if b := r.runner.Budget(ctx); b.Remaining != b.Limit {
+					t.Fatalf("budget %+v: the held action's unit was not given back", b)
+				}
+				// Still paused: a redelivery holds it again, and applies nothing.
+				if refs, err := r.runner.Act(ctx, req); err != nil || refs[0].Status != incidents.ActionHeld || r.exec.count("api") != 0 {
+					t.Fatalf("redelivery while held: %+v, %v", refs, err)
+				}
+				if err := errors.Join(c.Resume(ctx, "ana"), c.ResetBreaker(ctx, "ana")); err != nil {
+					t.Fatal(err)
+				}
+				switch then {
+				case "approve":
+					u, err := r.runner.Approvals().Approve(ctx, id, "ana", "checked")
+					if err != nil || u.Ref.Status != incidents.ActionVerified {
+						t.Fatalf("approve after the resume: %+v, %v", u, err)
+					}
+				case "redeliver":
+					refs, err := r.runner.Act(ctx, req)
+					if err != nil || refs[0].Status != incidents.ActionVerified {
+						t.Fatalf("redelivery after the resume: %+v, %v", refs, err)
+					}
+				}
+				if refs, err := r.runner.Act(ctx, req); err != nil || refs[0].Status != incidents.ActionVerified {
+					t.Fatalf("a later delivery: %+v, %v", refs, err)
+				}
+				if n := r.exec.count("api"); n != 1 {
+					t.Fatalf("applied %d times, want once", n)
+				}
+			})
+		}
+	}
+}
+
+// An approved action that fails retryably stays approved and is retried on later ticks
+// (with the runner's backoff) until it succeeds; every attempt is recorded, and the
+// held action's record tells how it stands.
+func TestApprovedRetryableFailureIsRetried(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, Settings{Attempts: 3, ApprovalTTL: time.Hour}, nil, "a")
+	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI))
+	id := refs[0].ID
+	r.exec.failures = []error{errUnavailable, errUnavailable, errUnavailable, errUnavailable}
+	u, err := r.runner.Approvals().Approve(ctx, id, "ana", "confirmed")
+	if err != nil || u.Ref.Status != incidents.ActionFailed || !strings.Contains(u.Ref.Detail, "retried until") {
+		t.Fatalf("approve during the outage: %+v, %v", u, err)
+	}
+	h := r.heldOf(t, id)
+	if h.State != HoldApproved || h.Attempts != 1 || !strings.Contains(h.LastError, "503") || !h.RetryAt.After(r.clk.Now()) {
+		t.Fatalf("held record %+v", h)
+	}
+	if _, err := r.runner.Approvals().Approve(ctx, id, "bob", ""); !errors.Is(err, ErrDecided) {
+		t.Fatalf("approving an approved action again: %v", err)
+	}
+	// Not due yet: the tick runs nothing.
+	if ups, err := r.runner.Approvals().Expire(ctx); err != nil || len(ups) != 0 || r.exec.count("api") != 0 {
+		t.Fatalf("tick before the backoff: %+v, %v", ups, err)
+	}
+	// Nor does a redelivery of the decision.
+	if again, err := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI)); err != nil || again[0].Status != incidents.ActionHeld {
+		t.Fatalf("redelivery before the backoff: %+v, %v", again, err)
+	}
+	r.clk.Advance(10 * time.Second)
+	ups, err := r.runner.Approvals().Expire(ctx) // one more attempt: still down
+	if err != nil || len(ups) != 1 || ups[0].Ref.Status != incidents.ActionFailed || r.heldOf(t, id).Attempts != 2 {
+		t.Fatalf("tick in the outage: %+v, %v", ups, err)
+	}
+	r.clk.Advance(10 * time.Second)
+	ups, err = r.runner.Approvals().Expire(ctx) // Vault is back
+	if err != nil || len(ups) != 1 || ups[0].Ref.Status != incidents.ActionVerified || ups[0].Incident != "inc-1" {
+		t.Fatalf("tick after the outage: %+v, %v", ups, err)
+	}
+	if h := r.heldOf(t, id); h.State != HoldDone || h.Attempts != 3 || h.LastError != "" {
+		t.Fatalf("held record %+v, want done", h)
+	}
+	r.clk.Advance(time.Minute)
+	if ups, err := r.runner.Approvals().Expire(ctx); err != nil || len(ups) != 0 {
+		t.Fatalf("tick after done: %+v, %v", ups, err)
+	}
+	if n := r.exec.count("api"); n != 1 {
+		t.Fatalf("applied %d times, want once", n)
+	}
+	if s := r.stages(t); s["approved"] != 1 || s["failed"] != 2 || s["verified"] != 1 ||
+		s["apply-attempt-1"] != 2 || s["apply-attempt-2"] != 1 || s["apply-attempt-3"] != 1 {
+		t.Fatalf("stages %v: every attempt recorded", s)
+	}
+}
+
+// An approved action that keeps failing retryably fails once its retry deadline passes,
+// and may then be approved again.
+func TestApprovedRetryDeadline(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, Settings{Attempts: 1, ApprovalTTL: time.Hour}, nil, "a")
+	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI))
+	id := refs[0].ID
+	for range 100 {
+		r.exec.failures = append(r.exec.failures, errUnavailable)
+	}
+	if u, err := r.runner.Approvals().Approve(ctx, id, "ana", ""); err != nil || u.Ref.Status != incidents.ActionFailed {
+		t.Fatalf("approve: %+v, %v", u, err)
+	}
+	for range 5 {
+		r.clk.Advance(10 * time.Minute)
+		if _, err := r.runner.Approvals().Expire(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.clk.Advance(15 * time.Minute) // past the deadline
+	ups, err := r.runner.Approvals().Expire(ctx)
+	if err != nil || len(ups) != 1 || ups[0].Ref.Status != incidents.ActionFailed || !strings.Contains(ups[0].Ref.Detail, "deadline") {
+		t.Fatalf("tick past the deadline: %+v, %v", ups, err)
+	}
+	if h := r.heldOf(t, id); h.State != HoldFailed || h.Attempts != 6 {
+		t.Fatalf("held record %+v", h)
+	}
+	r.exec.mu.Lock()
+	r.exec.failures = nil
+	r.exec.mu.Unlock()
+	if u, err := r.runner.Approvals().Approve(ctx, id, "bob", "vault is back"); err != nil || u.Ref.Status != incidents.ActionVerified {
+		t.Fatalf("approve again: %+v, %v", u, err)
+	}
+	if s := r.stages(t); s["approved"] != 2 || s["retry-deadline"] != 1 || s["verified"] != 1 {
+		t.Fatalf("stages %v", s)
+	}
+}
+
+// After a permanent failure, the action can be approved again (not "already decided")
+// and runs again; an unanswered failed hold expires like a pending one.
+func TestApprovedPermanentFailureCanBeApprovedAgain(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, Settings{ApprovalTTL: time.Hour}, nil, "a")
+	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI))
+	id := refs[0].ID
+	r.exec.failures = []error{killswitch.Permanent(killswitch.ReasonDenied, errors.New("403 permission denied"))}
+	u, err := r.runner.Approvals().Approve(ctx, id, "ana", "")
+	if err != nil || u.Ref.Status != incidents.ActionFailed {
+		t.Fatalf("approve: %+v, %v", u, err)
+	}
+	if h := r.heldOf(t, id); h.State != HoldFailed || !strings.Contains(h.LastError, "403") {
+		t.Fatalf("held record %+v", h)
+	}
+	// The tick does not retry a permanent failure.
+	r.clk.Advance(time.Minute)
+	if ups, err := r.runner.Approvals().Expire(ctx); err != nil || len(ups) != 0 || r.exec.count("api") != 0 {
+		t.Fatalf("tick after a permanent failure: %+v, %v", ups, err)
+	}
+	u, err = r.runner.Approvals().Approve(ctx, id, "bob", "policy fixed")
+	if err != nil || u.Ref.Status != incidents.ActionVerified || r.exec.count("api") != 1 {
+		t.Fatalf("approve again: %+v, %v", u, err)
+	}
+	if h := r.heldOf(t, id); h.State != HoldDone || h.Approvals != 2 || h.Approver != "bob" {
+		t.Fatalf("held record %+v", h)
+	}
+	if _, err := r.runner.Approvals().Approve(ctx, id, "carl", ""); !errors.Is(err, ErrDecided) {
+		t.Fatalf("approve a done action: %v", err)
+	}
+	if s := r.stages(t); s["approved"] != 2 || s["verified"] != 1 {
+		t.Fatalf("stages %v: both approvals recorded", s)
+	}
+	// A failed hold nobody approves again expires.
+	refs, _ = r.runner.Act(ctx, r.request("v02", "inc-2", true, revokeAPI))
+	r.exec.failures = []error{killswitch.Permanent(killswitch.ReasonDenied, errors.New("403"))}
+	if _, err := r.runner.Approvals().Approve(ctx, refs[0].ID, "ana", ""); err != nil {
+		t.Fatal(err)
+	}
+	r.clk.Advance(2 * time.Hour)
+	ups, err := r.runner.Approvals().Expire(ctx)
+	if err != nil || len(ups) != 1 || ups[0].Ref.Status != incidents.ActionExpired {
+		t.Fatalf("expiry of a failed hold: %+v, %v", ups, err)
+	}
+}
+
+// An action approved while automation is paused waits, approved, and runs once after
+// the resume (on the next tick).
+func TestApprovedWhilePaused(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, Settings{}, nil, "a")
+	refs, _ := r.runner.Act(ctx, r.request("v01", "inc-1", true, revokeAPI))
+	id := refs[0].ID
+	c := r.runner.Control()
+	if err := c.Pause(ctx, "ana", "drill"); err != nil {
+		t.Fatal(err)
+	}
+	u, err := r.runner.Approvals().Approve(ctx, id, "ana", "")
+	if err != nil || u.Ref.Status != incidents.ActionHeld || r.exec.count("api") != 0 {
+		t.Fatalf("approve while paused: %+v, %v", u, err)
+	}
+	if h := r.heldOf(t, id); h.State != HoldApproved {
+		t.Fatalf("held record %+v", h)
+	}
+	r.clk.Advance(time.Minute)
+	if ups, err := r.runner.Approvals().Expire(ctx); err != nil || len(ups) != 0 || r.exec.count("api") != 0 {
+		t.Fatalf("tick while paused: %+v, %v", ups, err)
+	}
+	if err := c.Resume(ctx, "ana"); err != nil {
+		t.Fatal(err)
+	}
+	ups, err := r.runner.Approvals().Expire(ctx)
+	if err != nil || len(ups) != 1 || ups[0].Ref.Status != incidents.ActionVerified || r.exec.count("api") != 1 {
+		t.Fatalf("tick after the resume: %+v, %v", ups, err)
+	}
+	if ups, err := r.runner.Approvals().Expire(ctx); err != nil || len(ups) != 0 || r.exec.count("api") != 1 {
+		t.Fatalf("next tick: %+v, %v", ups, err)
 	}
 }

@@ -17,7 +17,7 @@ const (
 	ClaimsBucket = "killswitch_claims"
 	// ApprovalsBucket holds held actions and their approvals.
 	ApprovalsBucket = "killswitch_approvals"
-	// ControlBucket holds the pause switch, the budget counters, the breaker and cooldowns.
+	// ControlBucket holds the pause switch, the budget windows, the breaker and cooldowns.
 	ControlBucket = "killswitch_control"
 )
 
@@ -49,7 +49,7 @@ type Store interface {
 // A Watcher tells of every change in a bucket, as JetStream KV's watch does: the values
 // present first, then ready, then each change as it happens. Control keeps a mirror of
 // the control bucket with it and serves the pause switch, the breaker, the cooldowns and
-// the budget counters from memory instead of reading them for every action; writes
+// the budget windows from memory instead of reading them for every action; writes
 // still go to the Store with compare-and-set, so a stale mirror costs a retry, never a
 // wrong count.
 type Watcher interface {

@@ -1,5 +1,5 @@
 // Package natskv keeps the guard rails' fleet-wide state — idempotency claims, held
-// actions and approvals, the pause switch, the breaker, budget counters and cooldowns —
+// actions and approvals, the pause switch, the breaker, budget windows and cooldowns —
 // in JetStream KV buckets, so that every instance shares it.
 package natskv
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -229,4 +230,163 @@ func (v *countingVault) Apply(context.Context, actions.Target) (actions.Outcome,
 
 func (v *countingVault) Verify(context.Context, actions.Target) (actions.Verification, error) {
 	return actions.Verification{Dead: true, Evidence: "lookup"}, nil
+}
+
+// Two instances share the fleet budget's sliding window in JetStream KV and consume it
+// at once, each with its own mirror of the control bucket: in no interval of the
+// window's length do more units pass than the budget, refunds give units back, and a
+// lost race is a retryable conflict, never a pass.
+func TestSlidingBudgetTwoInstances(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := open(t)
+	const budget, window, run = 5, 400 * time.Millisecond, 2 * time.Second
+	var controls []*actions.Control
+	for _, name := range []string{"a", "b"} {
+		r, err := actions.New(actions.Settings{Budget: budget, BudgetWindow: window}, actions.Deps{
+			Store: store, Ledger: ledger.NewMemory(), Clock: clock.Real{}, Instance: name,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = r.Control().Watch(ctx) }()
+		controls = append(controls, r.Control())
+	}
+	var (
+		mu                        sync.Mutex
+		passed                    []time.Time
+		holds, conflicts, refunds int
+		wg                        sync.WaitGroup
+		end                       = time.Now().Add(run)
+	)
+	for w := range 8 {
+		g := actions.BudgetGuard{C: controls[w%2]}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(end); i++ {
+				c := actions.Check{Now: time.Now(), Action: fmt.Sprintf("act-%d-%d", w, i), Vendor: "v"}
+				hold, err := g.Check(ctx, c)
+				refund := err == nil && hold == "" && i%3 == 2
+				if refund {
+					if err := g.Refund(ctx, c); err != nil {
+						t.Error(err)
+					}
+				}
+				mu.Lock()
+				switch {
+				case err != nil && killswitch.IsRetryable(err) && killswitch.ReasonOf(err) == killswitch.ReasonConflict:
+					conflicts++
+				case err != nil:
+					t.Errorf("consume: %v", err)
+				case refund:
+					refunds++
+				case hold == "":
+					passed = append(passed, c.Now)
+				default:
+					holds++
+				}
+				mu.Unlock()
+				time.Sleep(time.Duration(5+w) * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	slices.SortFunc(passed, func(a, b time.Time) int { return a.Compare(b) })
+	worst := 0
+	for i, p := range passed {
+		n := 0
+		for _, q := range passed[i:] {
+			if q.Sub(p) < window {
+				n++
+			}
+		}
+		worst = max(worst, n)
+	}
+	t.Logf("%d passed, %d refunded, %d held, %d conflicts; at most %d in any %s", len(passed), refunds, holds, conflicts, worst, window)
+	if worst > budget {
+		t.Fatalf("%d units passed within %s; the budget is %d", worst, window, budget)
+	}
+	if len(passed) <= budget || holds == 0 {
+		t.Fatalf("%d passed, %d held: the window did not slide, or never filled", len(passed), holds)
+	}
+}
+
+// flakyVault fails its first Apply calls with a Vault outage, then revokes and counts.
+type flakyVault struct {
+	failures atomic.Int32
+	countingVault
+}
+
+func (v *flakyVault) Apply(ctx context.Context, t actions.Target) (actions.Outcome, error) {
+	if v.failures.Add(-1) >= 0 {
+		return actions.Outcome{}, killswitch.Retryable(killswitch.ReasonUnavailable, errors.New("vault: 503"))
+	}
+	return v.countingVault.Apply(ctx, t)
+}
+
+// A redelivered action whose claim was left failed by a Vault outage, while another
+// instance paused automation: held (not applied) by the check immediately before Apply;
+// after the resume an approval runs it, once.
+func TestPausedRedeliveryHeldThenRunsOnce(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := open(t)
+	inv := killswitch.Inventory{"mailer": {Credentials: map[string]killswitch.Credential{
+		"api": {Kind: killswitch.CredTokenAccessor, Accessor: "acc"}}}}
+	vault := &flakyVault{}
+	vault.failures.Store(2)
+	var runners []*actions.Runner
+	for _, name := range []string{"a", "b"} {
+		r, err := actions.New(actions.Settings{Attempts: 2}, actions.Deps{
+			Store: store, Ledger: ledger.NewMemory(), Inventory: inv, Clock: clock.Real{}, Instance: name,
+			Sleep:     func(context.Context, time.Duration) error { return nil },
+			Executors: actions.Registry{killswitch.ActionRevokeTokenAccessor: vault},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = r.Control().Watch(ctx) }()
+		runners = append(runners, r)
+	}
+	a, b := runners[0], runners[1]
+	act := playbooks.Action{Type: killswitch.ActionRevokeTokenAccessor, Credential: "api", Mode: killswitch.ModeEnforce}
+	req := actions.Request{
+		Incident: &incidents.Incident{ID: "inc-1", Vendor: "mailer", Credential: "api"},
+		Result:   playbooks.Result{ID: "dec-1", Decision: playbooks.Decision{Actions: []playbooks.Action{act}, Reason: "test"}},
+		Vendor:   inv.Vendor("mailer"),
+	}
+	if refs, err := a.Act(ctx, req); !killswitch.IsRetryable(err) || refs[0].Status != incidents.ActionFailed {
+		t.Fatalf("first delivery in the outage: %+v, %v", refs, err)
+	}
+	seen := func(r *actions.Runner, want bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if st, err := r.Control().Status(ctx); err == nil && st.Paused.On == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the pause switch did not become %v", want)
+			}
+		}
+	}
+	if err := b.Control().Pause(ctx, "ana", "drill"); err != nil {
+		t.Fatal(err)
+	}
+	seen(a, true)
+	refs, err := a.Act(ctx, req) // the redelivery: its claim exists
+	if err != nil || refs[0].Status != incidents.ActionHeld || vault.applies.Load() != 0 {
+		t.Fatalf("redelivery while paused: %+v, %v, %d applied", refs, err, vault.applies.Load())
+	}
+	if err := b.Control().Resume(ctx, "ana"); err != nil {
+		t.Fatal(err)
+	}
+	seen(a, false)
+	u, err := b.Approvals().Approve(ctx, refs[0].ID, "ana", "after the drill")
+	if err != nil || u.Ref.Status != incidents.ActionVerified {
+		t.Fatalf("approve after the resume: %+v, %v", u, err)
+	}
+	if refs, err := a.Act(ctx, req); err != nil || refs[0].Status != incidents.ActionVerified || vault.applies.Load() != 1 {
+		t.Fatalf("a later delivery: %+v, %v; applied %d times, want once", refs, err, vault.applies.Load())
+	}
 }
