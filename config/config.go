@@ -21,6 +21,7 @@ import (
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/detectors"
 	"github.com/killswitch-dev/killswitch/incidents"
+	"github.com/killswitch-dev/killswitch/telemetry"
 	"gopkg.in/yaml.v3"
 )
 
@@ -37,6 +38,9 @@ type Config struct {
 	Incidents incidents.Settings `yaml:"incidents"`
 	// Actions configures the guard rails and the webhook endpoints.
 	Actions actions.Settings `yaml:"actions"`
+	// Telemetry configures the door every event passes: event-time bounds, name limits
+	// and the declared sensors.
+	Telemetry telemetry.Settings `yaml:"telemetry"`
 	// Service configures `killswitch run`: NATS, Vault and the HTTP API.
 	Service Service `yaml:"service"`
 }
@@ -85,6 +89,7 @@ func (c *Config) Validate() error {
 		c.Vendors.Validate(),
 		c.Incidents.Validate(),
 		c.Actions.Validate(),
+		c.Telemetry.Validate(),
 		errors.Join(errs...),
 	)
 }

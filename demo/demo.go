@@ -134,7 +134,9 @@ func Run(ctx context.Context, o Options) error {
 	p.line("killswitch's own Vault token holds only the shipped least-privilege policy")
 
 	// 3. The service, in process, on free ports.
-	cfg := &config.Config{Vendors: seed.inventory}
+	// The history is published into the running service: the door's maximum age
+	// covers it (a live deployment keeps the default hour).
+	cfg := &config.Config{Vendors: seed.inventory, Telemetry: telemetry.Settings{MaxAge: time.Duration(o.HistoryDays+1) * 24 * time.Hour}}
 	cfg.Service.ApplyEnv(func(string) string { return "" })
 	cfg.Service.NATS.Listen, cfg.Service.HTTP.Listen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Service.DataDir = filepath.Join(work, "data")

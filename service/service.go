@@ -225,9 +225,21 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err := s.restoreIncidents(ctx); err != nil {
 		return nil, err
 	}
+	// The door: event times bounded against the clock, names validated, the body's
+	// vendor checked against the subject (formats other than the native one attribute
+	// vendors by address: no subject check), declared sensors only.
+	door, err := telemetry.NewAdmission(cfg.Telemetry)
+	if err != nil {
+		return nil, fmt.Errorf("service: %w", err)
+	}
+	vendorToken := 0
+	if o.NewDecoder != nil {
+		vendorToken = -1
+	}
 	if s.src, err = telnats.NewJetStreamSource(ctx, s.nc, telnats.JetStreamOptions{
 		Stream: sc.NATS.TelemetryStream, Subjects: []string{sc.NATS.TelemetrySubject}, Replicas: replicas,
 		NewDecoder: o.NewDecoder, Counters: s.counters, Logger: s.log.Named("telemetry"),
+		Admission: door, VendorToken: vendorToken, Clock: o.Clock,
 	}); err != nil {
 		return nil, err
 	}
@@ -240,7 +252,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		return nil, fmt.Errorf("service: telemetry consumer: %w", err)
 	}
 	if err := pipejs.Recover(ctx, pipejs.RecoverConfig{Pipeline: s.pipe, Checkpoints: checkpoints, Stream: stream, Consumer: cons,
-		NewDecoder: o.NewDecoder, Log: s.log.Named("ingest")}); err != nil {
+		NewDecoder: o.NewDecoder, Admission: door, VendorToken: vendorToken, Log: s.log.Named("ingest")}); err != nil {
 		return nil, err
 	}
 	if err := s.startHTTP(); err != nil {

@@ -68,6 +68,22 @@ const (
 	ReasonBadAddress Reason = "bad_address"
 	// ReasonUnsupportedClass: an OCSF event is not Network Activity (class_uid 4001).
 	ReasonUnsupportedClass Reason = "unsupported_class"
+	// ReasonTimeInFuture: the event time is further ahead of the reference (the
+	// service's clock; in replay the recording's watermark) than the configured skew,
+	// or past LatestEventTime.
+	ReasonTimeInFuture Reason = "time_in_future"
+	// ReasonTimeTooOld: the event time is further behind the reference than the
+	// configured maximum age, or before EarliestEventTime.
+	ReasonTimeTooOld Reason = "time_too_old"
+	// ReasonVendorMismatch: the body's vendor is not the vendor its subject names.
+	ReasonVendorMismatch Reason = "vendor_mismatch"
+	// ReasonInvalidName: a vendor, credential or sensor name (or an address) is not
+	// valid: invalid UTF-8, unprintable, white space, a NATS wildcard, or too long. The
+	// error's Field names the field.
+	ReasonInvalidName Reason = "invalid_name"
+	// ReasonUnknownSensor: sensors are declared and the event's sensor is not one of
+	// them (or it names none).
+	ReasonUnknownSensor Reason = "unknown_sensor"
 	// ReasonHandlerFailed: the handler rejected the event permanently, or it failed on
 	// the last delivery attempt the consumer allows. Only used for dead letters.
 	ReasonHandlerFailed Reason = "handler_failed"
@@ -98,6 +114,7 @@ func InvalidReasons() []Reason {
 		ReasonNegativeBytes, ReasonBytesTooLarge, ReasonBadRecords, ReasonNegativeRecords,
 		ReasonBadPort, ReasonBadRecord, ReasonBadVersion, ReasonBadAddress,
 		ReasonUnsupportedClass, ReasonHandlerFailed,
+		ReasonTimeInFuture, ReasonTimeTooOld, ReasonVendorMismatch, ReasonInvalidName, ReasonUnknownSensor,
 	}
 }
 

@@ -52,6 +52,11 @@ type FileOptions struct {
 	Counters *Counters
 	// Logger logs bad lines; nil logs nothing.
 	Logger *zap.Logger
+	// Admission is the door every decoded event passes (see Admission): names are
+	// validated, and event times are checked against the Watermark of the file, so a
+	// forged time is refused while a time-sorted recording loses nothing. A refused
+	// event is a bad line with its reason. nil means DefaultAdmission().
+	Admission *Admission
 }
 
 func (o FileOptions) withDefaults() FileOptions {
@@ -67,6 +72,9 @@ func (o FileOptions) withDefaults() FileOptions {
 	}
 	if o.MaxLoggedBadLines <= 0 {
 		o.MaxLoggedBadLines = DefaultMaxLoggedBadLines
+	}
+	if o.Admission == nil {
+		o.Admission = DefaultAdmission()
 	}
 	sourceDefaults(&o.Counters, &o.Logger, &o.NewDecoder, o.Decode)
 	return o
@@ -142,7 +150,7 @@ func Read(ctx context.Context, name string, r io.Reader, h Handler, o FileOption
 		defer gz.Close()
 		br = bufio.NewReaderSize(gz, o.BufferSize)
 	}
-	rd := &lineReader{name: name, br: br, o: o, dec: o.NewDecoder()}
+	rd := &lineReader{name: name, br: br, o: o, dec: o.NewDecoder(), look: NewLookahead(o.Admission)}
 	return rd.run(ctx, h)
 }
 
@@ -157,6 +165,8 @@ type lineReader struct {
 	br   *bufio.Reader
 	o    FileOptions
 	dec  Decoder
+	look *Lookahead
+	ev   Event // the event being decoded
 
 	handlerRejected int64 // written by the consumer
 
@@ -271,6 +281,46 @@ func (rd *lineReader) produce(ctx context.Context, free <-chan *fileBatch, full 
 	if err := get(); err != nil {
 		return nil
 	}
+	// refuse reports a bad line; in strict mode, it first hands on the events before it.
+	refuse := func(line int64, err error) (stopped bool, berr error) {
+		if rd.o.Strict && len(b.events) > 0 && put() != nil {
+			return true, nil
+		}
+		return false, rd.bad(line, err)
+	}
+	// flush hands on the events the lookahead holds back until the events after them
+	// are known: at the end, and before a bad line stops a strict read.
+	flush := func() (stopped bool, err error) {
+		for {
+			out, pos, terr, ok := rd.look.Flush()
+			if !ok {
+				return false, nil
+			}
+			if terr != nil {
+				if stopped, berr := refuse(pos, terr); stopped || berr != nil {
+					return stopped, berr
+				}
+				continue
+			}
+			b.events = append(b.events, *out)
+			b.lines = append(b.lines, pos)
+			if len(b.events) == rd.o.BatchSize {
+				if put() != nil || get() != nil {
+					return true, nil
+				}
+			}
+		}
+	}
+	// bad reports a line that did not decode or validate; in strict mode, it first hands
+	// on the events before it, the lookahead's included.
+	bad := func(line int64, err error) (stopped bool, berr error) {
+		if rd.o.Strict {
+			if stopped, ferr := flush(); stopped || ferr != nil {
+				return stopped, ferr
+			}
+		}
+		return refuse(line, err)
+	}
 	var line int64
 	for {
 		data, err := rd.br.ReadSlice('\n')
@@ -283,32 +333,42 @@ func (rd *lineReader) produce(ctx context.Context, free <-chan *fileBatch, full 
 				data, err = rd.br.ReadSlice('\n')
 				n += len(data)
 			}
-			if berr := rd.bad(line, newError(ReasonOversize, "", fmt.Sprintf("line of at least %d bytes", n))); berr != nil {
+			if stopped, berr := bad(line, newError(ReasonOversize, "", fmt.Sprintf("line of at least %d bytes", n))); stopped || berr != nil {
 				return berr
 			}
 		} else if len(data) > 0 {
 			line++
 			rd.stats.Lines++
 			data = bytes.TrimRight(data, "\r\n")
-			e := len(b.events)
-			b.events = append(b.events, Event{})
-			derr := rd.dec.Decode(data, &b.events[e])
+			derr := rd.dec.Decode(data, &rd.ev)
 			if derr == nil {
-				b.lines = append(b.lines, line)
-				if len(b.events) == rd.o.BatchSize {
-					if put() != nil || get() != nil {
-						return nil
+				derr = rd.o.Admission.CheckIdentity(&rd.ev, "")
+			}
+			if derr == nil {
+				out, pos, terr, ok := rd.look.Push(&rd.ev, line)
+				if ok {
+					if terr != nil {
+						if stopped, berr := refuse(pos, terr); stopped || berr != nil {
+							return berr
+						}
+					} else {
+						b.events = append(b.events, *out)
+						b.lines = append(b.lines, pos)
+						if len(b.events) == rd.o.BatchSize {
+							if put() != nil || get() != nil {
+								return nil
+							}
+						}
 					}
 				}
 			} else {
-				b.events = b.events[:e]
 				if len(bytes.TrimSpace(data)) == 0 {
 					derr = errSkipEmpty
 				}
 				if r := ReasonOf(derr); r.IsSkip() {
 					rd.stats.Skipped++
 					rd.o.Counters.Skip(r)
-				} else if berr := rd.bad(line, derr); berr != nil {
+				} else if stopped, berr := bad(line, derr); stopped || berr != nil {
 					return berr
 				}
 			}
@@ -322,6 +382,9 @@ func (rd *lineReader) produce(ctx context.Context, free <-chan *fileBatch, full 
 		if line&1023 == 0 && ctx.Err() != nil {
 			return nil
 		}
+	}
+	if stopped, err := flush(); stopped || err != nil {
+		return err
 	}
 	if len(b.events) > 0 {
 		_ = put()

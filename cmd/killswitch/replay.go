@@ -118,6 +118,14 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		o.Progress = stderr
 	}
 
+	door, err := telemetry.NewAdmission(cfg.Telemetry)
+	if err != nil {
+		return fail("%v", err)
+	}
+	vendorToken := 0
+	if newDecoder != nil {
+		vendorToken = -1 // vendors attributed by address
+	}
 	var src telemetry.Source
 	if *stream != "" {
 		nopts.Name = "killswitch-replay"
@@ -134,7 +142,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if err != nil {
 			return fail("stream %s: %v", *stream, err)
 		}
-		rng := &telnats.StreamRange{Stream: st, NewDecoder: newDecoder, Counters: o.Counters}
+		rng := &telnats.StreamRange{Stream: st, NewDecoder: newDecoder, Counters: o.Counters, Admission: door, VendorToken: vendorToken}
 		for flagName, p := range map[string]*time.Time{*since: &rng.Since, *until: &rng.Until} {
 			if flagName == "" {
 				continue
@@ -149,7 +157,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		src = rng
 	} else {
 		var bad int64
-		fopts := telemetry.FileOptions{NewDecoder: newDecoder, Counters: o.Counters, OnBadLine: func(p telemetry.Position, err error) {
+		fopts := telemetry.FileOptions{NewDecoder: newDecoder, Counters: o.Counters, Admission: door, OnBadLine: func(p telemetry.Position, err error) {
 			bad++
 			if bad <= 20 {
 				fmt.Fprintf(stderr, "killswitch replay: %s:%d: %v (skipped)\n", p.Name, p.Line, err)

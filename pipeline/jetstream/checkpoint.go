@@ -73,7 +73,13 @@ type RecoverConfig struct {
 	// NewDecoder makes the decoder of the catch-up; it must match the source's. Default
 	// the native JSON decoder.
 	NewDecoder func() telemetry.Decoder
-	Log        *zap.Logger
+	// Admission and VendorToken must match the source's: the catch-up admits what the
+	// source admitted, each event time bounded against the time its message was stored.
+	// nil Admission, for a source without a door, bounds no event time (names are
+	// still validated, as by telemetry.DefaultAdmission()).
+	Admission   *telemetry.Admission
+	VendorToken int
+	Log         *zap.Logger
 }
 
 // Recover restores the last checkpoint and replays, from the telemetry stream, the events
@@ -117,10 +123,14 @@ func Recover(ctx context.Context, rc RecoverConfig) error {
 	}
 	acked := ci.AckFloor.Stream
 	in := rc.Pipeline.Ingest()
+	ref := telnats.ReferenceStreamTime
+	if rc.Admission == nil {
+		ref = telnats.ReferenceNone
+	}
 	if acked > covered {
 		// Bad messages were dead-lettered the first time: the range skips them.
 		catchUp := &telnats.StreamRange{Stream: rc.Stream, FromSeq: covered + 1, ToSeq: acked, NewDecoder: rc.NewDecoder,
-			BatchSize: 1000, Logger: log}
+			BatchSize: 1000, Logger: log, Admission: rc.Admission, VendorToken: rc.VendorToken, Reference: ref}
 		if err := catchUp.Run(ctx, telemetry.HandlerFunc(in.Submit)); err != nil && !errors.Is(err, telnats.ErrEmptyRange) {
 			return fmt.Errorf("pipeline: catch-up: %w", err)
 		}

@@ -155,6 +155,8 @@ func (a *ackFloor) gaps(limit int, staleBefore time.Time) []uint64 {
 // ackMeta is what a JetStream reply subject says about a delivery.
 type ackMeta struct {
 	delivered, streamSeq, consumerSeq uint64
+	// stamp is when the server stored the message, in Unix nanoseconds (0 if unknown).
+	stamp uint64
 }
 
 // parseAckReply reads the delivery count and sequences from a JetStream reply subject
@@ -175,27 +177,30 @@ func parseAckReply(s string) (ackMeta, bool) {
 	default:
 		return ackMeta{}, false
 	}
-	var vals [3]uint64
+	var vals [4]uint64
 	tok := 0
 	start := 0
 	for i := 0; i <= len(s); i++ {
 		if i < len(s) && s[i] != '.' {
 			continue
 		}
-		if tok >= first && tok < first+3 {
+		if tok >= first && tok < first+4 {
 			v, ok := atouString(s[start:i])
 			if !ok {
+				if tok == first+3 {
+					break // the timestamp is informative: a bad one is unknown
+				}
 				return ackMeta{}, false
 			}
 			vals[tok-first] = v
 		}
 		tok++
 		start = i + 1
-		if tok >= first+3 {
+		if tok >= first+4 {
 			break
 		}
 	}
-	return ackMeta{delivered: vals[0], streamSeq: vals[1], consumerSeq: vals[2]}, true
+	return ackMeta{delivered: vals[0], streamSeq: vals[1], consumerSeq: vals[2], stamp: vals[3]}, true
 }
 
 // atouString parses a decimal unsigned integer that fits in 63 bits.

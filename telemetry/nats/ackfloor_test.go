@@ -86,9 +86,9 @@ func TestParseAckReply(t *testing.T) {
 		want ackMeta
 		ok   bool
 	}{
-		{"$JS.ACK.EGRESS.killswitch-telemetry.3.1042.77.1738749600000000000.12", ackMeta{3, 1042, 77}, true},
-		{"$JS.ACK._.ABCDEF.EGRESS.dur.1.5.6.1738749600000000000.0.xyz", ackMeta{1, 5, 6}, true},
-		{"$JS.ACK.hub.ABCDEF.EGRESS.dur.2.9.10.1738749600000000000.4", ackMeta{2, 9, 10}, true},
+		{"$JS.ACK.EGRESS.killswitch-telemetry.3.1042.77.1738749600000000000.12", ackMeta{3, 1042, 77, 1738749600000000000}, true},
+		{"$JS.ACK._.ABCDEF.EGRESS.dur.1.5.6.1738749600000000000.0.xyz", ackMeta{1, 5, 6, 1738749600000000000}, true},
+		{"$JS.ACK.hub.ABCDEF.EGRESS.dur.2.9.10.1738749600000000000.4", ackMeta{2, 9, 10, 1738749600000000000}, true},
 		{"$JS.ACK.EGRESS.dur.x.5.6.7.8", ackMeta{}, false},
 		{"$JS.ACK.EGRESS.dur.1.5", ackMeta{}, false},
 		{"_INBOX.abc", ackMeta{}, false},

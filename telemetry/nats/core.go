@@ -3,10 +3,12 @@ package nats
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
@@ -32,6 +34,14 @@ type CoreOptions struct {
 	Counters *telemetry.Counters
 	// Logger logs rejected messages and handler failures; nil logs nothing.
 	Logger *zap.Logger
+	// Admission is the door every decoded event passes (names, declared sensors, event
+	// time against Clock); a refused event is dead-lettered with its reason. nil admits
+	// every event that decodes.
+	Admission *telemetry.Admission
+	// VendorToken says which subject token names the vendor, as JetStreamOptions.VendorToken.
+	VendorToken int
+	// Clock is the reference of the Admission's event-time bounds. Default clock.Real.
+	Clock clock.Clock
 }
 
 // CoreSource reads telemetry from a core NATS subscription. Core NATS delivers at most
@@ -44,6 +54,7 @@ type CoreSource struct {
 	opts     CoreOptions
 	nc       *nats.Conn
 	dlq      *deadLetterer
+	door     door
 	counters *telemetry.Counters
 	log      *zap.Logger
 }
@@ -65,12 +76,16 @@ func NewCoreSource(ctx context.Context, nc *nats.Conn, o CoreOptions) (*CoreSour
 	if o.PendingMsgs <= 0 {
 		o.PendingMsgs = 65536
 	}
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
+	}
 	sourceDefaults(&o.Counters, &o.Logger, &o.NewDecoder, o.Decode)
 	dlq, err := newDeadLetterer(ctx, nc, nil, o.DeadLetter, []string{o.Subject})
 	if err != nil {
 		return nil, err
 	}
-	return &CoreSource{opts: o, nc: nc, dlq: dlq, counters: o.Counters, log: o.Logger}, nil
+	return &CoreSource{opts: o, nc: nc, dlq: dlq, door: newDoor(o.Admission, o.VendorToken, []string{o.Subject}),
+		counters: o.Counters, log: o.Logger}, nil
 }
 
 // Counters returns the source's counters.
@@ -129,9 +144,16 @@ func (s *CoreSource) Run(ctx context.Context, h telemetry.Handler) error {
 		}
 		c.AddReceived(uint64(len(batch)))
 		events, letters = events[:0], letters[:0]
+		var now time.Time
+		if s.door.adm != nil {
+			now = o.Clock.Now()
+		}
 		for _, m := range batch {
 			events = append(events, telemetry.Event{})
 			err := dec.Decode(m.Data, &events[len(events)-1])
+			if err == nil {
+				err = s.door.check(&events[len(events)-1], m.Subject, now)
+			}
 			if err == nil {
 				continue
 			}

@@ -125,8 +125,21 @@ type JetStreamOptions struct {
 	Counters *telemetry.Counters
 	// Logger logs transport problems and rejected messages; nil logs nothing.
 	Logger *zap.Logger
-	// Clock tells the time for GapTimeout. Default clock.Real.
+	// Clock tells the time for GapTimeout, and is the reference of the Admission's
+	// event-time bounds. Default clock.Real.
 	Clock clock.Clock
+	// Admission is the door every decoded event passes (names, declared sensors, event
+	// time against Clock: at most MaxFutureSkew ahead of now, and at most MaxAge behind
+	// now or, if earlier, the time the stream stored the message, so a backlog read
+	// after an outage of Killswitch is not refused for its wait); a refused event is
+	// dead-lettered with its reason. nil admits every event that decodes: the service
+	// always sets one.
+	Admission *telemetry.Admission
+	// VendorToken says which token of a message's subject names the vendor its body must
+	// carry (ReasonVendorMismatch), when Admission is set: 0 derives it from Subjects
+	// (the first wildcard: egress.> → the second token), n > 0 is token n (1-based),
+	// negative turns the check off (vendors attributed by address, e.g. VPC flow logs).
+	VendorToken int
 }
 
 func (o JetStreamOptions) withDefaults() JetStreamOptions {
@@ -213,6 +226,7 @@ type JetStreamSource struct {
 	js       jetstream.JetStream
 	consumer jetstream.Consumer
 	dlq      *deadLetterer
+	door     door
 	counters *telemetry.Counters
 	log      *zap.Logger
 }
@@ -304,7 +318,8 @@ func NewJetStreamSource(ctx context.Context, nc *nats.Conn, o JetStreamOptions) 
 	if err != nil {
 		return nil, err
 	}
-	return &JetStreamSource{opts: o, nc: nc, js: js, consumer: consumer, dlq: dlq, counters: o.Counters, log: o.Logger}, nil
+	return &JetStreamSource{opts: o, nc: nc, js: js, consumer: consumer, dlq: dlq, door: newDoor(o.Admission, o.VendorToken, o.Subjects),
+		counters: o.Counters, log: o.Logger}, nil
 }
 
 // Counters returns the source's counters.
@@ -447,6 +462,10 @@ func (p *jsProcessor) process(ctx context.Context, batch []jetstream.Msg) {
 	c := p.s.counters
 	p.events, p.evItems, p.skipped, p.bad, p.letters = p.events[:0], p.evItems[:0], p.skipped[:0], p.bad[:0], p.letters[:0]
 	c.AddReceived(uint64(len(batch)))
+	var now time.Time
+	if p.s.door.adm != nil {
+		now = p.o.Clock.Now()
+	}
 	for _, m := range batch {
 		it := item{m: m}
 		it.meta, _ = parseAckReply(m.Reply())
@@ -464,6 +483,9 @@ func (p *jsProcessor) process(ctx context.Context, batch []jetstream.Msg) {
 		}
 		p.events = append(p.events, telemetry.Event{})
 		err := p.dec.Decode(m.Data(), &p.events[len(p.events)-1])
+		if err == nil {
+			err = p.s.door.checkStored(&p.events[len(p.events)-1], m.Subject(), now, stampTime(it.meta.stamp))
+		}
 		if err == nil {
 			p.events[len(p.events)-1].Seq = it.meta.streamSeq
 			p.evItems = append(p.evItems, it)
@@ -725,6 +747,9 @@ func (p *jsProcessor) processFetched(ctx context.Context, m *jetstream.RawStream
 	l := deadLetter{data: m.Data, header: m.Header, subject: m.Subject, stream: p.o.Stream, seq: seq, delivered: attempt}
 	var e telemetry.Event
 	err := p.dec.Decode(m.Data, &e)
+	if err == nil {
+		err = p.s.door.checkStored(&e, m.Subject, p.o.Clock.Now(), m.Time)
+	}
 	if r := telemetry.ReasonOf(err); err != nil {
 		if r.IsSkip() {
 			c.Skip(r)

@@ -22,7 +22,8 @@ var ErrEmptyRange = errors.New("telemetry: the stream holds no message in the ra
 // what a stream really received with it, and the service catches up on the events
 // acknowledged after its last detector checkpoint. Messages that do not decode are
 // counted (Counters, rejected) and skipped: the service dead-lettered them when they
-// arrived. Each event's Seq is its stream sequence.
+// arrived. So are events refused by the door (Admission, against the Reference). Each
+// event's Seq is its stream sequence.
 type StreamRange struct {
 	// Stream is the stream to read.
 	Stream jetstream.Stream
@@ -39,7 +40,33 @@ type StreamRange struct {
 	Counters *telemetry.Counters
 	// Logger receives what was skipped.
 	Logger *zap.Logger
+	// Admission is the door every decoded event passes (see telemetry.Admission); a
+	// refused event is counted (Counters, rejected) and skipped. nil means
+	// telemetry.DefaultAdmission().
+	Admission *telemetry.Admission
+	// VendorToken says which subject token names the vendor, as
+	// JetStreamOptions.VendorToken, the filters being the stream's subjects.
+	VendorToken int
+	// Reference is what event times are bounded against. Default ReferenceWatermark.
+	Reference Reference
 }
+
+// Reference says what a StreamRange bounds event times against.
+type Reference int
+
+const (
+	// ReferenceWatermark bounds event times against the robust watermark of the range
+	// (telemetry.Watermark), as a file is in replay: a forged time is refused the same
+	// way, whatever the range.
+	ReferenceWatermark Reference = iota
+	// ReferenceStreamTime bounds each event time against the time the server stored
+	// its message, the reference the live source had when it first admitted it: the
+	// catch-up after a restart admits what the source admitted.
+	ReferenceStreamTime
+	// ReferenceNone does not bound event times (the other checks of the Admission
+	// still apply): the catch-up of a source that has no door.
+	ReferenceNone
+)
 
 // Run implements Source. It returns nil once the range is read, and ErrEmptyRange when
 // the stream holds nothing in it.
@@ -75,7 +102,48 @@ func (s *StreamRange) Run(ctx context.Context, h telemetry.Handler) error {
 		return fmt.Errorf("telemetry: ordered consumer: %w", err)
 	}
 	dec := s.NewDecoder()
+	adm := s.Admission
+	if adm == nil {
+		adm = telemetry.DefaultAdmission()
+	}
+	var look *telemetry.Lookahead
+	if s.Reference == ReferenceWatermark {
+		look = telemetry.NewLookahead(adm)
+	}
+	sv := newSubjectVendor(s.VendorToken, info.Config.Subjects)
 	batch := make([]telemetry.Event, 0, s.BatchSize)
+	refuse := func(seq uint64, err error) {
+		s.Counters.Reject(telemetry.ReasonOf(err))
+		s.Logger.Debug("skipping a refused event", zap.Uint64("seq", seq), zap.Error(err))
+	}
+	// admit adds an event that decoded to the batch once it passed the door (with the
+	// watermark, the event that leaves the lookahead).
+	var ev telemetry.Event
+	admit := func(subject string, stored time.Time) {
+		if err := adm.CheckIdentity(&ev, sv.vendor(subject)); err != nil {
+			refuse(ev.Seq, err)
+			return
+		}
+		if look == nil {
+			if s.Reference == ReferenceNone {
+				batch = append(batch, ev)
+				return
+			}
+			if err := adm.CheckTime(ev.Time, telemetry.At(stored)); err != nil {
+				refuse(ev.Seq, err)
+				return
+			}
+			batch = append(batch, ev)
+			return
+		}
+		if out, _, err, ok := look.Push(&ev, 0); ok {
+			if err != nil {
+				refuse(out.Seq, err)
+				return
+			}
+			batch = append(batch, *out)
+		}
+	}
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -86,6 +154,26 @@ func (s *StreamRange) Run(ctx context.Context, h telemetry.Handler) error {
 		}
 		batch = batch[:0]
 		return err
+	}
+	// end hands on the events the lookahead still holds, then the last batch.
+	end := func() error {
+		for look != nil {
+			out, _, err, ok := look.Flush()
+			if !ok {
+				break
+			}
+			if err != nil {
+				refuse(out.Seq, err)
+				continue
+			}
+			batch = append(batch, *out)
+			if len(batch) == cap(batch) {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		return flush()
 	}
 	for {
 		msgs, err := cons.Fetch(s.BatchSize, jetstream.FetchMaxWait(2*time.Second))
@@ -101,12 +189,10 @@ func (s *StreamRange) Run(ctx context.Context, h telemetry.Handler) error {
 			}
 			seq := md.Sequence.Stream
 			if seq > last || (!s.Until.IsZero() && md.Timestamp.After(s.Until)) {
-				return flush()
+				return end()
 			}
 			s.Counters.AddReceived(1)
-			batch = append(batch, telemetry.Event{})
-			if err := dec.Decode(m.Data(), &batch[len(batch)-1]); err != nil {
-				batch = batch[:len(batch)-1]
+			if err := dec.Decode(m.Data(), &ev); err != nil {
 				if errors.Is(err, telemetry.ErrSkipped) {
 					s.Counters.Skip(telemetry.ReasonOf(err))
 				} else {
@@ -114,7 +200,8 @@ func (s *StreamRange) Run(ctx context.Context, h telemetry.Handler) error {
 				}
 				s.Logger.Debug("skipping a message that does not decode", zap.Uint64("seq", seq), zap.Error(err))
 			} else {
-				batch[len(batch)-1].Seq = seq
+				ev.Seq = seq
+				admit(m.Subject(), md.Timestamp)
 			}
 			if len(batch) == cap(batch) {
 				if err := flush(); err != nil {
@@ -122,7 +209,7 @@ func (s *StreamRange) Run(ctx context.Context, h telemetry.Handler) error {
 				}
 			}
 			if seq >= last {
-				return flush()
+				return end()
 			}
 		}
 		if err := msgs.Error(); err != nil {
@@ -132,7 +219,7 @@ func (s *StreamRange) Run(ctx context.Context, h telemetry.Handler) error {
 			if s.ToSeq > 0 {
 				return fmt.Errorf("telemetry: the stream ended before sequence %d", s.ToSeq)
 			}
-			return flush() // nothing more arrived within the wait: the end
+			return end() // nothing more arrived within the wait: the end
 		}
 	}
 }
