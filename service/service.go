@@ -214,7 +214,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		Responder: pipeline.ResponderConfig{
 			Incidents: cfg.Incidents, Decider: s.pb, Actor: s.runner, Ledger: s.ledger, Store: s.incidents,
 			Inventory: cfg.Vendors, Events: pipejs.NATSEvents{NC: s.nc}, Log: s.log.Named("responder"),
-			Storm: incidents.NewStormGuard(cfg.Incidents.Storm), OnStorm: s.storm,
+			Storm: incidents.NewStormGuard(cfg.Incidents.Storm), OnStorm: s.storm, Pager: s.pager,
 		},
 		Approvals: s.runner.Approvals(), Counters: s.counters,
 		Checkpoints: checkpoints, CheckpointEvery: o.CheckpointEvery,
