@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -137,6 +138,10 @@ func TestForgedEventsAtTheDoor(t *testing.T) {
 	}
 	if full.FirstAnomalousAt.Before(start.Add(-time.Minute)) || full.DetectedAt.After(end) {
 		t.Errorf("the incident is stamped %s … %s, outside the real time", full.FirstAnomalousAt, full.DetectedAt)
+	}
+	// Nothing got past the door to the detectors' own clock guard.
+	if _, m := r.api(http.MethodGet, "/metrics", ""); !strings.Contains(string(m), `killswitch_detector_refused_events_total{reason="clock_jump"} 0`) {
+		t.Errorf("metrics: %s", grepLines(string(m), "killswitch_detector_refused_events_total"))
 	}
 	code, b = r.api(http.MethodGet, "/api/incidents", "")
 	var all struct {

@@ -105,3 +105,17 @@ func (m *Metrics) WatchLedger(intact func() bool) {
 			return 0
 		}))
 }
+
+// WatchDetectors registers killswitch_detector_refused_events_total{reason}: the events
+// the detectors did not learn from as they came, by reason, each read through its
+// function at scrape time (late: counted in the current bucket; clock_jump: refused by
+// the clock guard; invalid; key_bound: no room for a new key).
+func (m *Metrics) WatchDetectors(reasons map[string]func() uint64) {
+	for reason, read := range reasons {
+		m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "killswitch_detector_refused_events_total",
+			Help:        "Events the detectors did not learn from as they came, by reason (late, clock_jump, invalid, key_bound).",
+			ConstLabels: prometheus.Labels{"reason": reason},
+		}, func() float64 { return float64(read()) }))
+	}
+}

@@ -222,6 +222,13 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	eng := s.pipe.Engine()
+	s.metrics.WatchDetectors(map[string]func() uint64{
+		"late":       func() uint64 { return eng.Counters().Late },
+		"clock_jump": func() uint64 { return eng.Counters().ClockRejected },
+		"invalid":    func() uint64 { return eng.Counters().Rejected },
+		"key_bound":  func() uint64 { return eng.Counters().KeysRefused },
+	})
 	if err := s.restoreIncidents(ctx); err != nil {
 		return nil, err
 	}
