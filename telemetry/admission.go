@@ -246,55 +246,37 @@ func nameError(field, s string, max int) *Error {
 }
 
 // validName reports whether s is a valid vendor, credential or sensor name (see
-// CheckIdentity). It does not allocate; ASCII names take a byte loop.
+// CheckIdentity). It does not allocate.
 func validName(s string, max int) bool {
-	if len(s) == 0 || len(s) > max {
-		return false
-	}
-	i := 0
-	// Eight plain bytes at a time: printable ASCII other than space, * and >.
-	for ; i+8 <= len(s); i += 8 {
-		w := binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))
-		if swarNotPlain(w)|swarHasByte(w, '*')|swarHasByte(w, '>') != 0 {
-			break
-		}
-	}
-	for i < len(s) {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			// Printable ASCII without space and the NATS wildcards.
-			if c <= ' ' || c == 0x7f || c == '*' || c == '>' {
-				return false
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError || !unicode.IsPrint(r) || unicode.IsSpace(r) {
-			return false
-		}
-		i += size
-	}
-	return true
+	return len(s) > 0 && len(s) <= max && plainText(s, true)
 }
 
 // validAddr reports whether s is an acceptable destination or source: empty, or at
 // most DefaultMaxDstLength bytes of valid UTF-8 without white space or control
 // characters. It does not allocate.
 func validAddr(s string) bool {
-	if len(s) > DefaultMaxDstLength {
-		return false
-	}
+	return len(s) <= DefaultMaxDstLength && plainText(s, false)
+}
+
+// plainText reports whether s is valid printable UTF-8 without white space or control
+// characters (and, with noWildcards, without the NATS wildcards * and >). ASCII text
+// is checked eight bytes at a time.
+func plainText(s string, noWildcards bool) bool {
 	i := 0
 	for ; i+8 <= len(s); i += 8 {
-		if swarNotPlain(binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))) != 0 {
+		w := binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))
+		bad := swarNotPlain(w)
+		if noWildcards {
+			bad |= swarHasByte(w, '*') | swarHasByte(w, '>')
+		}
+		if bad != 0 {
 			break
 		}
 	}
 	for i < len(s) {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c <= ' ' || c == 0x7f {
+			if c <= ' ' || c == 0x7f || (noWildcards && (c == '*' || c == '>')) {
 				return false
 			}
 			i++
