@@ -114,7 +114,7 @@ func TestTesterRejectsBadInputs(t *testing.T) {
 // TestCheckShippedLibrary: every shipped example input gives a decision within the schema,
 // without escalation or dropped action.
 func TestCheckShippedLibrary(t *testing.T) {
-	rep, err := playbooks.Check(context.Background(), []playbooks.Source{playbooks.Shipped()}, playbooks.Options{})
+	rep, err := playbooks.Check(context.Background(), []playbooks.Source{playbooks.Shipped()}, playbooks.Options{Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ decision := {"actions": [{"type": "vault.revoke_token_accessor", "credential": "
 		"inputs/sustained.json": mustJSON(t, shippedInput(t, "sustained_first")),
 		"inputs/silence.json":   mustJSON(t, shippedInput(t, "silence")),
 	})
-	rep, err := playbooks.Check(context.Background(), []playbooks.Source{playbooks.DirSource(dir)}, playbooks.Options{})
+	rep, err := playbooks.Check(context.Background(), []playbooks.Source{playbooks.DirSource(dir)}, playbooks.Options{Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
