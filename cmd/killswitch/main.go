@@ -1,5 +1,5 @@
 // Command killswitch is the one binary: run, replay, demo, generate, playbook
-// {test,eval,check}, vault {policy,check,restore-policy}, ledger verify and version. It is thin: it parses flags, builds the pipeline from the
+// {test,eval,check}, vault {policy,check,restore-policy}, ledger verify, users {add,list,remove} and version. It is thin: it parses flags, builds the pipeline from the
 // packages and runs it.
 package main
 
@@ -33,6 +33,8 @@ func commands() map[string]command {
 		"ledger":   {"verify the hash-chained audit ledger", runLedger},
 		"playbook": {"test, evaluate and check the Rego playbooks", runPlaybook},
 		"vault":    {"print the least-privilege Vault policy, check a token, restore a quarantined policy", runVault},
+		"creds":    {"mint a sensor's NATS credentials, print an external NATS server's authorization, revoke", runCreds},
+		"users":    {"add, list and remove the HTTP API's users (viewer, approver, admin)", runUsers},
 		"version": {"print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "killswitch", version)
 			return 0
