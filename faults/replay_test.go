@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"os"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/scenario"
-	"github.com/killswitch-dev/killswitch/telemetry"
 )
 
 // TestReplayWithForgedTimes: a 10-day, 12-vendor recording with 8 attacks, replayed by
@@ -26,7 +24,8 @@ func TestReplayWithForgedTimes(t *testing.T) {
 	if *long {
 		rate = 6 // the scenario's default: about 2 million events
 	}
-	sc := scenario.New(scenario.Config{Seed: 11, Days: 10, Vendors: 12, Attacks: 2, EventsPerMinute: rate})
+	cfg := scenario.Config{Seed: 11, Days: 10, Vendors: 12, Attacks: 2, EventsPerMinute: rate}
+	sc := scenario.New(cfg)
 	dir := t.TempDir()
 	write := func(name string, forge bool) string {
 		path := filepath.Join(dir, name)
@@ -34,31 +33,9 @@ func TestReplayWithForgedTimes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w := bufio.NewWriter(f)
-		attacks := sc.Attacks()
-		done := make([]bool, len(attacks))
-		var buf []byte
-		put := func(e *telemetry.Event) {
-			buf = telemetry.AppendJSON(buf[:0], e)
-			_, _ = w.Write(append(buf, '\n'))
-		}
-		sc.Events(func(e *telemetry.Event) bool {
-			for i, a := range attacks {
-				if forge && !done[i] && !e.Time.Before(a.Start.Add(-24*time.Hour)) {
-					done[i] = true
-					for _, fe := range []telemetry.Event{
-						{Time: time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC), Vendor: a.Vendor, Credential: a.Credential, Dst: "198.51.100.1", Bytes: 1},
-						{Time: time.Date(1971, 1, 1, 0, 0, 0, 0, time.UTC), Vendor: a.Vendor, Credential: a.Credential, Dst: "198.51.100.1", Bytes: 1},
-						{Time: time.Date(1971, 1, 1, 0, 0, 0, 0, time.UTC), Vendor: a.Vendor, Credential: a.Vendor + "-never-seen", Dst: "198.51.100.1", Bytes: 1},
-					} {
-						put(&fe)
-					}
-				}
-			}
-			put(e)
-			return true
-		})
-		if err := w.Flush(); err != nil {
+		c := cfg
+		c.ForgedTimes = forge
+		if _, err := scenario.New(c).WriteNDJSON(f, false); err != nil {
 			t.Fatal(err)
 		}
 		if err := f.Close(); err != nil {

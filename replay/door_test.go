@@ -1,12 +1,10 @@
 package replay
 
 import (
-	"bufio"
 	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/killswitch-dev/killswitch/scenario"
 	"github.com/killswitch-dev/killswitch/telemetry"
@@ -18,23 +16,10 @@ import (
 // the same attacks are caught, and no incident is stamped outside the recording's
 // real time range.
 func TestReplayRefusesForgedTimes(t *testing.T) {
-	sc := scenario.New(scenario.Config{Seed: 4, Days: 10, Vendors: 5, EventsPerMinute: 2})
-	attacks := sc.Attacks()
-	if len(attacks) == 0 {
+	cfg := scenario.Config{Seed: 4, Days: 10, Vendors: 5, EventsPerMinute: 2}
+	sc := scenario.New(cfg)
+	if len(sc.Attacks()) == 0 {
 		t.Fatal("the scenario has no attack: not a test")
-	}
-	type injection struct {
-		at time.Time
-		ev []telemetry.Event
-	}
-	var inj []injection
-	for _, a := range attacks {
-		at := a.Start.Add(-24 * time.Hour)
-		inj = append(inj, injection{at: at, ev: []telemetry.Event{
-			{Time: time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC), Vendor: a.Vendor, Credential: a.Credential, Dst: "198.51.100.1", Bytes: 1},
-			{Time: time.Date(1971, 1, 1, 0, 0, 0, 0, time.UTC), Vendor: a.Vendor, Credential: a.Credential, Dst: "198.51.100.1", Bytes: 1},
-			{Time: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), Vendor: a.Vendor, Credential: a.Vendor + "-never-seen", Dst: "198.51.100.1", Bytes: 1},
-		}})
 	}
 	dir := t.TempDir()
 	write := func(name string, forge bool) string {
@@ -43,24 +28,9 @@ func TestReplayRefusesForgedTimes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w := bufio.NewWriter(f)
-		var buf []byte
-		done := make([]bool, len(inj))
-		sc.Events(func(e *telemetry.Event) bool {
-			for i, in := range inj {
-				if forge && !done[i] && !e.Time.Before(in.at) {
-					done[i] = true
-					for _, fe := range in.ev {
-						buf = telemetry.AppendJSON(buf[:0], &fe)
-						w.Write(append(buf, '\n'))
-					}
-				}
-			}
-			buf = telemetry.AppendJSON(buf[:0], e)
-			w.Write(append(buf, '\n'))
-			return true
-		})
-		if err := w.Flush(); err != nil {
+		c := cfg
+		c.ForgedTimes = forge
+		if _, err := scenario.New(c).WriteNDJSON(f, false); err != nil {
 			t.Fatal(err)
 		}
 		if err := f.Close(); err != nil {
@@ -69,6 +39,7 @@ func TestReplayRefusesForgedTimes(t *testing.T) {
 		return path
 	}
 	clean, forged := write("clean.ndjson", false), write("forged.ndjson", true)
+	inj := sc.Attacks() // three forged events before each
 
 	o := planned(sc, Options{Playbooks: shipped(t)})
 	want := replayFile(t, clean, o)

@@ -72,6 +72,13 @@ type Config struct {
 	Attacks int
 	// Sensors is the number of egress sensors. Default 2.
 	Sensors int
+	// ForgedTimes injects, at the start of the minute one day before each attack,
+	// three events with forged times — the attacked credential dated 2099 and 1971, and
+	// a credential of its vendor never seen before dated 1971 — what an attacker who can
+	// publish one message sends to blind the detectors before striking. They are not
+	// attacks (Attacks does not list them): a replay must refuse them and still catch
+	// every attack.
+	ForgedTimes bool
 }
 
 func (c *Config) defaults() {
@@ -303,6 +310,18 @@ func (s *Scenario) Events(emit func(*telemetry.Event) bool) {
 			st := s.streamOf(a.Vendor, a.Credential)
 			add(st, a.Destination, float64(a.Bytes)/mins, max(1, int(cfg.EventsPerMinute)))
 		}
+		if cfg.ForgedTimes {
+			for _, a := range s.attacks {
+				if !t.Equal(a.Start.Add(-24 * time.Hour).Truncate(time.Minute)) {
+					continue
+				}
+				for _, f := range forged(a) {
+					if !emit(&f) {
+						return
+					}
+				}
+			}
+		}
 		slices.SortStableFunc(batch, func(a, b pending) int { return cmp.Compare(a.off, b.off) })
 		for i := range batch {
 			ev := batch[i].ev
@@ -311,6 +330,16 @@ func (s *Scenario) Events(emit func(*telemetry.Event) bool) {
 				return
 			}
 		}
+	}
+}
+
+// forged returns the events with forged times injected before attack a.
+func forged(a Attack) []telemetry.Event {
+	future, past := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(1971, 1, 1, 0, 0, 0, 0, time.UTC)
+	return []telemetry.Event{
+		{Time: future, Vendor: a.Vendor, Credential: a.Credential, Dst: "198.51.100.1", Bytes: 1},
+		{Time: past, Vendor: a.Vendor, Credential: a.Credential, Dst: "198.51.100.1", Bytes: 1},
+		{Time: past, Vendor: a.Vendor, Credential: a.Vendor + "-never-seen", Dst: "198.51.100.1", Bytes: 1},
 	}
 }
 

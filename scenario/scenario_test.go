@@ -89,3 +89,34 @@ func TestSeasonality(t *testing.T) {
 		t.Errorf("weekday mean %d not above weekend mean %d", weekday/5, weekend/2)
 	}
 }
+
+// ForgedTimes adds exactly three forged events per attack, a day before it, and changes
+// nothing else: the same events otherwise, the same attacks.
+func TestForgedTimes(t *testing.T) {
+	cfg := Config{Seed: 3, Days: 10, Vendors: 4, EventsPerMinute: 1}
+	var clean, forgedEvs []telemetry.Event
+	New(cfg).Events(func(e *telemetry.Event) bool { clean = append(clean, *e); return true })
+	cfg.ForgedTimes = true
+	sc := New(cfg)
+	sc.Events(func(e *telemetry.Event) bool { forgedEvs = append(forgedEvs, *e); return true })
+	if len(sc.Attacks()) == 0 || len(forgedEvs) != len(clean)+3*len(sc.Attacks()) {
+		t.Fatalf("%d events with forged times, %d without, %d attacks", len(forgedEvs), len(clean), len(sc.Attacks()))
+	}
+	var odd []telemetry.Event
+	i := 0
+	for _, e := range forgedEvs {
+		if i < len(clean) && e == clean[i] {
+			i++
+			continue
+		}
+		odd = append(odd, e)
+	}
+	if i != len(clean) || len(odd) != 3*len(sc.Attacks()) {
+		t.Fatalf("the clean events are not all there in order (%d of %d)", i, len(clean))
+	}
+	for _, e := range odd {
+		if y := e.Time.Year(); y != 2099 && y != 1971 {
+			t.Fatalf("injected event %+v has a real time", e)
+		}
+	}
+}
