@@ -312,7 +312,7 @@ func concurrently(fs ...func() error) error {
 	return errors.Join(errs...)
 }
 
-// describe names a target for records and reports, with accessors fingerprinted.
+// describe names a target for records and reports, with accessors and lease IDs fingerprinted.
 func (r *Runner) describe(t Target) string {
 	a, id, fp := t.Action, t.Identity, r.d.Fingerprint.Of
 	switch a.Type {
@@ -321,7 +321,7 @@ func (r *Runner) describe(t Target) string {
 	case killswitch.ActionDestroySecretID:
 		return fmt.Sprintf("%s/%s approle %s secret-id accessor %s", t.Vendor, t.Credential, id.Role, fp(id.SecretIDAccessor))
 	case killswitch.ActionRevokeLease:
-		return fmt.Sprintf("%s/%s lease %s", t.Vendor, t.Credential, id.LeaseID)
+		return fmt.Sprintf("%s/%s lease %s", t.Vendor, t.Credential, fp(id.LeaseID))
 	case killswitch.ActionRevokeLeasePrefix:
 		return fmt.Sprintf("%s/%s leases under %s", t.Vendor, t.Credential, id.LeasePrefix)
 	case killswitch.ActionRotateKV:

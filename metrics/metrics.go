@@ -106,6 +106,18 @@ func (m *Metrics) WatchLedger(intact func() bool) {
 		}))
 }
 
+// VaultTokenBroad registers killswitch_vault_token_broad: 1 when the service runs on a
+// root Vault token or one that can do more than the inventory's policy (allowed by
+// --allow-broad-vault-token), 0 otherwise.
+func (m *Metrics) VaultTokenBroad(broad bool) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "killswitch_vault_token_broad",
+		Help: "1 while the Vault token can do more than the inventory's policy (allowed by --allow-broad-vault-token), 0 when it is scoped."})
+	if broad {
+		g.Set(1)
+	}
+	m.Registry.MustRegister(g)
+}
+
 // WatchDetectors registers killswitch_detector_refused_events_total{reason}: the events
 // the detectors did not learn from as they came, by reason, each read through its
 // function at scrape time (late: counted in the current bucket; clock_jump: refused by

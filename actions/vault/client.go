@@ -23,6 +23,11 @@ type Settings struct {
 	AppRole *AppRole `yaml:"approle"`
 	// CACert verifies Vault's TLS certificate.
 	CACert string `yaml:"ca_cert"`
+	// AllowBroadToken lets `killswitch run` start with a root token or a token that can
+	// do more than the inventory's policy (also --allow-broad-vault-token). It is then
+	// loud: an error in the log at start, vault_token_scope in /api/status and
+	// killswitch_vault_token_broad 1. Default false: such a token is refused.
+	AllowBroadToken bool `yaml:"allow_broad_token"`
 }
 
 // AppRole is an AppRole login.

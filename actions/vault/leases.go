@@ -32,19 +32,23 @@ func (e Lease) lookup(ctx context.Context, t actions.Target) (alive bool, info m
 	case r.status == http.StatusBadRequest && r.has("invalid lease"):
 		return false, nil, nil
 	}
-	return false, nil, fail("sys/leases/lookup", r, nil)
+	return false, nil, fail("sys/leases/lookup", r, redactor(t, id))
 }
+
+// leaseFP renders a lease ID for plans, outcomes and errors: "lease " and its
+// fingerprint, never the ID in clear.
+func leaseFP(t actions.Target) string { return "lease " + t.Fingerprint.Of(t.Identity.LeaseID) }
 
 // Plan implements actions.Executor.
 func (e Lease) Plan(ctx context.Context, t actions.Target) (actions.Plan, error) {
-	id := t.Identity.LeaseID
+	what := leaseFP(t)
 	alive, info, err := e.lookup(ctx, t)
 	if err != nil || !alive {
-		return actions.Plan{Summary: "lease " + id + " is already revoked", Targets: []string{id}, AlreadyGone: true}, err
+		return actions.Plan{Summary: what + " is already revoked", Targets: []string{what}, AlreadyGone: true}, err
 	}
 	return actions.Plan{
-		Summary: fmt.Sprintf("revoke lease %s synchronously (expires %s, %ds left)", id, str(info, "expire_time"), num(info, "ttl")),
-		Targets: []string{id},
+		Summary: fmt.Sprintf("revoke %s synchronously (expires %s, %ds left)", what, str(info, "expire_time"), num(info, "ttl")),
+		Targets: []string{what},
 	}, nil
 }
 
@@ -56,16 +60,16 @@ func (e Lease) Apply(ctx context.Context, t actions.Target) (actions.Outcome, er
 		return actions.Outcome{}, err
 	}
 	if !alive {
-		return actions.Outcome{AlreadyDone: true, Detail: "lease " + id + " was already revoked"}, nil
+		return actions.Outcome{AlreadyDone: true, Detail: leaseFP(t) + " was already revoked"}, nil
 	}
 	r, err := e.c.call(ctx, http.MethodPut, "sys/leases/revoke", map[string]any{"lease_id": id, "sync": true})
 	switch {
 	case err != nil:
 		return actions.Outcome{}, err
 	case r.ok():
-		return actions.Outcome{Detail: "revoked lease " + id + " (sync)"}, nil
+		return actions.Outcome{Detail: "revoked " + leaseFP(t) + " (sync)"}, nil
 	}
-	return actions.Outcome{}, fail("sys/leases/revoke", r, nil)
+	return actions.Outcome{}, fail("sys/leases/revoke", r, redactor(t, id))
 }
 
 // Verify implements actions.Executor.
@@ -75,9 +79,9 @@ func (e Lease) Verify(ctx context.Context, t actions.Target) (actions.Verificati
 		return actions.Verification{}, err
 	}
 	if alive {
-		return actions.Verification{Evidence: "sys/leases/lookup still finds lease " + t.Identity.LeaseID}, nil
+		return actions.Verification{Evidence: "sys/leases/lookup still finds " + leaseFP(t)}, nil
 	}
-	return actions.Verification{Dead: true, Evidence: "sys/leases/lookup: invalid lease " + t.Identity.LeaseID}, nil
+	return actions.Verification{Dead: true, Evidence: "sys/leases/lookup: invalid " + leaseFP(t)}, nil
 }
 
 // LeasePrefix revokes every lease under a prefix such as database/creds/<role>,
@@ -136,7 +140,11 @@ func (e LeasePrefix) Plan(ctx context.Context, t actions.Target) (actions.Plan, 
 			targets = append(targets, fmt.Sprintf("… and %d more", len(keys)-maxListed))
 			break
 		}
-		targets = append(targets, p+"/"+k)
+		if strings.HasSuffix(k, "/") { // a sub-prefix: a path, not a lease
+			targets = append(targets, p+"/"+k)
+			continue
+		}
+		targets = append(targets, "lease "+t.Fingerprint.Of(p+"/"+k))
 	}
 	return actions.Plan{Summary: fmt.Sprintf("revoke the %d lease(s) under %s synchronously", len(keys), p), Targets: targets}, nil
 }

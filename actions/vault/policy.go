@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -14,30 +15,38 @@ import (
 )
 
 //go:embed killswitch-policy.hcl
-var shippedPolicy string
+var examplePolicy string
 
-// ShippedPolicy returns the least-privilege policy shipped with Killswitch
-// (killswitch-policy.hcl), written for the conventions of the examples: vendor secrets
-// under secret/vendors/, vendor policies named vendor-*, database leases under
-// database/creds/. PolicyFor writes one for an exact inventory.
-func ShippedPolicy() string { return shippedPolicy }
+// ShippedPolicy returns the example policy shipped with Killswitch
+// (killswitch-policy.hcl): PolicyFor the example inventory in
+// testdata/example-inventory.yaml, kept in sync by a golden test. It shows the shape of
+// a scoped policy; it is no policy to grant, since it names the example's accessors,
+// leases, paths and policies. Grant PolicyFor your own inventory
+// (`killswitch vault policy --config FILE`).
+func ShippedPolicy() string { return examplePolicy }
 
 // Requirement is one capability set the kill switch's token needs on one path.
 type Requirement struct {
-	// Path is the Vault API path.
+	// Path is the Vault API path, exact (no glob, no + segment).
 	Path string
 	// Capabilities are the capabilities needed on it, sorted.
 	Capabilities []string
+	// Params, when not nil, pins the request parameters (allowed_parameters): each
+	// listed parameter may take only the listed values, sorted (an empty list: any
+	// value), and every other parameter is denied.
+	Params map[string][]string
 	// For says which action (and credential) needs it.
 	For []string
 }
 
 // Requirements lists what the token needs for the inventory: the token's own upkeep,
-// and for every credential that is not protected, the paths its action type calls.
-// Protected credentials are never targeted, so they need nothing.
+// and for every credential that is not protected, the exact paths its action type
+// calls, with the parameters pinned to the inventory's values where the path takes the
+// credential as a parameter (accessors, secret-id accessors, lease IDs). Protected
+// credentials are never targeted, so they need nothing.
 func Requirements(inv killswitch.Inventory) []Requirement {
 	need := map[string]*Requirement{}
-	add := func(path, why string, caps ...string) {
+	add := func(path, why string, caps ...string) *Requirement {
 		r := need[path]
 		if r == nil {
 			r = &Requirement{Path: path}
@@ -51,6 +60,23 @@ func Requirements(inv killswitch.Inventory) []Requirement {
 		if !slices.Contains(r.For, why) {
 			r.For = append(r.For, why)
 		}
+		return r
+	}
+	// pin allows param with the values (none: any value) on r.
+	pin := func(r *Requirement, param string, values ...string) {
+		if r.Params == nil {
+			r.Params = map[string][]string{}
+		}
+		have, ok := r.Params[param]
+		if !ok {
+			have = []string{}
+		}
+		for _, v := range values {
+			if !slices.Contains(have, v) {
+				have = append(have, v)
+			}
+		}
+		r.Params[param] = have
 	}
 	add("auth/token/lookup-self", "token upkeep", "read")
 	add("auth/token/renew-self", "token upkeep", "update")
@@ -63,23 +89,21 @@ func Requirements(inv killswitch.Inventory) []Requirement {
 			why := vendor + "/" + name
 			switch c.Kind {
 			case killswitch.CredTokenAccessor:
-				add("auth/token/lookup-accessor", why, "update")
-				add("auth/token/revoke-accessor", why, "update")
+				pin(add("auth/token/lookup-accessor", why, "update"), "accessor", c.Accessor)
+				pin(add("auth/token/revoke-accessor", why, "update"), "accessor", c.Accessor)
 			case killswitch.CredAppRoleSecretID:
-				mount := strings.Trim(c.Mount, "/")
-				if mount == "" {
-					mount = "approle"
-				}
-				base := "auth/" + mount + "/role/" + c.Role + "/secret-id-accessor/"
-				add(base+"lookup", why, "update")
-				add(base+"destroy", why, "update")
+				base := approleBase(c.Mount, c.Role)
+				pin(add(base+"lookup", why, "update"), "secret_id_accessor", c.SecretIDAccessor)
+				pin(add(base+"destroy", why, "update"), "secret_id_accessor", c.SecretIDAccessor)
 			case killswitch.CredLease:
-				add("sys/leases/lookup", why, "update")
-				add("sys/leases/revoke", why, "update")
+				pin(add("sys/leases/lookup", why, "update"), "lease_id", c.LeaseID)
+				r := add("sys/leases/revoke", why, "update")
+				pin(r, "lease_id", c.LeaseID)
+				pin(r, "sync")
 			case killswitch.CredLeasePrefix:
 				p := strings.Trim(c.LeasePrefix, "/")
 				add("sys/leases/lookup/"+p+"/", why, "list", "sudo")
-				add("sys/leases/revoke-prefix/"+p, why, "update", "sudo")
+				pin(add("sys/leases/revoke-prefix/"+p, why, "update", "sudo"), "sync")
 			case killswitch.CredKV:
 				mount := strings.Trim(c.Mount, "/")
 				if mount == "" {
@@ -98,22 +122,88 @@ func Requirements(inv killswitch.Inventory) []Requirement {
 	for _, r := range need {
 		slices.Sort(r.Capabilities)
 		slices.Sort(r.For)
+		for _, v := range r.Params {
+			slices.Sort(v)
+		}
 		out = append(out, *r)
 	}
 	slices.SortFunc(out, func(a, b Requirement) int { return strings.Compare(a.Path, b.Path) })
 	return out
 }
 
-// PolicyFor renders the tightest policy for the inventory: exactly the paths of
-// Requirements, each commented with the credentials that need it.
-func PolicyFor(inv killswitch.Inventory) string {
-	var b strings.Builder
-	b.WriteString("# The Vault policy killswitch needs for this vendor inventory, and nothing more.\n")
-	b.WriteString("# Generated by `killswitch vault policy`; regenerate it when the inventory changes.\n")
-	for _, r := range Requirements(inv) {
-		fmt.Fprintf(&b, "\n# %s\npath %q {\n  capabilities = [%s]\n}\n", strings.Join(r.For, ", "), r.Path, quoteAll(r.Capabilities))
+// approleBase is the secret-id-accessor path prefix of an AppRole role.
+func approleBase(mount, role string) string {
+	mount = strings.Trim(mount, "/")
+	if mount == "" {
+		mount = "approle"
 	}
-	return b.String()
+	return "auth/" + mount + "/role/" + role + "/secret-id-accessor/"
+}
+
+// ErrUnsafePolicyValue is returned by PolicyFor when an inventory value cannot be put
+// in a policy exactly: a glob (* or +), a quote, a space or another character outside
+// letters, digits and . _ - / @ : (a lease ID, accessor, path or policy name never
+// needs one), or a .. segment. Permanent: fix the inventory.
+var ErrUnsafePolicyValue = errors.New("inventory value cannot be written into a Vault policy exactly")
+
+// safeValue reports whether s can stand in a policy as an exact path or parameter value.
+func safeValue(s string) bool {
+	if s == "" || strings.Contains(s, "..") {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		case strings.ContainsRune("._-/@:", r):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// PolicyFor renders the tightest policy for the inventory: exactly the paths of
+// Requirements, each commented with the credentials that need it, with
+// allowed_parameters pinning revoke-accessor and lookup-accessor to the inventory's
+// accessors, secret-id destruction to its secret-id accessors and lease revocation to
+// its lease IDs. It returns ErrUnsafePolicyValue (permanent) when an inventory value
+// cannot be written exactly.
+func PolicyFor(inv killswitch.Inventory) (string, error) {
+	reqs := Requirements(inv)
+	var bad []string
+	for _, r := range reqs {
+		if !safeValue(strings.TrimSuffix(r.Path, "/")) {
+			bad = append(bad, fmt.Sprintf("path %q (%s)", r.Path, strings.Join(r.For, ", ")))
+		}
+		for _, param := range slices.Sorted(maps.Keys(r.Params)) {
+			for _, v := range r.Params[param] {
+				if !safeValue(v) {
+					bad = append(bad, fmt.Sprintf("%s value for %s (%s)", param, r.Path, strings.Join(r.For, ", ")))
+				}
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return "", killswitch.Permanent(killswitch.ReasonMisconfigured, fmt.Errorf("vault policy: %w: %s", ErrUnsafePolicyValue, strings.Join(bad, "; ")))
+	}
+	var b strings.Builder
+	b.WriteString("# The Vault policy killswitch needs for this vendor inventory, and nothing more: exact\n")
+	b.WriteString("# paths, and the accessors, secret-id accessors and lease IDs it may revoke pinned with\n")
+	b.WriteString("# allowed_parameters. Generated by `killswitch vault policy --config FILE`; regenerate\n")
+	b.WriteString("# and write it again whenever the inventory changes (`killswitch run` refuses a token\n")
+	b.WriteString("# that can do more than this policy, and one that lacks what it needs).\n")
+	for _, r := range reqs {
+		fmt.Fprintf(&b, "\n# %s\npath %q {\n  capabilities = [%s]\n", strings.Join(r.For, ", "), r.Path, quoteAll(r.Capabilities))
+		if r.Params != nil {
+			b.WriteString("  allowed_parameters = {\n")
+			for _, param := range slices.Sorted(maps.Keys(r.Params)) {
+				fmt.Fprintf(&b, "    %q = [%s]\n", param, quoteAll(r.Params[param]))
+			}
+			b.WriteString("  }\n")
+		}
+		b.WriteString("}\n")
+	}
+	return b.String(), nil
 }
 
 func quoteAll(s []string) string {

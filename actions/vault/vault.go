@@ -10,11 +10,14 @@
 //
 // Errors are classified for the runner's retry loop: transport errors, timeouts, 5xx,
 // 429 and 412 are retryable; 400, 403, 404 on a configuration path and a credential
-// that is not what the inventory says are permanent. Accessors never appear in clear
-// in plans, outcomes or errors: they are rendered with the target's Fingerprinter.
+// that is not what the inventory says are permanent. Accessors, secret-id accessors
+// and lease IDs never appear in clear in plans, outcomes or errors: they are rendered
+// with the target's Fingerprinter.
 //
-// The package also ships the least-privilege policy (Policy, PolicyFor) and checks a
-// token's capabilities against what the inventory needs (CheckCapabilities).
+// The package also generates the policy scoped to an inventory (PolicyFor: exact
+// paths, allowed_parameters pinning the accessors and lease IDs), checks that a token
+// holds what the inventory needs (CheckCapabilities) and nothing more (CheckScope),
+// and ships an example policy (ShippedPolicy).
 package vault
 
 import (
@@ -101,17 +104,24 @@ func (c *caller) call(ctx context.Context, method, path string, body any) (*repl
 		err  error
 	)
 	l := c.c.Logical()
+	// The raw request, not Logical().ReadRaw/WriteRaw: those cancel the client's
+	// timeout context when they return, before the body is read, and a large answer
+	// (sys/capabilities-self on many paths) then reads as "context canceled".
 	switch method {
 	case http.MethodGet:
-		resp, err = l.ReadRawWithContext(ctx, path)
+		resp, err = c.c.RawRequestWithContext(ctx, c.c.NewRequest(http.MethodGet, "/v1/"+path)) //nolint:staticcheck // see above
 	case "LIST":
-		resp, err = l.ReadRawWithDataWithContext(ctx, path, map[string][]string{"list": {"true"}})
+		req := c.c.NewRequest(http.MethodGet, "/v1/"+path)
+		req.Params.Set("list", "true")
+		resp, err = c.c.RawRequestWithContext(ctx, req) //nolint:staticcheck // see above
 	case http.MethodPut:
 		b, merr := json.Marshal(body)
 		if merr != nil {
 			return nil, killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("vault %s %s: %w", method, path, merr))
 		}
-		resp, err = l.WriteRawWithContext(ctx, path, b)
+		req := c.c.NewRequest(http.MethodPut, "/v1/"+path)
+		req.BodyBytes = b
+		resp, err = c.c.RawRequestWithContext(ctx, req) //nolint:staticcheck // see above
 	case http.MethodPatch:
 		// JSON merge patch (KV v2 metadata); the raw patch call sends the wrong content type.
 		m, _ := body.(map[string]any)

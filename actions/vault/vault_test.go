@@ -3,6 +3,7 @@ package vault_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -19,8 +20,30 @@ import (
 // fp is the fingerprinter every test target carries.
 var fp = actions.NewFingerprinter([]byte("test-key"))
 
-// env is a dev Vault with a vendor policy and the kill switch's own token holding only
-// the shipped policy.
+// conventionsPolicy is the policy Killswitch shipped before policies were scoped to the
+// inventory: any token, lease, vendor-* policy or secret/vendors/* secret. The tests
+// whose credentials are made on the fly and that are not about the token's scope run
+// on it; CheckScope must call it broad.
+const conventionsPolicy = `
+path "auth/token/lookup-self" { capabilities = ["read"] }
+path "auth/token/renew-self" { capabilities = ["update"] }
+path "sys/capabilities-self" { capabilities = ["update"] }
+path "auth/token/lookup-accessor" { capabilities = ["update"] }
+path "auth/token/revoke-accessor" { capabilities = ["update"] }
+path "auth/approle/role/+/secret-id-accessor/lookup" { capabilities = ["update"] }
+path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"] }
+path "sys/leases/lookup" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }
+path "sys/leases/lookup/database/creds/*" { capabilities = ["list", "sudo"] }
+path "sys/leases/revoke-prefix/database/creds/*" { capabilities = ["update", "sudo"] }
+path "secret/data/vendors/*" { capabilities = ["read", "update"] }
+path "secret/metadata/vendors/*" { capabilities = ["read", "patch"] }
+path "secret/destroy/vendors/*" { capabilities = ["update"] }
+path "sys/policies/acl/vendor-*" { capabilities = ["read", "update"] }
+`
+
+// env is a dev Vault with a vendor policy and the kill switch's own token holding
+// conventionsPolicy (scoped: see scoped).
 type env struct {
 	v     *testharness.Vault
 	root  *api.Client
@@ -39,9 +62,27 @@ func newEnv(t testing.TB) *env {
 	if _, err := e.root.KVv2("secret").Put(ctx, "vendors/acme/customers", map[string]any{"rows": "42"}); err != nil {
 		t.Fatal(err)
 	}
-	e.ks = e.tokenClient(t, "killswitch", vault.ShippedPolicy())
+	e.ks = e.tokenClient(t, "killswitch", conventionsPolicy)
 	e.execs = vault.New(e.ks)
 	return e
+}
+
+// scoped returns a client and the executors on a fresh token holding only the policy
+// generated for inv (policy name "ks-scoped-<n>"), proving that the executors work
+// with exactly that policy.
+func (e *env) scoped(t testing.TB, inv killswitch.Inventory) (*api.Client, actions.Registry) {
+	t.Helper()
+	policy, err := vault.PolicyFor(inv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.tokenClient(t, fmt.Sprintf("ks-scoped-%d", time.Now().UnixNano()), policy)
+	return c, vault.New(c)
+}
+
+// one is an inventory of one credential, "acme/cred".
+func one(c killswitch.Credential) killswitch.Inventory {
+	return killswitch.Inventory{"acme": {Credentials: map[string]killswitch.Credential{"cred": c}}}
 }
 
 // tokenClient creates a policy named name with rules (when rules is not empty) and
@@ -124,8 +165,9 @@ func TestRevokeTokenAccessor(t *testing.T) {
 	if _, err := vc.KVv2("secret").Get(context.Background(), "vendors/acme/customers"); err != nil {
 		t.Fatalf("the vendor token reads before revocation: %v", err)
 	}
-	plan, out, ver := lifecycle(t, e.execs[killswitch.ActionRevokeTokenAccessor], target(killswitch.ActionRevokeTokenAccessor,
-		killswitch.Credential{Kind: killswitch.CredTokenAccessor, Accessor: acc}))
+	cred := killswitch.Credential{Kind: killswitch.CredTokenAccessor, Accessor: acc}
+	_, execs := e.scoped(t, one(cred))
+	plan, out, ver := lifecycle(t, execs[killswitch.ActionRevokeTokenAccessor], target(killswitch.ActionRevokeTokenAccessor, cred))
 	if !strings.Contains(plan.Summary, `"token-acme-api"`) || !strings.Contains(plan.Targets[0], fp.Of(acc)) {
 		t.Errorf("plan %+v does not name the token by display name and fingerprint", plan)
 	}
@@ -158,6 +200,8 @@ func TestDestroySecretID(t *testing.T) {
 		t.Fatalf("login before: %v", err)
 	}
 	ex := e.execs[killswitch.ActionDestroySecretID]
+	cred := killswitch.Credential{Kind: killswitch.CredAppRoleSecretID, Role: "acme", SecretIDAccessor: acc}
+	_, scoped := e.scoped(t, one(cred))
 
 	// The accessor is checked against the role the inventory names.
 	wrong := target(killswitch.ActionDestroySecretID, killswitch.Credential{Kind: killswitch.CredAppRoleSecretID, Role: "other", SecretIDAccessor: acc})
@@ -168,8 +212,7 @@ func TestDestroySecretID(t *testing.T) {
 		t.Fatalf("the wrong-role attempt destroyed the secret-id: %v", err)
 	}
 
-	plan, out, ver := lifecycle(t, ex, target(killswitch.ActionDestroySecretID,
-		killswitch.Credential{Kind: killswitch.CredAppRoleSecretID, Role: "acme", SecretIDAccessor: acc}))
+	plan, out, ver := lifecycle(t, scoped[killswitch.ActionDestroySecretID], target(killswitch.ActionDestroySecretID, cred))
 	noClear(t, acc, append(plan.Targets, plan.Summary, out.Detail, ver.Evidence)...)
 	if _, err := l.Write("auth/approle/login", login); err == nil || !strings.Contains(err.Error(), "invalid secret id") {
 		t.Fatalf("login after destroy: %v, want invalid secret id", err)
@@ -216,10 +259,19 @@ func TestRevokeLeasesPostgres(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("exact lease", func(t *testing.T) {
-		one, other := issue(t, l, pg), issue(t, l, pg)
-		lifecycle(t, e.execs[killswitch.ActionRevokeLease], target(killswitch.ActionRevokeLease,
-			killswitch.Credential{Kind: killswitch.CredLease, LeaseID: one.lease}))
-		if err := pg.CanLogin(ctx, one.user, one.password); err == nil {
+		mine, other := issue(t, l, pg), issue(t, l, pg)
+		cred := killswitch.Credential{Kind: killswitch.CredLease, LeaseID: mine.lease}
+		_, execs := e.scoped(t, one(cred))
+		plan, out, ver := lifecycle(t, execs[killswitch.ActionRevokeLease], target(killswitch.ActionRevokeLease, cred))
+		noClear(t, mine.lease, append(plan.Targets, plan.Summary, out.Detail, ver.Evidence)...)
+		noClear(t, strings.TrimPrefix(mine.lease, "database/creds/acme/"), append(plan.Targets, plan.Summary, out.Detail, ver.Evidence)...)
+		// The scoped token cannot revoke the other lease.
+		_, err := execs[killswitch.ActionRevokeLease].Apply(ctx, target(killswitch.ActionRevokeLease, killswitch.Credential{Kind: killswitch.CredLease, LeaseID: other.lease}))
+		if err == nil || !strings.Contains(err.Error(), "403") {
+			t.Fatalf("revoking a lease outside the inventory = %v, want 403", err)
+		}
+		noClear(t, other.lease, err.Error())
+		if err := pg.CanLogin(ctx, mine.user, mine.password); err == nil {
 			t.Fatal("PostgreSQL login still works after the lease was revoked")
 		}
 		if err := pg.CanLogin(ctx, other.user, other.password); err != nil {
@@ -228,8 +280,12 @@ func TestRevokeLeasesPostgres(t *testing.T) {
 	})
 	t.Run("prefix", func(t *testing.T) {
 		a, b := issue(t, l, pg), issue(t, l, pg)
-		plan, _, ver := lifecycle(t, e.execs[killswitch.ActionRevokeLeasePrefix], target(killswitch.ActionRevokeLeasePrefix,
-			killswitch.Credential{Kind: killswitch.CredLeasePrefix, LeasePrefix: "database/creds/acme"}))
+		cred := killswitch.Credential{Kind: killswitch.CredLeasePrefix, LeasePrefix: "database/creds/acme"}
+		_, execs := e.scoped(t, one(cred))
+		plan, _, ver := lifecycle(t, execs[killswitch.ActionRevokeLeasePrefix], target(killswitch.ActionRevokeLeasePrefix, cred))
+		for _, d := range []dbLogin{a, b} {
+			noClear(t, strings.TrimPrefix(d.lease, "database/creds/acme/"), append(plan.Targets, plan.Summary, ver.Evidence)...)
+		}
 		// Three leases: a, b and "other" from the exact-lease case.
 		if len(plan.Targets) != 3 || !strings.Contains(plan.Summary, "3 lease(s)") {
 			t.Errorf("plan %+v, want the 3 live leases", plan)
@@ -262,8 +318,9 @@ func TestRotateKV(t *testing.T) {
 	if _, err := kv.Put(ctx, "vendors/acme/api", map[string]any{"key": "old-2", "user": "acme"}); err != nil {
 		t.Fatal(err)
 	}
-	plan, out, _ := lifecycle(t, e.execs[killswitch.ActionRotateKV], target(killswitch.ActionRotateKV,
-		killswitch.Credential{Kind: killswitch.CredKV, Path: "vendors/acme/api"}))
+	cred := killswitch.Credential{Kind: killswitch.CredKV, Path: "vendors/acme/api"}
+	_, execs := e.scoped(t, one(cred))
+	plan, out, _ := lifecycle(t, execs[killswitch.ActionRotateKV], target(killswitch.ActionRotateKV, cred))
 	if !strings.Contains(plan.Summary, "[1 2]") || !strings.Contains(out.Detail, "version 3") {
 		t.Errorf("plan %q / outcome %q", plan.Summary, out.Detail)
 	}
@@ -302,19 +359,20 @@ func TestQuarantinePolicy(t *testing.T) {
 	if err := read(); err != nil {
 		t.Fatalf("read before quarantine: %v", err)
 	}
-	lifecycle(t, e.execs[killswitch.ActionQuarantinePolicy], target(killswitch.ActionQuarantinePolicy,
-		killswitch.Credential{Kind: killswitch.CredPolicy, Policy: "vendor-acme"}))
+	cred := killswitch.Credential{Kind: killswitch.CredPolicy, Policy: "vendor-acme"}
+	ks, execs := e.scoped(t, one(cred))
+	lifecycle(t, execs[killswitch.ActionQuarantinePolicy], target(killswitch.ActionQuarantinePolicy, cred))
 	var re *api.ResponseError
 	if err := read(); !errors.As(err, &re) || re.StatusCode != 403 {
 		t.Fatalf("read under quarantine = %v, want 403", err)
 	}
-	if err := vault.Restore(ctx, e.ks, "vendor-acme"); err != nil {
+	if err := vault.Restore(ctx, ks, "vendor-acme"); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	if err := read(); err != nil {
 		t.Fatalf("read after restore: %v", err)
 	}
-	if err := vault.Restore(ctx, e.ks, "vendor-acme"); !errors.Is(err, vault.ErrNotQuarantined) {
+	if err := vault.Restore(ctx, ks, "vendor-acme"); !errors.Is(err, vault.ErrNotQuarantined) {
 		t.Fatalf("second restore = %v, want ErrNotQuarantined", err)
 	}
 	for _, p := range []string{"root", "default"} {
@@ -350,9 +408,9 @@ func TestCheckCapabilities(t *testing.T) {
 		"root":   {Kind: killswitch.CredTokenAccessor, Accessor: "r", Protected: true},
 	}}}
 	if root, err := vault.CheckCapabilities(ctx, e.ks, inv); err != nil || root {
-		t.Fatalf("shipped policy: root=%t err=%v", root, err)
+		t.Fatalf("conventions policy: root=%t err=%v", root, err)
 	}
-	tight := e.tokenClient(t, "tight", vault.PolicyFor(inv))
+	tight, _ := e.scoped(t, inv)
 	if root, err := vault.CheckCapabilities(ctx, tight, inv); err != nil || root {
 		t.Fatalf("generated policy: root=%t err=%v", root, err)
 	}
@@ -365,10 +423,10 @@ func TestCheckCapabilities(t *testing.T) {
 		!strings.Contains(err.Error(), "sys/leases/revoke-prefix/database/creds/acme: needs sudo,update") {
 		t.Fatalf("weak token: %v", err)
 	}
-	// A shipped policy does not stretch beyond its conventions.
+	// A conventions policy does not stretch beyond its conventions.
 	other := killswitch.Inventory{"x": {Credentials: map[string]killswitch.Credential{"kv": {Kind: killswitch.CredKV, Mount: "kv", Path: "team/x"}}}}
 	if _, err := vault.CheckCapabilities(ctx, e.ks, other); !errors.Is(err, vault.ErrMissingCapabilities) {
-		t.Fatalf("shipped policy on kv/team/x: %v, want missing capabilities", err)
+		t.Fatalf("conventions policy on kv/team/x: %v, want missing capabilities", err)
 	}
 }
 

@@ -27,7 +27,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, "Killswitch demo: a vendor's token is stolen and used to exfiltrate data; watch it get cut off.")
 	err = demo.Run(ctx, demo.Options{
-		Out: stdout, Log: log, VaultPolicy: vaultPolicy(), NewVaultExecutors: demoExecutors(log),
+		Out: stdout, Log: log, VaultPolicy: vaultPolicy, NewVaultExecutors: demoExecutors(log),
 		HistoryDays: *days, Timeout: *timeout,
 	})
 	if err != nil {

@@ -146,7 +146,11 @@ func TestReplayAgainstDevVault(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("VAULT_TOKEN", policyToken(t, root, "killswitch", vaultPolicy()))
+	code, policy, stderr := run(t, "vault", "policy", "--config", cfg)
+	if code != 0 {
+		t.Fatalf("vault policy: %d %s", code, stderr)
+	}
+	t.Setenv("VAULT_TOKEN", policyToken(t, root, "killswitch", policy))
 	jsonOut := filepath.Join(dir, "r.json")
 	if code, stdout, stderr := run(t, "replay", "--telemetry", tel, "--config", cfg, "--vault", v.Addr, "--json", jsonOut); code != 0 {
 		t.Fatalf("replay --vault: %d %s %s", code, stdout, stderr)

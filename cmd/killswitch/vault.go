@@ -21,33 +21,71 @@ import (
 )
 
 // vaultExecutors connects to the configured Vault and checks that the token can do what
-// the inventory needs. With no Vault configured it returns no executors (dry-run).
-func vaultExecutors(ctx context.Context, cfg *config.Config, log *zap.Logger) (actions.Registry, string, error) {
+// the inventory needs and nothing more (see checkToken). With no Vault configured it
+// returns no executors (dry-run). broad reports a broad token that the configuration
+// (service.vault.allow_broad_token, --allow-broad-vault-token) allowed.
+func vaultExecutors(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.Logger) (execs actions.Registry, reason string, broad bool, err error) {
 	if cfg.Service.Vault.Addr == "" {
-		return nil, "", nil
+		return nil, "", false, nil
 	}
 	client, err := vault.Connect(ctx, cfg.Service.Vault, os.Getenv, log.Named("vault"))
 	if err != nil {
-		return nil, "", err
+		return nil, "", false, err
 	}
-	if err := checkToken(ctx, client, cfg.Vendors, log); err != nil {
-		return nil, "", err
+	if broad, err = checkToken(ctx, client, cfg.Vendors, tokenRules{allowBroad: cfg.Service.Vault.AllowBroadToken, configPath: cfgPath}, log); err != nil {
+		return nil, "", false, err
 	}
-	return vault.New(client), "", nil
+	return vault.New(client), "", broad, nil
 }
 
-// checkToken refuses a token that lacks capabilities and warns about a root token.
-func checkToken(ctx context.Context, client *api.Client, inv killswitch.Inventory, log *zap.Logger) error {
+// tokenRules says what checkToken accepts.
+type tokenRules struct {
+	// allowBroad accepts, loudly, a root token or one that can do more than the policy.
+	allowBroad bool
+	// quiet does not log an allowed broad token (replay exercises against a dev Vault).
+	quiet bool
+	// configPath is named in the fix of a refusal.
+	configPath string
+}
+
+// checkToken refuses a token that lacks capabilities the inventory needs
+// (vault.CheckCapabilities), and a root token or one that can do more than the
+// inventory's policy (vault.CheckScope) unless rules.allowBroad; then it logs an error
+// and returns broad=true.
+func checkToken(ctx context.Context, client *api.Client, inv killswitch.Inventory, rules tokenRules, log *zap.Logger) (broad bool, err error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	root, err := vault.CheckCapabilities(cctx, client, inv)
+	if _, err := vault.CheckCapabilities(cctx, client, inv); err != nil {
+		return false, err
+	}
+	scope, err := vault.CheckScope(cctx, client, inv)
 	if err != nil {
-		return err
+		return false, err
 	}
-	if root {
-		log.Warn("the Vault token holds root: it works, but grant the kill switch only the policy of `killswitch vault policy`")
+	serr := scope.Err()
+	switch {
+	case serr == nil:
+		return false, nil
+	case !rules.allowBroad:
+		return false, fmt.Errorf("%w\n%s", serr, broadTokenFix(rules.configPath))
 	}
-	return nil
+	if !rules.quiet {
+		log.Error("BROAD VAULT TOKEN allowed by --allow-broad-vault-token: a stolen killswitch token could revoke, read or rewrite "+
+			"far more than the inventory; give killswitch a token holding only `killswitch vault policy --config …`",
+			zap.Bool("root", scope.Root), zap.Strings("beyond_policy", scope.Excess))
+	}
+	return true, nil
+}
+
+// broadTokenFix says how to get a scoped token, or to accept the broad one.
+func broadTokenFix(configPath string) string {
+	if configPath == "" {
+		configPath = "killswitch.yaml"
+	}
+	return "fix: give killswitch a token holding only the policy generated for its inventory:\n" +
+		"  killswitch vault policy --config " + configPath + " | vault policy write killswitch -\n" +
+		"  vault token create -orphan -policy=killswitch -period=24h   (or an AppRole role with token_policies=killswitch)\n" +
+		"or accept this token, loudly: killswitch run --allow-broad-vault-token (service.vault.allow_broad_token: true)"
 }
 
 // vaultActor builds replay's actor on a real Vault (exercises against a dev Vault): the
@@ -59,7 +97,9 @@ func vaultActor(ctx context.Context, addr string, cfg *config.Config) (replay.Ac
 	if err != nil {
 		return nil, err
 	}
-	if err := checkToken(ctx, client, cfg.Vendors, zap.NewNop()); err != nil {
+	// A tabletop exercise may run against a dev Vault's root token: only what is
+	// missing is refused.
+	if _, err := checkToken(ctx, client, cfg.Vendors, tokenRules{allowBroad: true, quiet: true}, zap.NewNop()); err != nil {
 		return nil, err
 	}
 	execs := vault.New(client)
@@ -71,14 +111,14 @@ func vaultActor(ctx context.Context, addr string, cfg *config.Config) (replay.Ac
 	}, nil
 }
 
-// vaultPolicy is the shipped least-privilege policy.
-func vaultPolicy() string { return vault.ShippedPolicy() }
+// vaultPolicy generates the policy scoped to an inventory (the demo's token holds it).
+func vaultPolicy(inv killswitch.Inventory) (string, error) { return vault.PolicyFor(inv) }
 
 // demoExecutors builds the demo's Vault executors on the service's own token, after
-// checking that it holds what the demo inventory needs.
+// checking that it holds what the demo inventory needs and nothing more.
 func demoExecutors(log *zap.Logger) func(context.Context, *api.Client, killswitch.Inventory) (actions.Registry, error) {
 	return func(ctx context.Context, client *api.Client, inv killswitch.Inventory) (actions.Registry, error) {
-		if err := checkToken(ctx, client, inv, log); err != nil {
+		if _, err := checkToken(ctx, client, inv, tokenRules{}, log); err != nil {
 			return nil, err
 		}
 		return vault.New(client), nil
@@ -87,7 +127,7 @@ func demoExecutors(log *zap.Logger) func(context.Context, *api.Client, killswitc
 
 // runVault implements `killswitch vault {policy,check,restore-policy}`.
 func runVault(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	usage := "usage: killswitch vault policy [--config FILE] | check --config FILE | restore-policy NAME"
+	usage := "usage: killswitch vault policy --config FILE | check --config FILE | restore-policy NAME"
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, usage)
 		return 2
@@ -113,21 +153,27 @@ func runVault(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	switch args[0] {
 	case "policy":
 		if *cfgPath == "" {
-			fmt.Fprint(stdout, vault.ShippedPolicy())
-		} else {
-			fmt.Fprint(stdout, vault.PolicyFor(cfg.Vendors))
+			fmt.Fprintln(stderr, "killswitch vault policy: --config is required: the policy names the inventory's exact credentials "+
+				"(actions/vault/killswitch-policy.hcl is an example generated for actions/vault/testdata/example-inventory.yaml)")
+			return 2
 		}
+		policy, err := vault.PolicyFor(cfg.Vendors)
+		if err != nil {
+			fmt.Fprintln(stderr, "killswitch vault policy:", err)
+			return 1
+		}
+		fmt.Fprint(stdout, policy)
 		return 0
 	case "check":
 		client, err := connect()
 		if err == nil {
-			err = checkToken(ctx, client, cfg.Vendors, newConsoleLogger(stderr))
+			_, err = checkToken(ctx, client, cfg.Vendors, tokenRules{configPath: *cfgPath}, newConsoleLogger(stderr))
 		}
 		if err != nil {
 			fmt.Fprintln(stderr, "killswitch vault check:", err)
 			return 1
 		}
-		fmt.Fprintln(stdout, "the Vault token holds every capability the configured actions need")
+		fmt.Fprintln(stdout, "the Vault token holds every capability the configured actions need, and nothing more")
 		return 0
 	case "restore-policy":
 		if fs.NArg() != 1 {
