@@ -11,17 +11,13 @@ import (
 	"time"
 
 	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
 // raw publishes bodies as they are on subjects (the attacker's own client).
 func (r *rig) raw(msgs ...[2]string) {
 	r.t.Helper()
-	nc, err := nats.Connect(r.ks.NATSURL())
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	nc := r.ks.Connect(r.t, "service")
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	for _, m := range msgs {
@@ -34,10 +30,7 @@ func (r *rig) raw(msgs ...[2]string) {
 // deadLetters counts the dead letters by reason.
 func (r *rig) deadLetters() map[string]int {
 	r.t.Helper()
-	nc, err := nats.Connect(r.ks.NATSURL())
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	nc := r.ks.Connect(r.t, "service")
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()

@@ -9,7 +9,6 @@ import (
 
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -41,7 +40,7 @@ func TestKill9AtEachStep(t *testing.T) {
 				hold := func() int { <-killed; return http.StatusServiceUnavailable }
 				switch step {
 				case "claim":
-					stop := watchClaims(t, r.ks.NATSURL(), kill)
+					stop := watchClaims(t, r.ks, kill)
 					defer stop()
 					r.proxy.Set(revokePath, testharness.VaultHook{Before: func(int) int { return hold() }})
 				case "intent":
@@ -92,15 +91,13 @@ func TestKill9AtEachStep(t *testing.T) {
 }
 
 // watchClaims calls kill when the first claim appears in the claims bucket.
-func watchClaims(t *testing.T, url string, kill func()) (stop func()) {
+func watchClaims(t *testing.T, ks *testharness.Killswitch, kill func()) (stop func()) {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := ks.Connect(t, "service")
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithCancel(context.Background())
 	var kv jetstream.KeyValue
+	var err error
 	for {
 		if kv, err = js.KeyValue(ctx, actions.ClaimsBucket); err == nil {
 			break

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/killswitch-dev/killswitch/internal/testharness"
-	"github.com/nats-io/nats.go"
 )
 
 // TestAppliedButNeverVerified: Vault accepts the revocation, then keeps answering that
@@ -23,10 +22,7 @@ func TestAppliedButNeverVerified(t *testing.T) {
 		}
 		return 0
 	}})
-	nc, err := nats.Connect(r.ks.NATSURL())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := r.ks.Connect(t, "service")
 	defer nc.Close()
 	pages, err := nc.SubscribeSync("killswitch.notify.mailer")
 	if err != nil {

@@ -128,9 +128,14 @@ func TestComposeMatchesTheService(t *testing.T) {
 	if conf == "" || !slices.Contains(natsSvc.Command, "/etc/nats/nats.conf") {
 		t.Fatalf("nats is not started with the mounted configuration: %v", natsSvc.Command)
 	}
+	// It includes the authorization `killswitch creds nats-config` writes (nats-auth).
+	conf = natsConfWithAuth(t, conf)
 	opts, err := server.ProcessConfigFile(conf)
 	if err != nil {
 		t.Fatalf("%s: %v", filepath.Base(conf), err)
+	}
+	if len(opts.TrustedOperators) != 1 || opts.SystemAccount == "" {
+		t.Fatalf("nats.conf: no authorization (trusted operators %d)", len(opts.TrustedOperators))
 	}
 	if !opts.JetStream || !opts.SyncAlways || opts.StoreDir == "" || opts.Port != 4222 {
 		t.Fatalf("nats.conf: jetstream %v, sync always %v, store %q, port %d", opts.JetStream, opts.SyncAlways, opts.StoreDir, opts.Port)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/killswitch-dev/killswitch/config"
+	"github.com/killswitch-dev/killswitch/internal/embeddednats"
 	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	"github.com/killswitch-dev/killswitch/ledger"
 	ledgerjs "github.com/killswitch-dev/killswitch/ledger/jetstream"
@@ -75,6 +76,11 @@ func runLedger(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	nopts.Name = "killswitch-ledger-" + cmd
+	if cmd == "seal" { // sealing appends to the ledger: the service's identity
+		defaultCreds(&nopts, *dataDir, embeddednats.RoleService)
+	} else {
+		defaultCreds(&nopts, *dataDir, embeddednats.RoleOperator)
+	}
 	nc, err := nopts.Connect(zap.NewNop())
 	if err != nil {
 		return fail(err)

@@ -4,6 +4,10 @@
 //
 // JetStream uses file storage with sync always (every write is fsynced before it is
 // acknowledged), as the reliability notes require.
+//
+// With Options.Auth the server runs in operator mode (decentralized JWT auth): it
+// refuses anonymous clients, and the identities Auth mints (service, operator,
+// automation, sensors) get exactly their role's permissions; see auth.go.
 package embeddednats
 
 import (
@@ -30,6 +34,9 @@ type Options struct {
 	MaxPayload int32
 	// ReadyTimeout bounds the wait for the server to accept connections. Default 10s.
 	ReadyTimeout time.Duration
+	// Auth, if set, turns authentication and authorization on: only the users it
+	// mints connect. Nil: anonymous clients may do anything (test servers only).
+	Auth *Auth
 }
 
 // Server is a running embedded nats-server.
@@ -55,7 +62,7 @@ func Start(o Options) (*Server, error) {
 	if o.MaxPayload == 0 {
 		o.MaxPayload = 1 << 20
 	}
-	ns, err := server.NewServer(&server.Options{
+	sopts := &server.Options{
 		Host:       o.Host,
 		Port:       o.Port,
 		JetStream:  true,
@@ -64,7 +71,13 @@ func Start(o Options) (*Server, error) {
 		MaxPayload: o.MaxPayload,
 		NoSigs:     true,
 		NoLog:      true,
-	})
+	}
+	if o.Auth != nil {
+		if err := o.Auth.configure(sopts); err != nil {
+			return nil, err
+		}
+	}
+	ns, err := server.NewServer(sopts)
 	if err != nil {
 		return nil, fmt.Errorf("embeddednats: %w", err)
 	}

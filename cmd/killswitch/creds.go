@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/config"
+	"github.com/killswitch-dev/killswitch/internal/embeddednats"
+	"github.com/killswitch-dev/killswitch/internal/natsconn"
+)
+
+const credsUsage = `usage: killswitch creds <command> [flags]
+
+NATS identities (decentralized JWT auth; nsc-compatible .creds files). ` + "`killswitch run`" + ` creates
+the keys and the service, operator and automation credentials in <data dir>/creds on its first start.
+
+  killswitch creds sensor NAME [--vendor V]… [--prefix egress] [--expires DUR] [--data-dir DIR] [--out FILE [--keep-existing]]
+        mint a sensor credential: publish telemetry only (egress.> or egress.<V> for each --vendor),
+        JetStream acks on the inbox prefix ` + embeddednats.SensorInboxPrefix + `. Works while the service runs.
+  killswitch creds nats-config [--data-dir DIR] [--out FILE]
+        print the authorization (trusted operator, accounts) to install in an external nats-server,
+        and write the service, operator and automation credentials if missing
+  killswitch creds revoke NAME|USER_PUBLIC_KEY [--data-dir DIR]
+        revoke a credential; takes effect at the embedded server's next start, or once the output
+        of nats-config is installed again and the external server reloaded
+  killswitch creds list [--data-dir DIR]
+        list the credentials issued (names, roles, public keys; no secret)
+
+DIR: --data-dir, $` + config.EnvDataDir + ` or ./killswitch-data. A .creds file is a secret: hand it over
+as you would a password; it is written 0600 (stdout if --out is not given).`
+
+// runCreds implements `killswitch creds`.
+func runCreds(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, credsUsage)
+		return 2
+	}
+	cmd := args[0]
+	fs := flag.NewFlagSet("creds "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, credsUsage) }
+	dataDir := fs.String("data-dir", "", "the service's data directory")
+	out := fs.String("out", "", "write to this file (0600) instead of stdout")
+	var vendors stringList
+	prefix, expires, keep := new(string), new(time.Duration), new(bool)
+	switch cmd {
+	case "sensor":
+		fs.Var(&vendors, "vendor", "bind the sensor to this vendor's subject (repeatable); default every vendor")
+		prefix = fs.String("prefix", embeddednats.DefaultTelemetryPrefix, "telemetry subject prefix")
+		expires = fs.Duration("expires", 0, "the credential stops working after this long (default never)")
+		keep = fs.Bool("keep-existing", false, "with --out: if the file exists, keep it and succeed (for deployments)")
+	case "nats-config", "revoke", "list":
+	default:
+		fmt.Fprintln(stderr, credsUsage)
+		return 2
+	}
+	// Flags may follow the positional name: parse, take the name, parse the rest.
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	var name string
+	if cmd == "sensor" || cmd == "revoke" {
+		if fs.NArg() == 0 {
+			fmt.Fprintf(stderr, "killswitch creds %s: give a NAME\n", cmd)
+			return 2
+		}
+		name = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return 2
+		}
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "killswitch creds %s: unexpected arguments %v\n", cmd, fs.Args())
+		return 2
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "killswitch creds %s: %v\n", cmd, err)
+		return 1
+	}
+	dir := dataDirOr(*dataDir)
+	auth, created, err := embeddednats.LoadOrCreateAuth(embeddednats.Dir(dir))
+	if err != nil {
+		return fail(err)
+	}
+	for _, p := range created {
+		fmt.Fprintf(stderr, "created %s (keep it private)\n", p)
+	}
+	now := time.Now()
+	switch cmd {
+	case "sensor":
+		if _, err := os.Stat(*out); *out != "" && *keep && err == nil {
+			fmt.Fprintf(stderr, "%s exists: kept\n", *out)
+			return 0
+		}
+		u := embeddednats.User{Name: name, Role: embeddednats.RoleSensor, Vendors: vendors, Prefix: *prefix}
+		if *expires > 0 {
+			u.Expires = now.Add(*expires)
+		}
+		b, rec, err := auth.Mint(u, now)
+		if err != nil {
+			return fail(err)
+		}
+		if err := writeSecret(*out, b, stdout); err != nil {
+			return fail(err)
+		}
+		if *out != "" {
+			fmt.Fprintf(stderr, "sensor %q (%s): %s; publish with: nats --creds %s --inbox-prefix %s pub --jetstream %s.<vendor> …\n",
+				rec.Name, rec.PublicKey, *out, *out, embeddednats.SensorInboxPrefix, *prefix)
+		}
+	case "nats-config":
+		for _, r := range embeddednats.StandardRoles() {
+			p, made, err := auth.EnsureCreds(r, now)
+			if err != nil {
+				return fail(err)
+			}
+			if made {
+				fmt.Fprintf(stderr, "wrote %s credentials: %s\n", r, p)
+			}
+		}
+		cfg, err := auth.ServerConfig()
+		if err != nil {
+			return fail(err)
+		}
+		if *out == "" {
+			fmt.Fprint(stdout, cfg)
+		} else if err := os.WriteFile(*out, []byte(cfg), 0o644); err != nil { // no secret in it
+			return fail(err)
+		}
+	case "revoke":
+		keys, err := auth.Revoke(name, now)
+		if err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "revoked %s (%s): restart `killswitch run` (embedded NATS), or install the output of "+
+			"`killswitch creds nats-config` and reload the external server\n", name, strings.Join(keys, ", "))
+	case "list":
+		all, err := auth.Issued()
+		if err != nil {
+			return fail(err)
+		}
+		for _, i := range all {
+			fmt.Fprintf(stdout, "%-24s %-10s %s %s %s\n", i.Name, i.Role, i.PublicKey, i.IssuedAt.Format(time.RFC3339), strings.Join(i.Vendors, ","))
+		}
+	}
+	return 0
+}
+
+// writeSecret writes b to a new 0600 file at path, or to stdout when path is empty.
+func writeSecret(path string, b []byte, stdout io.Writer) error {
+	if path == "" {
+		_, err := stdout.Write(b)
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s exists: give another --out", path)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// dataDirOr returns dir, else $KILLSWITCH_DATA_DIR, else ./killswitch-data.
+func dataDirOr(dir string) string {
+	if dir == "" {
+		dir = os.Getenv(config.EnvDataDir)
+	}
+	if dir == "" {
+		dir = "killswitch-data"
+	}
+	return dir
+}
+
+// defaultCreds gives a command that connects to the service's NATS the data
+// directory's credentials of role when none are given (--nats-creds, --nats-nkey) and
+// that file exists.
+func defaultCreds(o *natsconn.Options, dataDir string, role embeddednats.Role) {
+	if o.CredsFile != "" || o.NKeyFile != "" {
+		return
+	}
+	p := embeddednats.CredsFile(dataDirOr(dataDir), role)
+	if _, err := os.Stat(p); err == nil {
+		o.CredsFile = filepath.Clean(p)
+	}
+}
