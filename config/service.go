@@ -49,7 +49,8 @@ type NATS struct {
 type HTTP struct {
 	// Listen is the address to serve on. Default 127.0.0.1:8080.
 	Listen string `yaml:"listen"`
-	// TokenFile holds the bearer token the API requires (also KILLSWITCH_API_TOKEN).
+	// TokenFile holds the token of the API user "admin" (also KILLSWITCH_API_TOKEN,
+	// which wins); other users are managed with `killswitch users`.
 	TokenFile string `yaml:"token_file"`
 }
 

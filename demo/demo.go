@@ -24,6 +24,7 @@ import (
 	"github.com/killswitch-dev/killswitch/detectors"
 	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/internal/devvault"
+	"github.com/killswitch-dev/killswitch/internal/embeddednats"
 	"github.com/killswitch-dev/killswitch/ledger"
 	ledgerjs "github.com/killswitch-dev/killswitch/ledger/jetstream"
 	"github.com/killswitch-dev/killswitch/playbooks"
@@ -45,8 +46,9 @@ type Options struct {
 	Out io.Writer
 	// Log receives the service's log (quiet by default).
 	Log *zap.Logger
-	// VaultPolicy is the least-privilege policy the service's own Vault token gets.
-	VaultPolicy string
+	// VaultPolicy generates the policy the service's own Vault token gets, scoped to the
+	// seeded inventory (vault.PolicyFor).
+	VaultPolicy func(killswitch.Inventory) (string, error)
 	// NewVaultExecutors builds the Vault executors on the service's client.
 	NewVaultExecutors func(ctx context.Context, client *api.Client, inventory killswitch.Inventory) (actions.Registry, error)
 	// HistoryDays of telemetry to learn from before the attack. Default 4.
@@ -118,7 +120,11 @@ func Run(ctx context.Context, o Options) error {
 	for _, v := range seed.vendorNames() {
 		p.line("%-10s %s", v, strings.Join(seed.describe(v), ", "))
 	}
-	ksToken, err := serviceToken(ctx, root, o.VaultPolicy)
+	policy, err := o.VaultPolicy(seed.inventory)
+	if err != nil {
+		return fmt.Errorf("demo: the service's policy: %w", err)
+	}
+	ksToken, err := serviceToken(ctx, root, policy)
 	if err != nil {
 		return fmt.Errorf("demo: the service's token: %w", err)
 	}
@@ -131,7 +137,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("demo: vault executors: %w", err)
 	}
-	p.line("killswitch's own Vault token holds only the shipped least-privilege policy")
+	p.line("killswitch's own Vault token holds only the policy generated for this inventory: it can revoke these credentials and nothing else")
 
 	// 3. The service, in process, on free ports.
 	// The history is published into the running service: the door's maximum age
@@ -160,7 +166,8 @@ func Run(ctx context.Context, o Options) error {
 		return ctx.Err()
 	}
 	p.step("killswitch running: embedded NATS %s, API http://%s, shipped playbooks, enforce mode", addrs[1], addrs[0])
-	nc, err := nats.Connect(addrs[1])
+	nc, err := nats.Connect(addrs[1], nats.UserCredentials(embeddednats.CredsFile(cfg.Service.DataDir, embeddednats.RoleService)),
+		nats.CustomInboxPrefix(embeddednats.ServiceInboxPrefix))
 	if err != nil {
 		return err
 	}

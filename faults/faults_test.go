@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions/vault"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/telemetry"
 	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -39,6 +39,7 @@ type rig struct {
 	proxy  *testharness.VaultProxy
 	ks     *testharness.Killswitch
 	stolen string // the vendor's token, which the attacker holds
+	cred   string // the guarded credential's name in telemetry
 }
 
 // newRig seeds a vendor token and the service's token in a fresh dev Vault and
@@ -53,7 +54,13 @@ func newRig(t *testing.T, extra string) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", vault.ShippedPolicy()); err != nil {
+	// The service's token holds only the policy generated for this inventory.
+	policy, err := vault.PolicyFor(killswitch.Inventory{"mailer": {Credentials: map[string]killswitch.Credential{
+		"mailer-api": {Kind: killswitch.CredTokenAccessor, Accessor: sec.Auth.Accessor}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", policy); err != nil {
 		t.Fatal(err)
 	}
 	svc, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"killswitch"}, TTL: "1h"})
@@ -71,7 +78,7 @@ vendors:
       mailer-api: {kind: token, accessor: %s}
 %s`, sec.Auth.Accessor, extra)
 	ks := testharness.NewKillswitch(t, cfg, "VAULT_ADDR="+p.URL, "VAULT_TOKEN="+svc.Auth.ClientToken, "KILLSWITCH_API_TOKEN="+apiToken)
-	return &rig{t: t, vault: v, proxy: p, ks: ks, stolen: sec.Auth.ClientToken}
+	return &rig{t: t, vault: v, proxy: p, ks: ks, stolen: sec.Auth.ClientToken, cred: "mailer-api"}
 }
 
 // alive reports whether the stolen token still works (asked of Vault directly).
@@ -88,10 +95,7 @@ func (r *rig) alive() bool {
 // publish sends events to the service's telemetry subject.
 func (r *rig) publish(evs ...telemetry.Event) {
 	r.t.Helper()
-	nc, err := nats.Connect(r.ks.NATSURL())
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	nc := r.ks.Connect(r.t, "service")
 	defer nc.Close()
 	pub, err := telnats.NewPublisher(nc, telnats.PublisherOptions{MsgID: telnats.ContentMsgID})
 	if err != nil {
@@ -131,7 +135,7 @@ type incident struct {
 	} `json:"actions"`
 }
 
-// waitIncident waits until an incident of mailer-api satisfies ok.
+// waitIncident waits until an incident of the guarded credential satisfies ok.
 func (r *rig) waitIncident(what string, ok func(incident) bool) incident {
 	r.t.Helper()
 	deadline := time.Now().Add(45 * time.Second)
@@ -145,7 +149,7 @@ func (r *rig) waitIncident(what string, ok func(incident) bool) incident {
 				r.t.Fatal(err)
 			}
 			for _, in := range list.Incidents {
-				if in.Credential == "mailer-api" && ok(in) {
+				if in.Credential == r.cred && ok(in) {
 					return in
 				}
 			}
@@ -160,10 +164,7 @@ func (r *rig) waitIncident(what string, ok func(incident) bool) incident {
 // checks the chain with `killswitch ledger verify`.
 func (r *rig) ledgerCount(subs ...string) int {
 	r.t.Helper()
-	nc, err := nats.Connect(r.ks.NATSURL())
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	nc := r.ks.Connect(r.t, "service")
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()

@@ -11,7 +11,6 @@ import (
 
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/ledger"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -27,16 +26,13 @@ func TestLedgerPoisonAndForgery(t *testing.T) {
 	r.ks.Start(t)
 	// Two records to link to: an operator's pause and resume.
 	for _, c := range []string{`/api/pause`, `/api/resume`} {
-		if code, b := r.api(http.MethodPost, c, `{"who":"ana","reason":"drill"}`); code != http.StatusOK {
+		if code, b := r.api(http.MethodPost, c, `{"reason":"drill"}`); code != http.StatusOK {
 			t.Fatalf("%s: %d %s", c, code, b)
 		}
 	}
 	r.waitLedger(2)
 
-	nc, err := nats.Connect(r.ks.NATSURL())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := r.ks.Connect(t, "service")
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
@@ -115,10 +111,7 @@ func TestLedgerPoisonAndForgery(t *testing.T) {
 // waitLedger waits until the ledger holds at least n messages.
 func (r *rig) waitLedger(n uint64) {
 	r.t.Helper()
-	nc, err := nats.Connect(r.ks.NATSURL())
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	nc := r.ks.Connect(r.t, "service")
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
@@ -132,7 +125,7 @@ func (r *rig) waitLedger(n uint64) {
 }
 
 func (r *rig) dumpLedger() {
-	nc, _ := nats.Connect(r.ks.NATSURL())
+	nc := r.ks.Connect(r.t, "service")
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	st, _ := js.Stream(context.Background(), "KILLSWITCH_LEDGER")

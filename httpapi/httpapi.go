@@ -2,13 +2,16 @@
 // and readiness, Prometheus metrics, the incidents and their timelines, approvals of
 // held actions, and the global pause (the kill switch for the kill switch).
 //
-// Everything but /healthz and /readyz requires the bearer token.
+// Everything but /healthz and /readyz requires a named user's bearer token, and each
+// route a role: viewer (incidents, status, metrics), approver (approve, reject), admin
+// (pause, resume, breaker reset). No token, or an unknown one, is answered 401; a role
+// too low, 403 naming the role needed. Who approved, rejected, paused or resumed is the
+// authenticated user, never a name from the request body: an "approver" or "who" field
+// that names someone else is refused (400).
 package httpapi
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +24,7 @@ import (
 
 	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/ledger"
+	"github.com/killswitch-dev/killswitch/users"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -59,6 +63,10 @@ type Status struct {
 	// Storm is the detection storm on, if any: the vendors whose destructive actions
 	// are held, until when, and the held actions.
 	Storm *Storm `json:"storm,omitempty"`
+	// VaultTokenScope is "scoped" when the Vault token can do exactly what the
+	// inventory's policy grants, "broad (allowed by --allow-broad-vault-token)"
+	// otherwise; empty in dry-run.
+	VaultTokenScope string `json:"vault_token_scope,omitempty"`
 }
 
 // Storm is a detection storm's hold as GET /api/status shows it.
@@ -89,7 +97,7 @@ type LedgerStatus struct {
 var ErrDegraded = errors.New("degraded")
 
 // Controller carries out operators' requests. Every call is recorded in the ledger by
-// the implementation.
+// the implementation. approver and who are always the authenticated user's name.
 type Controller interface {
 	// Approve runs a held action once.
 	Approve(ctx context.Context, actionID, approver, comment string) error
@@ -105,10 +113,17 @@ type Controller interface {
 	Status(ctx context.Context) (Status, error)
 }
 
+// Authenticator tells who holds a bearer token (users.Store is one).
+type Authenticator interface {
+	// Authenticate returns the token's user; an error wrapping users.ErrUnauthenticated
+	// is answered 401, users.ErrUnavailable 503, anything else 500.
+	Authenticate(ctx context.Context, token string) (users.User, error)
+}
+
 // Config configures the server.
 type Config struct {
-	// Token is the bearer token required for everything but health. Required.
-	Token string
+	// Users authenticates the bearer tokens. Required.
+	Users Authenticator
 	// Ready reports whether the service can do its job; nil means ready.
 	Ready func(ctx context.Context) error
 	// Gatherer is what /metrics serves.
@@ -120,49 +135,131 @@ type Config struct {
 	Log *zap.Logger
 }
 
-// ErrNoToken is returned by New when no token is configured.
-var ErrNoToken = errors.New("httpapi: an API token is required")
+// ErrNoUsers is returned by New when no Authenticator is configured.
+var ErrNoUsers = errors.New("httpapi: an authenticator of API users is required")
+
+// Route is one authenticated route and the role it needs.
+type Route struct {
+	// Method and Pattern are as http.ServeMux reads them.
+	Method, Pattern string
+	// Role is the lowest role allowed.
+	Role users.Role
+}
+
+// Routes lists every authenticated route with the role it needs (/healthz and /readyz
+// need none).
+func Routes() []Route {
+	return []Route{
+		{"GET", "/metrics", users.Viewer},
+		{"GET", "/api/incidents", users.Viewer},
+		{"GET", "/api/incidents/{id}", users.Viewer},
+		{"GET", "/api/status", users.Viewer},
+		{"POST", "/api/actions/{id}/approve", users.Approver},
+		{"POST", "/api/actions/{id}/reject", users.Approver},
+		{"POST", "/api/pause", users.Admin},
+		{"POST", "/api/resume", users.Admin},
+		{"POST", "/api/breaker/reset", users.Admin},
+	}
+}
 
 // New returns the HTTP handler.
 func New(cfg Config) (http.Handler, error) {
-	if len(cfg.Token) < 16 {
-		return nil, fmt.Errorf("%w (at least 16 characters)", ErrNoToken)
+	if cfg.Users == nil {
+		return nil, ErrNoUsers
 	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	s := &server{cfg: cfg, tokenSum: sha256.Sum256([]byte(cfg.Token))}
+	s := &server{cfg: cfg}
+	handlers := map[string]http.Handler{
+		"GET /metrics":                   promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}),
+		"GET /api/incidents":             http.HandlerFunc(s.listIncidents),
+		"GET /api/incidents/{id}":        http.HandlerFunc(s.getIncident),
+		"GET /api/status":                http.HandlerFunc(s.status),
+		"POST /api/actions/{id}/approve": http.HandlerFunc(s.decide(cfg.Controller.Approve)),
+		"POST /api/actions/{id}/reject":  http.HandlerFunc(s.decide(cfg.Controller.Reject)),
+		"POST /api/pause":                http.HandlerFunc(s.pause),
+		"POST /api/resume":               http.HandlerFunc(s.control(cfg.Controller.Resume)),
+		"POST /api/breaker/reset":        http.HandlerFunc(s.control(cfg.Controller.ResetBreaker)),
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	mux.HandleFunc("GET /readyz", s.ready)
-	mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
-	mux.Handle("GET /api/incidents", s.auth(http.HandlerFunc(s.listIncidents)))
-	mux.Handle("GET /api/incidents/{id}", s.auth(http.HandlerFunc(s.getIncident)))
-	mux.Handle("POST /api/actions/{id}/approve", s.auth(http.HandlerFunc(s.decide(cfg.Controller.Approve))))
-	mux.Handle("POST /api/actions/{id}/reject", s.auth(http.HandlerFunc(s.decide(cfg.Controller.Reject))))
-	mux.Handle("POST /api/pause", s.auth(http.HandlerFunc(s.pause)))
-	mux.Handle("POST /api/resume", s.auth(http.HandlerFunc(s.control(cfg.Controller.Resume))))
-	mux.Handle("POST /api/breaker/reset", s.auth(http.HandlerFunc(s.control(cfg.Controller.ResetBreaker))))
-	mux.Handle("GET /api/status", s.auth(http.HandlerFunc(s.status)))
+	for _, rt := range Routes() {
+		pattern := rt.Method + " " + rt.Pattern
+		h, ok := handlers[pattern]
+		if !ok {
+			return nil, fmt.Errorf("httpapi: no handler for %s", pattern) // a programming error
+		}
+		mux.Handle(pattern, s.auth(rt.Role, h))
+	}
 	return mux, nil
 }
 
 type server struct {
-	cfg      Config
-	tokenSum [32]byte
+	cfg Config
 }
 
-func (s *server) auth(next http.Handler) http.Handler {
+// userKey is the request context's key of the authenticated user.
+type userKey struct{}
+
+// UserFrom returns the authenticated user of a request's context.
+func UserFrom(ctx context.Context) (users.User, bool) {
+	u, ok := ctx.Value(userKey{}).(users.User)
+	return u, ok
+}
+
+// auth authenticates the bearer token and checks the user's role against need.
+func (s *server) auth(need users.Role, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(tok))
-		if !ok || subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="killswitch"`)
-			writeJSON(w, http.StatusUnauthorized, errBody("missing or wrong bearer token"))
+		if !ok || tok == "" {
+			unauthorized(w)
 			return
 		}
-		next.ServeHTTP(w, r)
+		u, err := s.cfg.Users.Authenticate(r.Context(), tok)
+		switch {
+		case errors.Is(err, users.ErrUnauthenticated):
+			unauthorized(w)
+			return
+		case errors.Is(err, users.ErrUnavailable):
+			s.cfg.Log.Error("api: cannot authenticate", zap.Error(err)) // the error never holds the token
+			writeJSON(w, http.StatusServiceUnavailable, errBody("API users unavailable: see the service's log"))
+			return
+		case err != nil:
+			s.fail(w, err)
+			return
+		}
+		if !u.Role.Allows(need) {
+			s.cfg.Log.Info("api: forbidden", zap.String("user", u.Name), zap.String("role", string(u.Role)),
+				zap.String("need", string(need)), zap.String("method", r.Method), zap.String("path", r.URL.Path))
+			writeJSON(w, http.StatusForbidden, map[string]string{
+				"error": fmt.Sprintf("forbidden: %s %s needs the %s role; %s has the %s role", r.Method, r.URL.Path, need, u.Name, u.Role),
+				"need":  string(need), "role": string(u.Role), "user": u.Name,
+			})
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, u)))
 	})
+}
+
+func unauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="killswitch"`)
+	writeJSON(w, http.StatusUnauthorized, errBody("missing or wrong bearer token"))
+}
+
+// actor returns the authenticated user's name, refusing a body that names someone else
+// (field is "approver" or "who"; empty means not given).
+func actor(r *http.Request, field, named string) (string, error) {
+	u, ok := UserFrom(r.Context())
+	if !ok {
+		return "", errors.New("httpapi: no authenticated user") // auth wraps every route that calls this
+	}
+	if named = strings.TrimSpace(named); named != "" && named != u.Name {
+		return "", fmt.Errorf("%w: %s %q is not the authenticated user %q: it is always the token's user; leave the field out",
+			ErrBadRequest, field, named, u.Name)
+	}
+	return u.Name, nil
 }
 
 func (s *server) ready(w http.ResponseWriter, r *http.Request) {
@@ -217,7 +314,8 @@ func (s *server) getIncident(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, in)
 }
 
-// decisionRequest is the body of approve and reject.
+// decisionRequest is the body of approve and reject. Approver is optional: the approver
+// is the authenticated user, and a different name is refused.
 type decisionRequest struct {
 	Approver string `json:"approver"`
 	Comment  string `json:"comment"`
@@ -230,11 +328,12 @@ func (s *server) decide(f func(ctx context.Context, id, approver, comment string
 			s.fail(w, err)
 			return
 		}
-		if strings.TrimSpace(req.Approver) == "" {
-			s.fail(w, fmt.Errorf("%w: approver is required", ErrBadRequest))
+		approver, err := actor(r, "approver", req.Approver)
+		if err != nil {
+			s.fail(w, err)
 			return
 		}
-		if err := f(r.Context(), r.PathValue("id"), req.Approver, req.Comment); err != nil {
+		if err := f(r.Context(), r.PathValue("id"), approver, req.Comment); err != nil {
 			s.fail(w, err)
 			return
 		}
@@ -242,7 +341,8 @@ func (s *server) decide(f func(ctx context.Context, id, approver, comment string
 	}
 }
 
-// controlRequest is the body of pause, resume and breaker reset.
+// controlRequest is the body of pause, resume and breaker reset. Who is optional: it is
+// the authenticated user, and a different name is refused.
 type controlRequest struct {
 	Who    string `json:"who"`
 	Reason string `json:"reason"`
@@ -254,11 +354,12 @@ func (s *server) pause(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	if strings.TrimSpace(req.Who) == "" {
-		s.fail(w, fmt.Errorf("%w: who is required", ErrBadRequest))
+	who, err := actor(r, "who", req.Who)
+	if err != nil {
+		s.fail(w, err)
 		return
 	}
-	if err := s.cfg.Controller.Pause(r.Context(), req.Who, req.Reason); err != nil {
+	if err := s.cfg.Controller.Pause(r.Context(), who, req.Reason); err != nil {
 		s.fail(w, err)
 		return
 	}
@@ -272,11 +373,12 @@ func (s *server) control(f func(ctx context.Context, who string) error) http.Han
 			s.fail(w, err)
 			return
 		}
-		if strings.TrimSpace(req.Who) == "" {
-			s.fail(w, fmt.Errorf("%w: who is required", ErrBadRequest))
+		who, err := actor(r, "who", req.Who)
+		if err != nil {
+			s.fail(w, err)
 			return
 		}
-		if err := f(r.Context(), req.Who); err != nil {
+		if err := f(r.Context(), who); err != nil {
 			s.fail(w, err)
 			return
 		}

@@ -8,15 +8,35 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/killswitch-dev/killswitch/metrics"
+	"github.com/killswitch-dev/killswitch/users"
 )
 
-const token = "0123456789abcdef-test-token"
+// testUsers makes a users file with one user per role (named after the role, the
+// admin "ana") and returns it with their tokens.
+func testUsers(t *testing.T) (*users.Store, map[users.Role]string) {
+	t.Helper()
+	st := users.Open(filepath.Join(t.TempDir(), users.FileName), users.Options{})
+	toks := map[users.Role]string{}
+	for _, r := range users.Roles() {
+		name := string(r)
+		if r == users.Admin {
+			name = "ana"
+		}
+		_, tok, err := st.Add(context.Background(), name, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks[r] = tok
+	}
+	return st, toks
+}
 
 type fakeBackend struct {
 	incidents []*incidents.Incident
@@ -64,7 +84,9 @@ func TestAPI(t *testing.T) {
 	m.Events.Add(3)
 	notReady := errors.New("jetstream not reachable")
 	ready := error(nil)
-	h, err := New(Config{Token: token, Gatherer: m.Registry, Incidents: be, Controller: be,
+	st, toks := testUsers(t)
+	token := toks[users.Admin]
+	h, err := New(Config{Users: st, Gatherer: m.Registry, Incidents: be, Controller: be,
 		Ready: func(context.Context) error { return ready }})
 	if err != nil {
 		t.Fatal(err)
@@ -101,13 +123,15 @@ func TestAPI(t *testing.T) {
 		{"incident", "GET", "/api/incidents/inc-a", token, "", 200, `"mailer"`},
 		{"unknown incident", "GET", "/api/incidents/nope", token, "", 404, "not found"},
 		{"approve without token", "POST", "/api/actions/held-1/approve", "", `{"approver":"ana"}`, 401, ""},
-		{"approve without approver", "POST", "/api/actions/held-1/approve", token, `{}`, 400, "approver is required"},
+		{"approve as someone else", "POST", "/api/actions/held-1/approve", token, `{"approver":"bob"}`, 400, `approver \"bob\" is not the authenticated user \"ana\"`},
+		{"pause as someone else", "POST", "/api/pause", token, `{"who":"bob"}`, 400, "not the authenticated user"},
 		{"approve with unknown field", "POST", "/api/actions/held-1/approve", token, `{"approver":"ana","x":1}`, 400, "unknown field"},
 		{"approve unknown action", "POST", "/api/actions/nope/approve", token, `{"approver":"ana"}`, 404, "not found"},
 		{"approve expired action", "POST", "/api/actions/old-1/approve", token, `{"approver":"ana"}`, 410, "approval window closed"},
 		{"approve", "POST", "/api/actions/held-1/approve", token, `{"approver":"ana"}`, 200, `"held-1"`},
+		{"approve without approver", "POST", "/api/actions/held-1/approve", token, `{"comment":"seen"}`, 200, `"held-1"`},
 		{"pause", "POST", "/api/pause", token, `{"who":"ana","reason":"drill"}`, 200, `"paused": true`},
-		{"resume", "POST", "/api/resume", token, `{"who":"ana"}`, 200, `"paused": false`},
+		{"resume", "POST", "/api/resume", token, `{}`, 200, `"paused": false`},
 		{"wrong method", "DELETE", "/api/pause", token, "", 405, ""},
 	}
 	for _, tt := range tests {
@@ -118,21 +142,23 @@ func TestAPI(t *testing.T) {
 			}
 		})
 	}
-	if len(be.approved) != 1 || be.approved[0] != "held-1 by ana" {
+	if len(be.approved) != 2 || be.approved[0] != "held-1 by ana" || be.approved[1] != "held-1 by ana" {
 		t.Fatalf("approved = %v", be.approved)
 	}
 	ready = notReady
 	if code, body := do("GET", "/readyz", "", ""); code != 503 || !strings.Contains(body, "jetstream") {
 		t.Fatalf("readyz when not ready = %d %s", code, body)
 	}
-	if _, err := New(Config{Token: "short"}); !errors.Is(err, ErrNoToken) {
-		t.Fatalf("short token accepted: %v", err)
+	if _, err := New(Config{}); !errors.Is(err, ErrNoUsers) {
+		t.Fatalf("no authenticator accepted: %v", err)
 	}
 }
 
 func TestBodyLimits(t *testing.T) {
 	be := &fakeBackend{}
-	h, err := New(Config{Token: token, Gatherer: metrics.New().Registry, Incidents: be, Controller: be,
+	st, toks := testUsers(t)
+	token := toks[users.Admin]
+	h, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be,
 		Ready: func(context.Context) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +199,9 @@ func TestBodyLimits(t *testing.T) {
 // server's read timeout instead of holding the connection open.
 func TestSlowClient(t *testing.T) {
 	be := &fakeBackend{}
-	h, err := New(Config{Token: token, Gatherer: metrics.New().Registry, Incidents: be, Controller: be,
+	st, toks := testUsers(t)
+	token := toks[users.Admin]
+	h, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be,
 		Ready: func(context.Context) error { return nil }})
 	if err != nil {
 		t.Fatal(err)

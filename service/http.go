@@ -2,8 +2,6 @@ package service
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -14,17 +12,19 @@ import (
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/config"
 	"github.com/killswitch-dev/killswitch/httpapi"
+	"github.com/killswitch-dev/killswitch/users"
 	"go.uber.org/zap"
 )
 
 // startHTTP listens for the API (the port is bound now, so a busy port fails the start).
 func (s *Service) startHTTP() error {
-	tok, err := s.apiToken()
+	// Start-up work on local files, bounded by the users file's lock wait.
+	apiUsers, err := s.apiUsers(context.Background())
 	if err != nil {
 		return err
 	}
 	h, err := httpapi.New(httpapi.Config{
-		Token: tok, Gatherer: s.metrics.Registry, Incidents: s.incidents, Controller: controller{s},
+		Users: apiUsers, Gatherer: s.metrics.Registry, Incidents: s.incidents, Controller: controller{s},
 		Ready: s.readiness, Log: s.log.Named("http"),
 	})
 	if err != nil {
@@ -38,31 +38,43 @@ func (s *Service) startHTTP() error {
 	return nil
 }
 
-// apiToken returns the configured bearer token, or creates one in the data directory.
-func (s *Service) apiToken() (string, error) {
-	if s.o.APIToken != "" {
-		return s.o.APIToken, nil
-	}
-	if f := s.cfg.Service.HTTP.TokenFile; f != "" {
+// apiUsers opens the API's users file (DataDir/users.json, re-read when it changes) and
+// makes sure someone can use the API. A configured token (Options.APIToken, which the
+// binary reads from KILLSWITCH_API_TOKEN, else service.http.token_file) is the token of
+// the user "admin", role admin, created or updated now. Without one, a first start
+// creates "admin" and writes its token to DataDir/api-token (0600), keeping a token an
+// earlier version generated there. The log says where; it never holds a token.
+func (s *Service) apiUsers(ctx context.Context) (*users.Store, error) {
+	configured, source := s.o.APIToken, config.EnvAPIToken
+	if f := s.cfg.Service.HTTP.TokenFile; configured == "" && f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return "", fmt.Errorf("service: api token: %w", err)
+			return nil, fmt.Errorf("service: api token: %w", err)
 		}
-		return strings.TrimSpace(string(b)), nil
+		configured, source = strings.TrimSpace(string(b)), "service.http.token_file "+f
 	}
-	p := filepath.Join(s.cfg.Service.DataDir, "api-token")
-	if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) >= 16 {
-		return strings.TrimSpace(string(b)), nil
+	dir := s.cfg.Service.DataDir
+	store := users.Open(users.Path(dir), users.Options{Clock: s.o.Clock, Log: s.log.Named("users")})
+	b, err := store.Bootstrap(ctx, configured, filepath.Join(dir, users.TokenFileName))
+	if err != nil {
+		return nil, fmt.Errorf("service: api users: %w", err)
 	}
-	b := make([]byte, 24)
-	_, _ = rand.Read(b)
-	tok := hex.EncodeToString(b)
-	if err := os.WriteFile(p, []byte(tok+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("service: api token: %w", err)
+	switch {
+	case b.Changed && configured != "":
+		s.log.Info("API user admin holds the configured token", zap.String("from", source), zap.String("users", store.Path()))
+	case b.Created:
+		s.log.Warn("no API users: created the admin user", zap.String("token_file", b.TokenFile), zap.Bool("earlier_token_kept", b.Reused),
+			zap.String("users", store.Path()), zap.String("next", "killswitch users add NAME --role viewer|approver|admin"))
 	}
-	s.log.Warn("no API token configured: generated one", zap.String("file", p),
-		zap.String("set", config.EnvAPIToken+" or service.http.token_file to choose it"))
-	return tok, nil
+	list, err := store.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("service: api users: %w", err)
+	}
+	if len(list) == 0 {
+		s.log.Warn("the API has no users: no one can use it", zap.String("users", store.Path()),
+			zap.String("fix", "killswitch users add NAME --role admin, or set "+config.EnvAPIToken))
+	}
+	return store, nil
 }
 
 func (s *Service) readiness(ctx context.Context) error {
@@ -165,6 +177,12 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 		Unsealed: li.Unsealed, UnsealedMore: li.UnsealedMore}
 	if li.Degraded() {
 		out.Ledger.Integrity = "degraded"
+	}
+	switch {
+	case c.s.o.VaultExecutors != nil && c.s.o.VaultTokenBroad:
+		out.VaultTokenScope = "broad (allowed by --allow-broad-vault-token)"
+	case c.s.o.VaultExecutors != nil:
+		out.VaultTokenScope = "scoped"
 	}
 	if c.s.o.VaultExecutors == nil {
 		out.DryRunReason = c.s.o.DryRunReason

@@ -54,8 +54,13 @@ type Options struct {
 	VaultExecutors actions.Registry
 	// DryRunReason says why there are no Vault executors (logged loudly, in /api/status).
 	DryRunReason string
-	// APIToken is the bearer token of the HTTP API; empty generates one into
-	// DataDir/api-token (0600).
+	// VaultTokenBroad reports that the Vault executors run on a root token or one that
+	// can do more than the inventory's policy, allowed by --allow-broad-vault-token:
+	// /api/status says so (vault_token_scope) and killswitch_vault_token_broad is 1.
+	VaultTokenBroad bool
+	// APIToken, if set, is the bearer token of the HTTP API's user "admin" (role admin),
+	// created or updated at start. Empty: the users in DataDir/users.json; a first start
+	// creates "admin" with its token in DataDir/api-token (0600).
 	APIToken string
 	// NewDecoder makes the telemetry decoder: json (default), vpc, ocsf or zeek.
 	NewDecoder func() telemetry.Decoder
@@ -168,6 +173,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		return nil, err
 	}
 	s.metrics.WatchLedger(func() bool { return !s.ledger.Integrity().Degraded() })
+	s.metrics.VaultTokenBroad(o.VaultTokenBroad)
 	if st := s.ledger.Integrity(); st.Degraded() {
 		s.log.Error("ledger integrity degraded: the chain holds breaks no seal covers; the service goes on from the last good record "+
 			"(see /api/status, `killswitch ledger verify`, then `killswitch ledger seal`)",
@@ -362,23 +368,68 @@ func (s *Service) connectNATS() error {
 		if port == 0 {
 			port = -1
 		}
-		s.ns, err = embeddednats.Start(embeddednats.Options{Host: host, Port: port, StoreDir: filepath.Join(sc.DataDir, "nats")})
+		auth, err := s.natsIdentities()
+		if err != nil {
+			return err
+		}
+		s.ns, err = embeddednats.Start(embeddednats.Options{Host: host, Port: port, StoreDir: filepath.Join(sc.DataDir, "nats"), Auth: auth})
 		if err != nil {
 			return err
 		}
 		url = s.ns.URL()
-		s.log.Info("embedded NATS with JetStream (file storage, sync always)", zap.String("url", url))
+		s.log.Info("embedded NATS with JetStream (file storage, sync always), authentication and authorization on", zap.String("url", url))
+	}
+	creds := sc.NATS.CredsFile
+	if def := embeddednats.CredsFile(sc.DataDir, embeddednats.RoleService); creds == "" && sc.NATS.NKeyFile == "" {
+		if _, err := os.Stat(def); err == nil {
+			creds = def
+		}
 	}
 	nc, err := natsconn.Options{
-		URL: url, CredsFile: sc.NATS.CredsFile, NKeyFile: sc.NATS.NKeyFile,
+		URL: url, CredsFile: creds, NKeyFile: sc.NATS.NKeyFile,
 		TLSCA: sc.NATS.TLSCA, TLSCert: sc.NATS.TLSCert, TLSKey: sc.NATS.TLSKey, Name: "killswitch",
 	}.Connect(s.log.Named("nats"))
 	if err != nil {
 		return err
 	}
 	s.nc = nc
+	// The identity must be able to run the service: the JetStream API, and writing its
+	// streams and buckets (probes change nothing).
+	if err := natsconn.Check(context.Background(), nc, []string{"killswitch.ledger", "killswitch.ledger_checkpoints",
+		"$KV." + actions.ClaimsBucket + "._check", "$KV." + incnatskv.Bucket + "._check"}, 0); err != nil {
+		return fmt.Errorf("service: the NATS identity (%s) cannot run Killswitch: %w (for an external server: install the "+
+			"authorization of `killswitch creds nats-config` and give service.nats.creds_file)", orNone(creds), err)
+	}
 	s.js, err = jetstream.New(nc)
 	return err
+}
+
+// natsIdentities loads or creates the embedded server's operator, account and signing
+// keys and the service, operator and automation credentials in <data dir>/creds, and
+// logs their paths (never their content).
+func (s *Service) natsIdentities() (*embeddednats.Auth, error) {
+	auth, created, err := embeddednats.LoadOrCreateAuth(embeddednats.Dir(s.cfg.Service.DataDir))
+	if err != nil {
+		return nil, fmt.Errorf("service: %w", err)
+	}
+	if len(created) > 0 {
+		s.log.Warn("NATS authentication: generated the operator, account and signing keys; keep them private", zap.Strings("files", created))
+	}
+	for _, r := range embeddednats.StandardRoles() {
+		p, made, err := auth.EnsureCreds(r, s.o.Clock.Now())
+		if err != nil {
+			return nil, fmt.Errorf("service: %w", err)
+		}
+		s.log.Info("NATS credentials", zap.String("role", string(r)), zap.String("file", p), zap.Bool("created", made))
+	}
+	return auth, nil
+}
+
+func orNone(creds string) string {
+	if creds == "" {
+		return "anonymous"
+	}
+	return creds
 }
 
 // Serve runs the stages until ctx is done, then shuts down.

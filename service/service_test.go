@@ -21,6 +21,8 @@ import (
 	"github.com/killswitch-dev/killswitch/config"
 	"github.com/killswitch-dev/killswitch/httpapi"
 	"github.com/killswitch-dev/killswitch/incidents"
+	"github.com/killswitch-dev/killswitch/internal/embeddednats"
+	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/ledger"
 	ledgerjs "github.com/killswitch-dev/killswitch/ledger/jetstream"
@@ -83,7 +85,7 @@ func start(t testing.TB, o options) *running {
 	case <-time.After(30 * time.Second):
 		t.Fatal("service did not start within 30s")
 	}
-	nc, err := nats.Connect(r.nats)
+	nc, err := natsconn.Options{URL: r.nats, CredsFile: embeddednats.CredsFile(o.dataDir, embeddednats.RoleService)}.Connect(zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +294,11 @@ func newVaultRig(t testing.TB, vendors ...string) *vaultRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", vault.PolicyFor(cfg.Vendors)); err != nil {
+	policy, err := vault.PolicyFor(cfg.Vendors)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", policy); err != nil {
 		t.Fatal(err)
 	}
 	ks, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"killswitch"}, TTL: "1h"})
@@ -343,7 +349,7 @@ func TestServiceRevokesAndApprovals(t *testing.T) {
 		t.Fatalf("/metrics: %d, exposure window not observed once", code)
 	}
 
-	if code, b := s.api(t, http.MethodPost, "/api/pause", `{"who":"ana","reason":"drill"}`); code != http.StatusOK {
+	if code, b := s.api(t, http.MethodPost, "/api/pause", `{"reason":"drill"}`); code != http.StatusOK {
 		t.Fatalf("pause: %d %s", code, b)
 	}
 	s.publish(t, crossing("crm", "crm-api"))
@@ -362,13 +368,13 @@ func TestServiceRevokesAndApprovals(t *testing.T) {
 	if !rig.alive(t, "crm") {
 		t.Fatal("a paused service revoked")
 	}
-	if code, b := s.api(t, http.MethodPost, "/api/resume", `{"who":"ana"}`); code != http.StatusOK {
+	if code, b := s.api(t, http.MethodPost, "/api/resume", `{}`); code != http.StatusOK {
 		t.Fatalf("resume: %d %s", code, b)
 	}
-	if code, b := s.api(t, http.MethodPost, "/api/actions/"+held.ID+"/approve", `{"approver":"ana","comment":"confirmed"}`); code != http.StatusOK {
+	if code, b := s.api(t, http.MethodPost, "/api/actions/"+held.ID+"/approve", `{"comment":"confirmed"}`); code != http.StatusOK {
 		t.Fatalf("approve: %d %s", code, b)
 	}
-	if code, _ := s.api(t, http.MethodPost, "/api/actions/"+held.ID+"/approve", `{"approver":"bob"}`); code != http.StatusConflict {
+	if code, _ := s.api(t, http.MethodPost, "/api/actions/"+held.ID+"/approve", `{}`); code != http.StatusConflict {
 		t.Fatalf("second approval: %d, want 409", code)
 	}
 	waitFor(t, "crm contained by the approved action", func() bool {
@@ -434,10 +440,10 @@ func TestServiceStormHoldsItsVendorsAndPages(t *testing.T) {
 	if !rig.alive(t, "c") {
 		t.Fatal("the storm's third vendor was revoked without an approval")
 	}
-	if code, b := s.api(t, http.MethodPost, "/api/resume", `{"who":"ana"}`); code != http.StatusOK || bytes.Contains(b, []byte(`"storm"`)) {
+	if code, b := s.api(t, http.MethodPost, "/api/resume", `{}`); code != http.StatusOK || bytes.Contains(b, []byte(`"storm"`)) {
 		t.Fatalf("resume: %d %s", code, b)
 	}
-	if code, b := s.api(t, http.MethodPost, "/api/actions/"+st.Storm.Held[0]+"/approve", `{"approver":"ana"}`); code != http.StatusOK {
+	if code, b := s.api(t, http.MethodPost, "/api/actions/"+st.Storm.Held[0]+"/approve", `{}`); code != http.StatusOK {
 		t.Fatalf("approve: %d %s", code, b)
 	}
 	waitFor(t, "c contained by the approved action", contained("c"))

@@ -18,10 +18,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/telemetry"
 	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -82,7 +82,12 @@ func seedE2E(t *testing.T, v *testharness.Vault) (vendor e2eVendor, service stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	return e2eVendor{token: sec.Auth.ClientToken, accessor: sec.Auth.Accessor}, policyToken(t, root, "killswitch", vaultPolicy())
+	policy, err := vaultPolicy(killswitch.Inventory{"mailer": {Credentials: map[string]killswitch.Credential{
+		"mailer-api": {Kind: killswitch.CredTokenAccessor, Accessor: sec.Auth.Accessor}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e2eVendor{token: sec.Auth.ClientToken, accessor: sec.Auth.Accessor}, policyToken(t, root, "killswitch", policy)
 }
 
 // policyToken writes a policy and returns a fresh token holding only it.
@@ -112,6 +117,7 @@ type svc struct {
 	env      []string
 	natsPort int
 	httpPort int
+	args     []string // more flags for `run`
 }
 
 func writeE2EConfig(t *testing.T, dir string, accessor string, natsPort int) string {
@@ -135,8 +141,8 @@ vendors:
 
 func startService(t *testing.T, s *svc) {
 	t.Helper()
-	s.cmd = exec.Command(killswitchBinary(t), "run", "--config", s.cfgPath, "--data-dir", s.dataDir,
-		"--http", fmt.Sprintf("127.0.0.1:%d", s.httpPort), "--log-level", "debug")
+	s.cmd = exec.Command(killswitchBinary(t), append([]string{"run", "--config", s.cfgPath, "--data-dir", s.dataDir,
+		"--http", fmt.Sprintf("127.0.0.1:%d", s.httpPort), "--log-level", "debug"}, s.args...)...)
 	s.cmd.Env = append(os.Environ(), s.env...)
 	stderr, _ := s.cmd.StderrPipe()
 	s.logs, s.logsMu, s.exited = &strings.Builder{}, &sync.Mutex{}, make(chan error, 1)
@@ -232,9 +238,9 @@ func (s *svc) waitContained(t *testing.T) apiIncident {
 	return apiIncident{}
 }
 
-func publishEvents(t *testing.T, url string, evs ...telemetry.Event) {
+func publishEvents(t *testing.T, s *svc, evs ...telemetry.Event) {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := s.natsConn(t, "sensor")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,8 +284,8 @@ func TestRunEndToEnd(t *testing.T) {
 
 	// Normal traffic, under the 100 MB/h cap; then the breach: 300 MB through the token
 	// in one burst (over twice the cap: critical).
-	publishEvents(t, s.natsURL, traffic(20, 1<<20)...)
-	publishEvents(t, s.natsURL, traffic(1, 300<<20)...)
+	publishEvents(t, s, traffic(20, 1<<20)...)
+	publishEvents(t, s, traffic(1, 300<<20)...)
 	in := s.waitContained(t)
 	if in.ExposureWindowSeconds == nil || len(in.Decisions) == 0 {
 		t.Fatalf("incident %+v", in)
@@ -297,6 +303,13 @@ func TestRunEndToEnd(t *testing.T) {
 	if _, err := stolen.Auth().Token().LookupSelf(); err == nil {
 		t.Fatal("the vendor's token still works")
 	}
+	// The Vault token holds only the generated policy.
+	var status struct {
+		VaultTokenScope string `json:"vault_token_scope"`
+	}
+	if code, b := s.api(t, "GET", "/api/status", e2eToken, ""); code != 200 || json.Unmarshal(b, &status) != nil || status.VaultTokenScope != "scoped" {
+		t.Fatalf("/api/status: %d %s", code, b)
+	}
 	// The timeline through the API.
 	code, b := s.api(t, "GET", "/api/incidents/"+in.ID, e2eToken, "")
 	if code != 200 || !strings.Contains(string(b), `"contained_at"`) || !strings.Contains(string(b), `"first_anomalous_at"`) {
@@ -310,7 +323,7 @@ func TestRunEndToEnd(t *testing.T) {
 		{"GET", "/api/incidents", "", "", 401},
 		{"GET", "/api/incidents", "wrong-token-wrong-token", "", 401},
 		{"GET", "/metrics", "", "", 401},
-		{"POST", "/api/actions/act-000000000000000000000000/approve", e2eToken, `{"approver":"ana"}`, 404},
+		{"POST", "/api/actions/act-000000000000000000000000/approve", e2eToken, `{"comment":"x"}`, 404},
 		{"GET", "/healthz", "", "", 200},
 	} {
 		if code, b := s.api(t, tc.method, tc.path, tc.token, tc.body); code != tc.code {
@@ -351,9 +364,9 @@ func TestRunSurvivesKill9(t *testing.T) {
 	// twice: critical).
 	evs := traffic(201, 1<<20)
 	evs[50].Bytes = 300 << 20
-	publishEvents(t, s.natsURL, evs...)
+	publishEvents(t, s, evs...)
 	// Kill as soon as the detection is stored: the response may be anywhere in flight.
-	nc, err := nats.Connect(s.natsURL)
+	nc, err := s.natsConn(t, "service")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +390,7 @@ func TestRunSurvivesKill9(t *testing.T) {
 
 	startService(t, s) // same data directory: the embedded NATS store, the checkpoint
 	defer func() { _ = s.cmd.Process.Signal(syscall.SIGTERM); <-s.exited }()
-	publishEvents(t, s.natsURL, traffic(5, 1<<20)...)
+	publishEvents(t, s, traffic(5, 1<<20)...)
 	in := s.waitContained(t)
 	stolen, _ := api.NewClient(&api.Config{Address: v.Addr})
 	stolen.SetToken(vendor.token)
@@ -385,7 +398,7 @@ func TestRunSurvivesKill9(t *testing.T) {
 		t.Fatal("the vendor's token still works")
 	}
 	// Exactly one cap detection, one incident, and the revocation applied at most once.
-	nc, _ = nats.Connect(s.natsURL)
+	nc, _ = s.natsConn(t, "service")
 	defer nc.Close()
 	js, _ = jetstream.New(nc)
 	st, _ := js.Stream(context.Background(), "KILLSWITCH_DETECTIONS")

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/internal/embeddednats"
 	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	pipejs "github.com/killswitch-dev/killswitch/pipeline/jetstream"
 	"github.com/killswitch-dev/killswitch/playbooks"
@@ -129,6 +130,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var src telemetry.Source
 	if *stream != "" {
 		nopts.Name = "killswitch-replay"
+		defaultCreds(&nopts, "", embeddednats.RoleOperator) // reading the stream: the data dir's read-only identity
 		nc, err := nopts.Connect(zap.NewNop())
 		if err != nil {
 			return fail("%v", err)

@@ -34,6 +34,8 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	format := fs.String("format", "json", "telemetry format: json, vpc, ocsf, zeek")
 	mode := fs.String("mode", "", "global action mode: enforce, shadow, dry-run (overrides the config)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	evalTimeout := fs.Duration("eval-timeout", 0, "the playbooks' evaluation deadline; past it a decision escalates to a human (default 50ms)")
+	allowBroad := fs.Bool("allow-broad-vault-token", false, "start even with a root Vault token or one that can do more than `killswitch vault policy` grants (loud: log, /api/status, metric)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -62,6 +64,9 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *mode != "" {
 		cfg.Actions.Mode = killswitch.Mode(*mode)
 	}
+	if *allowBroad {
+		sc.Vault.AllowBroadToken = true
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintln(stderr, "killswitch run:", err)
 		return 1
@@ -76,14 +81,14 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "killswitch run: --playbooks:", err)
 		return 2
 	}
-	execs, reason, err := vaultExecutors(ctx, cfg, log)
+	execs, reason, broadVault, err := vaultExecutors(ctx, cfg, *configPath, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "killswitch run:", err)
 		return 1
 	}
 	err = service.Run(ctx, service.Options{
-		Config: cfg, Playbooks: sources, VaultExecutors: execs, DryRunReason: reason,
-		APIToken: os.Getenv(config.EnvAPIToken), NewDecoder: newDecoder, Log: log,
+		Config: cfg, Playbooks: sources, VaultExecutors: execs, DryRunReason: reason, VaultTokenBroad: broadVault,
+		APIToken: os.Getenv(config.EnvAPIToken), NewDecoder: newDecoder, Log: log, EvalTimeout: *evalTimeout,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "killswitch run:", err)

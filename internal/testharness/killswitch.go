@@ -14,6 +14,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/killswitch-dev/killswitch/internal/embeddednats"
+	"github.com/killswitch-dev/killswitch/internal/natsconn"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
 )
 
 var (
@@ -67,6 +72,9 @@ type Killswitch struct {
 	NATSPort, HTTPPort int
 	// Env is added to the process's environment (VAULT_ADDR, VAULT_TOKEN…).
 	Env []string
+	// Args are added to the command line of `run`. NewKillswitch sets --eval-timeout 10s:
+	// on a loaded test machine the shipped 50 ms would turn decisions into escalations.
+	Args []string
 
 	cmd    *exec.Cmd
 	mu     sync.Mutex
@@ -80,7 +88,8 @@ type Killswitch struct {
 func NewKillswitch(tb testing.TB, cfgYAML string, env ...string) *Killswitch {
 	tb.Helper()
 	dir := tb.TempDir()
-	k := &Killswitch{DataDir: filepath.Join(dir, "data"), NATSPort: FreePort(tb), HTTPPort: FreePort(tb), Env: env}
+	k := &Killswitch{DataDir: filepath.Join(dir, "data"), NATSPort: FreePort(tb), HTTPPort: FreePort(tb), Env: env,
+		Args: []string{"--eval-timeout", "10s"}}
 	cfgYAML = strings.ReplaceAll(cfgYAML, "{{nats}}", fmt.Sprintf("127.0.0.1:%d", k.NATSPort))
 	k.Config = filepath.Join(dir, "killswitch.yaml")
 	if err := os.WriteFile(k.Config, []byte(cfgYAML), 0o600); err != nil {
@@ -93,14 +102,33 @@ func NewKillswitch(tb testing.TB, cfgYAML string, env ...string) *Killswitch {
 // NATSURL is the URL of its embedded NATS server.
 func (k *Killswitch) NATSURL() string { return fmt.Sprintf("nats://127.0.0.1:%d", k.NATSPort) }
 
+// Connect connects to its embedded NATS server with the credentials of role that
+// `killswitch run` generated in its data directory ("service", "operator",
+// "automation"). The connection is closed at the end of the test.
+func (k *Killswitch) Connect(tb testing.TB, role string) *nats.Conn {
+	tb.Helper()
+	nc, err := natsconn.Options{URL: k.NATSURL(), CredsFile: k.CredsFile(role), Name: "test-" + role}.Connect(zap.NewNop())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	return nc
+}
+
+// CredsFile is the path of role's credentials in its data directory.
+func (k *Killswitch) CredsFile(role string) string {
+	return embeddednats.CredsFile(k.DataDir, embeddednats.Role(role))
+}
+
 // HTTPURL is the URL of its API.
 func (k *Killswitch) HTTPURL() string { return fmt.Sprintf("http://127.0.0.1:%d", k.HTTPPort) }
 
 // Start starts the process and waits until /readyz answers 200 (30 s at most).
 func (k *Killswitch) Start(tb testing.TB) {
 	tb.Helper()
-	k.cmd = exec.Command(KillswitchBinary(tb), "run", "--config", k.Config, "--data-dir", k.DataDir,
-		"--http", fmt.Sprintf("127.0.0.1:%d", k.HTTPPort), "--log-level", "debug")
+	args := append([]string{"run", "--config", k.Config, "--data-dir", k.DataDir,
+		"--http", fmt.Sprintf("127.0.0.1:%d", k.HTTPPort), "--log-level", "debug"}, k.Args...)
+	k.cmd = exec.Command(KillswitchBinary(tb), args...)
 	k.cmd.Env = append(os.Environ(), k.Env...)
 	stderr, err := k.cmd.StderrPipe()
 	if err != nil {
