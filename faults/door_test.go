@@ -14,10 +14,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// raw publishes bodies as they are on subjects (the attacker's own client).
+// raw publishes bodies as they are on subjects: the attacker, holding a sensor's
+// credential (publishing telemetry is all it allows).
 func (r *rig) raw(msgs ...[2]string) {
 	r.t.Helper()
-	nc := r.ks.Connect(r.t, "service")
+	nc := r.ks.Connect(r.t, "sensor")
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	for _, m := range msgs {

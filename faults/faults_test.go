@@ -92,10 +92,10 @@ func (r *rig) alive() bool {
 	return err == nil
 }
 
-// publish sends events to the service's telemetry subject.
+// publish sends events to the service's telemetry subject, as a sensor.
 func (r *rig) publish(evs ...telemetry.Event) {
 	r.t.Helper()
-	nc := r.ks.Connect(r.t, "service")
+	nc := r.ks.Connect(r.t, "sensor")
 	defer nc.Close()
 	pub, err := telnats.NewPublisher(nc, telnats.PublisherOptions{MsgID: telnats.ContentMsgID})
 	if err != nil {

@@ -104,10 +104,21 @@ func (k *Killswitch) NATSURL() string { return fmt.Sprintf("nats://127.0.0.1:%d"
 
 // Connect connects to its embedded NATS server with the credentials of role that
 // `killswitch run` generated in its data directory ("service", "operator",
-// "automation"). The connection is closed at the end of the test.
+// "automation"), or as "sensor": a sensor credential minted once with `killswitch creds
+// sensor` (what an attacker holding a sensor's credential can do). The connection is
+// closed at the end of the test.
 func (k *Killswitch) Connect(tb testing.TB, role string) *nats.Conn {
 	tb.Helper()
-	nc, err := natsconn.Options{URL: k.NATSURL(), CredsFile: k.CredsFile(role), Name: "test-" + role}.Connect(zap.NewNop())
+	creds := k.CredsFile(role)
+	if role == "sensor" {
+		creds = filepath.Join(k.DataDir, "test-sensor.creds")
+		if _, err := os.Stat(creds); err != nil {
+			if code, out, errOut := Run(tb, nil, "creds", "sensor", "test-sensor", "--data-dir", k.DataDir, "--out", creds); code != 0 {
+				tb.Fatalf("creds sensor: exit %d: %s%s", code, out, errOut)
+			}
+		}
+	}
+	nc, err := natsconn.Options{URL: k.NATSURL(), CredsFile: creds, Name: "test-" + role}.Connect(zap.NewNop())
 	if err != nil {
 		tb.Fatal(err)
 	}
