@@ -6,9 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/vault/api"
 	"github.com/killswitch-dev/killswitch"
-	"github.com/killswitch-dev/killswitch/actions/vault"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/telemetry"
 )
@@ -50,18 +48,8 @@ func TestKill9DuringDatabaseRevocation(t *testing.T) {
 	}
 
 	const prefix = "database/creds/analytics"
-	policy, err := vault.PolicyFor(killswitch.Inventory{"analytics": {Credentials: map[string]killswitch.Credential{
+	svc := serviceToken(t, root, killswitch.Inventory{"analytics": {Credentials: map[string]killswitch.Credential{
 		"analytics-db": {Kind: killswitch.CredLeasePrefix, LeasePrefix: prefix}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", policy); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"killswitch"}, TTL: "1h"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	p := testharness.NewVaultProxy(t, v.Addr)
 	ks := testharness.NewKillswitch(t, fmt.Sprintf(`
 service:
@@ -71,7 +59,7 @@ vendors:
     caps: [{credential: analytics-db, bytes: 100MB, per: 1h}]
     credentials:
       analytics-db: {kind: lease_prefix, lease_prefix: %s}
-`, prefix), "VAULT_ADDR="+p.URL, "VAULT_TOKEN="+svc.Auth.ClientToken, "KILLSWITCH_API_TOKEN="+apiToken)
+`, prefix), "VAULT_ADDR="+p.URL, "VAULT_TOKEN="+svc, "KILLSWITCH_API_TOKEN="+apiToken)
 	r := &rig{t: t, vault: v, proxy: p, ks: ks, cred: "analytics-db"}
 	ks.Start(t)
 

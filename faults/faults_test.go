@@ -54,19 +54,8 @@ func newRig(t *testing.T, extra string) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The service's token holds only the policy generated for this inventory.
-	policy, err := vault.PolicyFor(killswitch.Inventory{"mailer": {Credentials: map[string]killswitch.Credential{
+	svc := serviceToken(t, root, killswitch.Inventory{"mailer": {Credentials: map[string]killswitch.Credential{
 		"mailer-api": {Kind: killswitch.CredTokenAccessor, Accessor: sec.Auth.Accessor}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", policy); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"killswitch"}, TTL: "1h"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	p := testharness.NewVaultProxy(t, v.Addr)
 	cfg := fmt.Sprintf(`
 service:
@@ -77,8 +66,27 @@ vendors:
     credentials:
       mailer-api: {kind: token, accessor: %s}
 %s`, sec.Auth.Accessor, extra)
-	ks := testharness.NewKillswitch(t, cfg, "VAULT_ADDR="+p.URL, "VAULT_TOKEN="+svc.Auth.ClientToken, "KILLSWITCH_API_TOKEN="+apiToken)
+	ks := testharness.NewKillswitch(t, cfg, "VAULT_ADDR="+p.URL, "VAULT_TOKEN="+svc, "KILLSWITCH_API_TOKEN="+apiToken)
 	return &rig{t: t, vault: v, proxy: p, ks: ks, stolen: sec.Auth.ClientToken, cred: "mailer-api"}
+}
+
+// serviceToken writes the policy `killswitch vault policy` generates for inv and returns
+// a token holding only it: what the service runs with.
+func serviceToken(t *testing.T, root *api.Client, inv killswitch.Inventory) string {
+	t.Helper()
+	ctx := context.Background()
+	policy, err := vault.PolicyFor(inv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().PutPolicyWithContext(ctx, "killswitch", policy); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := root.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"killswitch"}, TTL: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc.Auth.ClientToken
 }
 
 // alive reports whether the stolen token still works (asked of Vault directly).

@@ -29,16 +29,9 @@ func TestReplayWithForgedTimes(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, forge bool) string {
 		path := filepath.Join(dir, name)
-		f, err := os.Create(path)
-		if err != nil {
-			t.Fatal(err)
-		}
 		c := cfg
 		c.ForgedTimes = forge
-		if _, err := scenario.New(c).WriteNDJSON(f, false); err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Close(); err != nil {
+		if _, err := scenario.New(c).WriteFile(path); err != nil {
 			t.Fatal(err)
 		}
 		return path

@@ -154,15 +154,21 @@ func TestAPI(t *testing.T) {
 	}
 }
 
-func TestBodyLimits(t *testing.T) {
-	be := &fakeBackend{}
+// adminHandler returns the API on be and an admin's token.
+func adminHandler(t *testing.T, be *fakeBackend) (http.Handler, string) {
+	t.Helper()
 	st, toks := testUsers(t)
-	token := toks[users.Admin]
 	h, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be,
 		Ready: func(context.Context) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h, toks[users.Admin]
+}
+
+func TestBodyLimits(t *testing.T) {
+	be := &fakeBackend{}
+	h, token := adminHandler(t, be)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	for _, tc := range []struct {
@@ -199,13 +205,7 @@ func TestBodyLimits(t *testing.T) {
 // server's read timeout instead of holding the connection open.
 func TestSlowClient(t *testing.T) {
 	be := &fakeBackend{}
-	st, toks := testUsers(t)
-	token := toks[users.Admin]
-	h, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be,
-		Ready: func(context.Context) error { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, token := adminHandler(t, be)
 	s := NewServer(h)
 	if s.ReadTimeout <= 0 || s.WriteTimeout <= 0 || s.IdleTimeout <= 0 || s.ReadHeaderTimeout <= 0 || s.MaxHeaderBytes <= 0 {
 		t.Fatalf("a timeout or limit is not set: %+v", s)

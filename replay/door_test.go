@@ -2,7 +2,6 @@ package replay
 
 import (
 	"bytes"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -24,16 +23,9 @@ func TestReplayRefusesForgedTimes(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, forge bool) string {
 		path := filepath.Join(dir, name)
-		f, err := os.Create(path)
-		if err != nil {
-			t.Fatal(err)
-		}
 		c := cfg
 		c.ForgedTimes = forge
-		if _, err := scenario.New(c).WriteNDJSON(f, false); err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Close(); err != nil {
+		if _, err := scenario.New(c).WriteFile(path); err != nil {
 			t.Fatal(err)
 		}
 		return path

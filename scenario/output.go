@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"slices"
+	"strings"
 
 	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/clock"
@@ -100,4 +103,15 @@ func (s *Scenario) WriteConfig(w io.Writer) error {
 		return fmt.Errorf("scenario: write config: %w", err)
 	}
 	return nil
+}
+
+// WriteFile writes the scenario's telemetry as NDJSON to the file at path (created or
+// truncated; gzip when path ends in .gz) and returns the number of events.
+func (s *Scenario) WriteFile(path string) (int, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	n, err := s.WriteNDJSON(f, strings.HasSuffix(path, ".gz"))
+	return n, errors.Join(err, f.Close())
 }

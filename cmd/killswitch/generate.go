@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/killswitch-dev/killswitch/clock"
@@ -106,12 +105,7 @@ func generateFile(sc *scenario.Scenario, path string, stdout io.Writer) (int, er
 	if path == "-" {
 		return sc.WriteNDJSON(stdout, false)
 	}
-	f, err := os.Create(path)
-	if err != nil {
-		return 0, err
-	}
-	n, err := sc.WriteNDJSON(f, strings.HasSuffix(path, ".gz"))
-	return n, errors.Join(err, f.Close())
+	return sc.WriteFile(path)
 }
 
 func generatePublish(ctx context.Context, sc *scenario.Scenario, nopts natsconn.Options, stream string, speed float64) (int, error) {
