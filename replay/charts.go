@@ -69,6 +69,9 @@ type charts struct {
 	max    int
 	rings  map[detectors.Key]*ring
 	follow map[detectors.Key][]*series
+	// onNew, when set, is told of every key without a ring yet (a key seen for the first
+	// time, or any key beyond max): it costs the replay nothing per event otherwise.
+	onNew func(detectors.Key)
 }
 
 func newCharts(maxKeys int, width time.Duration) *charts {
@@ -79,6 +82,9 @@ func newCharts(maxKeys int, width time.Duration) *charts {
 func (c *charts) add(e *detectors.Engine, key detectors.Key, ev *telemetry.Event) {
 	r := c.rings[key]
 	if r == nil {
+		if c.onNew != nil {
+			c.onNew(key)
+		}
 		if len(c.rings) >= c.max {
 			return
 		}

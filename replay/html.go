@@ -34,6 +34,8 @@ type pageView struct {
 	// Containment names what ends an exposure window: a verified revocation, or a
 	// planned one when the replay applied nothing.
 	Containment string
+	// Unmapped lists the unmapped credentials the plan revokes (vendor/credential).
+	Unmapped []string
 }
 
 type incidentView struct {
@@ -59,7 +61,7 @@ func (r *Report) view() pageView {
 		Events: commas(r.Events), From: short(r.FirstEvent), To: short(r.LastEvent), Summary: r.Summary,
 		Median: "—", Worst: "—", Stopped: bytesHuman(float64(r.Summary.BytesStopped)),
 		Exposed: bytesHuman(float64(r.Summary.BytesExposed)), Flips: r.Flips, HasBaseline: r.Flips != nil,
-		Containment: "verified revocation",
+		Containment: "verified revocation", Unmapped: r.unmapped,
 	}
 	if r.planned {
 		v.Containment = "planned revocation"
@@ -334,8 +336,10 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
 <div class="card"><div class="k">Worst exposure window</div><div class="v">{{.Worst}}</div><div class="muted">of the contained incidents</div></div>
 <div class="card hl"><div class="k">Data that would have been stopped</div><div class="v">{{.Stopped}}</div><div class="muted">sent by the same credentials after containment</div></div>
 <div class="card"><div class="k">Data exposed before containment</div><div class="v">{{.Exposed}}</div><div class="muted">from the first anomalous event on</div></div>
-<div class="card"><div class="k">Events replayed</div><div class="v">{{.Events}}</div><div class="muted">through detectors, playbooks and guard rails</div></div>
-</div>
+<div class="card"><div class="k">Events replayed</div><div class="v">{{.Events}}</div><div class="muted">through detectors, playbooks and guard rails</div></div>{{if .Unmapped}}
+<div class="card"><div class="k">Unmapped credentials</div><div class="v">{{.Summary.UnmappedCredentials}}</div><div class="muted">not in the inventory, targeted in the plan only; {{.Summary.ContainedUnmapped}} incident(s) contained through them</div></div>{{end}}
+</div>{{if .Unmapped}}
+<p class="muted">Unmapped: these credentials were seen in the telemetry but are not in the inventory. The plan treats each as a Vault token so the playbooks decide what they would do; add them to the inventory to revoke them for real: {{range $i, $c := .Unmapped}}{{if $i}}, {{end}}{{$c}}{{end}}.</p>{{end}}
 {{if .Incidents}}
 <table>
 <thead><tr><th>#</th><th>Vendor / credential</th><th>Detectors</th><th>Detected</th><th>Exposure window</th><th class="num">Before</th><th class="num">Stopped</th><th>Status</th></tr></thead>
@@ -361,7 +365,7 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
 {{range .Decisions}}<tr><td>{{.At.Format "15:04:05.000"}}</td><td>{{range $i, $p := .Playbooks}}{{if $i}}, {{end}}{{$p}}{{end}}{{if .Escalated}} <span class="pill open">escalated</span>{{end}}</td><td>{{.Reason}}</td></tr>
 {{end}}</tbody></table>{{end}}
 {{if .Actions}}<table class="trail" style="margin-top:10px"><thead><tr><th>Action</th><th>Target</th><th>Status</th></tr></thead><tbody>
-{{range .Actions}}<tr><td>{{.Type}}</td><td>{{.Target}}</td><td><span class="pill">{{.Status}}</span> {{short .At}}</td></tr>
+{{range .Actions}}<tr><td>{{.Type}}</td><td>{{.Target}}</td><td><span class="pill">{{.Status}}</span>{{if .Unmapped}} <span class="pill open">unmapped</span>{{end}} {{short .At}}</td></tr>
 {{end}}</tbody></table>{{end}}
 {{if .Trail}}<details><summary class="muted">Decision trail: every ledger record of this incident</summary><table class="trail"><tbody>
 {{range .Trail}}<tr><td>{{.At}}</td><td>{{.What}}</td><td>{{.Detail}}</td></tr>

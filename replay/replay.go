@@ -51,6 +51,17 @@ type Options struct {
 	// PlannedContains counts a planned revocation as containment (without a Vault the
 	// report measures what would have happened).
 	PlannedContains bool
+	// Unmapped treats the credentials seen in the telemetry that Vendors does not list as
+	// revocable in the plan, so the playbooks decide what they would do with a complete
+	// inventory: they see each such credential as a Vault token (UnmappedKind), the
+	// plan-only actor resolves it to a placeholder, and the report marks every action on
+	// one unmapped (target UnmappedTarget) and counts them in its summary. This holds for
+	// the unlisted credentials of a listed vendor too; the credentials Vendors lists are
+	// decided exactly as without Unmapped. It needs PlannedContains and a plan-only actor
+	// (PlanActions): an unmapped credential is never applied, and Run refuses Unmapped
+	// without PlannedContains. Nothing of it reaches the detectors, the inventory or the
+	// service: there an unlisted credential is never a target (killswitch.ErrNotInInventory).
+	Unmapped bool
 	// Speed replays at Speed × real time (for live exercises); 0 is as fast as possible.
 	Speed float64
 	// Events receives detections, incidents, decisions and action states as they
@@ -115,6 +126,7 @@ type runner struct {
 	nextTick    time.Time
 	trackers    map[detectors.Key]*tracker
 	charts      *charts
+	unmapped    *unmapped // nil without Options.Unmapped
 }
 
 // tickEvery is how often, in event time, the processing-time checks run.
@@ -130,6 +142,9 @@ func newRunner(o Options) (*runner, error) {
 	if o.ChartKeys <= 0 {
 		o.ChartKeys = 20_000
 	}
+	if o.Unmapped && !o.PlannedContains {
+		return nil, errors.New("replay: unmapped credentials can only be planned (set PlannedContains and a plan-only actor)")
+	}
 	r := &runner{
 		o: o, clk: clock.NewManual(time.Time{}), ledger: ledger.NewMemory(), store: incidents.NewMemory(), tracked: make(map[string]*tracker),
 		trackers: make(map[detectors.Key]*tracker),
@@ -144,11 +159,19 @@ func newRunner(o Options) (*runner, error) {
 		r.flips = &flipRecorder{next: o.Playbooks, base: o.Baseline}
 		decider = r.flips
 	}
+	if o.Unmapped {
+		r.unmapped = newUnmapped(o.Vendors)
+		r.charts.onNew = r.unmapped.seeKey // every credential seen is new to the charts first
+		decider = unmappedDecider{next: decider, u: r.unmapped}
+	}
 	var actor pipeline.Actor
 	if o.NewActor != nil {
 		var err error
 		if actor, err = o.NewActor(r.clk, r.ledger); err != nil {
 			return nil, fmt.Errorf("replay: %w", err)
+		}
+		if r.unmapped != nil {
+			actor = unmappedActor{next: actor, u: r.unmapped}
 		}
 	}
 	inc := o.Incidents
@@ -352,6 +375,9 @@ func (r *runner) finish(ctx context.Context) (*Report, error) {
 		}
 	}
 	rep.Summary = summarize(rep)
+	if r.unmapped != nil {
+		r.unmapped.mark(rep, all)
+	}
 	rep.records = r.ledger.Records()
 	rep.planned = r.o.PlannedContains
 	return rep, nil

@@ -47,11 +47,19 @@ func writeScenario(t testing.TB, cfg scenario.Config) (*scenario.Scenario, strin
 }
 
 // planned is a replay as `killswitch replay` runs it without a Vault: the scenario's
-// inventory, the guard rails, planned actions.
+// inventory, the guard rails, planned actions, unmapped credentials planned too.
 func planned(sc *scenario.Scenario, o Options) Options {
 	o.Vendors = sc.Inventory()
+	return zeroConfig(o)
+}
+
+// zeroConfig is a replay as `killswitch replay` runs it without a Vault or a
+// configuration (o.Vendors as given, nil: no inventory): every credential seen is planned
+// unmapped.
+func zeroConfig(o Options) Options {
 	o.NewActor = PlanActions(o.Actions, o.Vendors)
 	o.PlannedContains = true
+	o.Unmapped = true
 	return o
 }
 
@@ -125,12 +133,26 @@ func TestLabelledAttacksBecomeIncidents(t *testing.T) {
 	}
 }
 
-// The same input twice gives byte-identical JSON and HTML, and both match the golden files.
+// The same input twice gives byte-identical JSON and HTML, and both match the golden
+// files: with the scenario's inventory (report.*) and with no configuration at all, where
+// every credential is planned unmapped (report-zero-config.*).
 func TestGoldenReports(t *testing.T) {
 	sc, path := writeScenario(t, scenario.Config{Seed: 1, Days: 12, Vendors: 4})
+	for _, tc := range []struct {
+		prefix string
+		opts   func() Options
+	}{
+		{"report", func() Options { return planned(sc, Options{}) }},
+		{"report-zero-config", func() Options { return zeroConfig(Options{}) }},
+	} {
+		t.Run(tc.prefix, func(t *testing.T) { golden(t, path, tc.prefix, tc.opts) })
+	}
+}
+
+func golden(t *testing.T, path, prefix string, opts func() Options) {
 	var outs [2][2]bytes.Buffer
 	for i := range outs {
-		rep := replayFile(t, path, planned(sc, Options{}))
+		rep := replayFile(t, path, opts())
 		if err := rep.WriteJSON(&outs[i][0]); err != nil {
 			t.Fatal(err)
 		}
@@ -138,7 +160,7 @@ func TestGoldenReports(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for k, name := range []string{"report.json", "report.html"} {
+	for k, name := range []string{prefix + ".json", prefix + ".html"} {
 		if !bytes.Equal(outs[0][k].Bytes(), outs[1][k].Bytes()) {
 			t.Fatalf("%s differs between two replays of the same input", name)
 		}

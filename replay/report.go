@@ -28,9 +28,10 @@ type Report struct {
 	// playbooks (only with a baseline).
 	Flips []Flip `json:"flips,omitempty"`
 
-	details []detail        // per incident, for the HTML report
-	records []ledger.Record // the replay's ledger
-	planned bool            // containment is a planned revocation (no Vault)
+	details  []detail        // per incident, for the HTML report
+	records  []ledger.Record // the replay's ledger
+	planned  bool            // containment is a planned revocation (no Vault)
+	unmapped []string        // the unmapped credentials the plan targets (vendor/credential), sorted
 }
 
 // Incident is one incident of the report.
@@ -54,6 +55,10 @@ type Action struct {
 	Target string `json:"target"`
 	Status string `json:"status"`
 	At     string `json:"at"`
+	// Unmapped marks an action on a credential the inventory does not list, planned as
+	// if it did (Options.Unmapped): its target says to add the credential to the
+	// inventory to revoke it for real.
+	Unmapped bool `json:"unmapped,omitempty"`
 }
 
 // Summary is the report's headline.
@@ -67,6 +72,13 @@ type Summary struct {
 	BytesStopped int64 `json:"bytes_stopped"`
 	// BytesExposed is what left before containment.
 	BytesExposed int64 `json:"bytes_exposed"`
+	// UnmappedCredentials counts the distinct credentials the inventory does not list
+	// that the plan targets (actions marked unmapped, planned or held; 0 without
+	// Options.Unmapped).
+	UnmappedCredentials int `json:"unmapped_credentials"`
+	// ContainedUnmapped counts the contained incidents whose containment rests only on
+	// actions on unmapped credentials: contained once those are in the inventory.
+	ContainedUnmapped int `json:"contained_unmapped"`
 }
 
 // Flip is a decision that differs between two playbook sets on the same input.

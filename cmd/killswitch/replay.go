@@ -26,7 +26,10 @@ const replayUsage = `usage: killswitch replay --telemetry FILE [--telemetry FILE
 
 Replays recorded telemetry through the same detectors, incidents, playbooks and guard
 rails as the service, on a virtual clock that follows event time. Without --vault,
-actions are planned (with their exact targets), not applied.
+actions are planned (with their exact targets), not applied, and the credentials seen in
+the telemetry that the inventory does not list are revocable in the plan, marked
+unmapped (add them to the inventory to revoke them for real; --unmapped=false to plan
+only what the inventory lists).
 `
 
 // replayEvalTimeout is the playbooks' evaluation deadline in a replay.
@@ -61,6 +64,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	since := fs.String("since", "", "with --stream: first instant (RFC 3339, stream time)")
 	until := fs.String("until", "", "with --stream: last instant (RFC 3339, stream time)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	unmapped := fs.Bool("unmapped", true, "without --vault: plan revocations of the credentials seen in the telemetry but not in the inventory, marked unmapped")
 	nopts.RegisterFlags(fs, "nats://127.0.0.1:4222")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -112,6 +116,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		o.NewActor = factory
 	} else {
 		o.NewActor, o.PlannedContains = replay.PlanActions(cfg.Actions, cfg.Vendors), true
+		o.Unmapped = *unmapped // never with --vault: an unmapped credential is only ever planned
 	}
 	o.Speed = *speed
 	o.Counters = telemetry.NewCounters()
@@ -184,6 +189,10 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			fmt.Fprintf(stdout, ", exposure window median %.3fs, worst %.3fs", *s.MedianExposureSeconds, *s.WorstExposureSeconds)
 		}
 		fmt.Fprintln(stdout)
+		if s.UnmappedCredentials > 0 {
+			fmt.Fprintf(stdout, "%d unmapped credential(s) targeted in the plan only (%d incident(s) contained through them): add them to the inventory to revoke them for real\n",
+				s.UnmappedCredentials, s.ContainedUnmapped)
+		}
 		if rep.Flips != nil {
 			fmt.Fprintf(stdout, "%d decision(s) flip between the baseline and the new playbooks\n", len(rep.Flips))
 			for _, f := range rep.Flips {

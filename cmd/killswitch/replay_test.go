@@ -47,6 +47,75 @@ func run(t *testing.T, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
+// Without --config, the credentials seen in the telemetry are planned unmapped: the
+// replay has a containment figure and says how many credentials to add to the inventory;
+// --unmapped=false plans only what the (empty) inventory lists, which is nothing.
+func TestReplayZeroConfigUnmapped(t *testing.T) {
+	dir := t.TempDir()
+	tel := filepath.Join(dir, "t.ndjson.gz")
+	if code, _, stderr := run(t, "generate", "--seed", "5", "--days", "12", "--vendors", "4", "--out", tel); code != 0 {
+		t.Fatalf("generate: %d %s", code, stderr)
+	}
+	type report struct {
+		Summary struct {
+			Contained           int `json:"contained"`
+			UnmappedCredentials int `json:"unmapped_credentials"`
+			ContainedUnmapped   int `json:"contained_unmapped"`
+		} `json:"summary"`
+		Incidents []struct {
+			ExposureWindowSeconds *float64 `json:"exposure_window_seconds"`
+			Actions               []struct {
+				Target   string `json:"target"`
+				Status   string `json:"status"`
+				Unmapped bool   `json:"unmapped"`
+			} `json:"actions"`
+		} `json:"incidents"`
+	}
+	replayJSON := func(args ...string) (report, string) {
+		t.Helper()
+		out := filepath.Join(dir, "r.json")
+		code, stdout, stderr := run(t, append([]string{"replay", "--telemetry", tel, "--json", out}, args...)...)
+		if code != 0 {
+			t.Fatalf("replay %v: %d %s %s", args, code, stdout, stderr)
+		}
+		var rep report
+		b, _ := os.ReadFile(out)
+		if err := json.Unmarshal(b, &rep); err != nil {
+			t.Fatal(err)
+		}
+		return rep, stdout
+	}
+	rep, stdout := replayJSON()
+	s := rep.Summary
+	if s.Contained == 0 || s.UnmappedCredentials == 0 || s.ContainedUnmapped != s.Contained {
+		t.Fatalf("zero config: summary %+v: want incidents contained through unmapped credentials\n%s", s, stdout)
+	}
+	if !regexp.MustCompile(`\d+ contained, exposure window median`).MatchString(stdout) ||
+		!strings.Contains(stdout, "unmapped credential(s) targeted in the plan only") {
+		t.Fatalf("the text summary has no containment figure or unmapped count:\n%s", stdout)
+	}
+	unmapped := 0
+	for _, in := range rep.Incidents {
+		for _, a := range in.Actions {
+			if a.Status == "applied" || a.Status == "verified" {
+				t.Fatalf("without --vault an action was %s", a.Status)
+			}
+			if a.Unmapped {
+				unmapped++
+				if !strings.HasPrefix(a.Target, "unmapped: add ") {
+					t.Fatalf("unmapped target %q", a.Target)
+				}
+			}
+		}
+	}
+	if unmapped == 0 {
+		t.Fatal("no action marked unmapped")
+	}
+	if rep, stdout := replayJSON("--unmapped=false"); rep.Summary.Contained != 0 || rep.Summary.UnmappedCredentials != 0 || strings.Contains(stdout, "unmapped") {
+		t.Fatalf("--unmapped=false: summary %+v\n%s", rep.Summary, stdout)
+	}
+}
+
 func TestReplayCommand(t *testing.T) {
 	dir := t.TempDir()
 	tel, cfg := filepath.Join(dir, "t.ndjson.gz"), filepath.Join(dir, "inventory.yaml")
