@@ -251,6 +251,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	}
 	if s.src, err = telnats.NewJetStreamSource(ctx, s.nc, telnats.JetStreamOptions{
 		Stream: sc.NATS.TelemetryStream, Subjects: []string{sc.NATS.TelemetrySubject}, Replicas: replicas,
+		DeadLetter: telnats.DeadLetterOptions{Replicas: replicas},
 		NewDecoder: o.NewDecoder, Counters: s.counters, Logger: s.log.Named("telemetry"),
 		Admission: door, VendorToken: vendorToken, Clock: o.Clock,
 	}); err != nil {

@@ -84,7 +84,7 @@ func start(t testing.TB, o options) *running {
 	case <-time.After(30 * time.Second):
 		t.Fatal("service did not start within 30s")
 	}
-	nc, err := natsconn.Options{URL: r.nats, CredsFile: embeddednats.CredsFile(o.dataDir, embeddednats.RoleService)}.Connect(zap.NewNop())
+	nc, err := natsconn.Options{URL: r.nats, CredsFile: embeddednats.CredsFile(o.dataDir, embeddednats.RoleService), Name: "service-test"}.Connect(zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

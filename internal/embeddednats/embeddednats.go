@@ -8,6 +8,10 @@
 // With Options.Auth the server runs in operator mode (decentralized JWT auth): it
 // refuses anonymous clients, and the identities Auth mints (service, operator,
 // automation, sensors) get exactly their role's permissions; see auth.go.
+//
+// StartCluster runs several such servers routed into one JetStream cluster in the
+// process (R3 streams and buckets, nodes stopped and started again by index); see
+// cluster.go.
 package embeddednats
 
 import (
@@ -43,10 +47,15 @@ type Options struct {
 type Server struct {
 	ns   *server.Server
 	opts Options
+	// member is the server's place in a cluster (nil: a single server).
+	member *member
 }
 
 // Start starts the server and waits until it accepts connections.
-func Start(o Options) (*Server, error) {
+func Start(o Options) (*Server, error) { return start(o, nil) }
+
+// start starts a single server (m nil) or a cluster member.
+func start(o Options, m *member) (*Server, error) {
 	if o.StoreDir == "" {
 		return nil, errors.New("embeddednats: StoreDir is required")
 	}
@@ -77,6 +86,9 @@ func Start(o Options) (*Server, error) {
 			return nil, err
 		}
 	}
+	if m != nil {
+		m.configure(sopts)
+	}
 	ns, err := server.NewServer(sopts)
 	if err != nil {
 		return nil, fmt.Errorf("embeddednats: %w", err)
@@ -90,7 +102,7 @@ func Start(o Options) (*Server, error) {
 	if a, ok := ns.Addr().(*net.TCPAddr); ok {
 		o.Port = a.Port
 	}
-	return &Server{ns: ns, opts: o}, nil
+	return &Server{ns: ns, opts: o, member: m}, nil
 }
 
 // URL is the client URL of the server.
@@ -109,7 +121,7 @@ func (s *Server) Shutdown() {
 // directory: what a NATS restart mid-stream looks like to clients.
 func (s *Server) Restart() error {
 	s.Shutdown()
-	n, err := Start(s.opts)
+	n, err := start(s.opts, s.member)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@
 package testharness
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -33,4 +34,22 @@ func Connect(tb testing.TB, s *embeddednats.Server) *nats.Conn {
 	}
 	tb.Cleanup(nc.Close)
 	return nc
+}
+
+// NATSCluster starts an in-process JetStream cluster of n embedded servers (file
+// storage in a temp dir, anonymous clients) on free loopback ports, ready for JetStream
+// requests, and stops it when the test ends. With auth, every node runs that JWT
+// authorization (the credentials of its directory work on every node).
+func NATSCluster(tb testing.TB, n int, auth ...*embeddednats.Auth) *embeddednats.Cluster {
+	tb.Helper()
+	o := embeddednats.ClusterOptions{Nodes: n, Dir: tb.TempDir(), ReadyTimeout: 30 * time.Second}
+	if len(auth) > 0 {
+		o.Auth = auth[0]
+	}
+	c, err := embeddednats.StartCluster(context.Background(), o)
+	if err != nil {
+		tb.Fatalf("start nats cluster: %v", err)
+	}
+	tb.Cleanup(c.Shutdown)
+	return c
 }

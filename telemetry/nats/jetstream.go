@@ -348,6 +348,11 @@ func (s *JetStreamSource) Run(ctx context.Context, h telemetry.Handler) error {
 		}
 	},
 		jetstream.PullMaxMessages(4*o.BatchSize),
+		// A pull request lost in a cluster failover (the consumer's leader moving, or
+		// the node the client was on going away) is noticed by missing heartbeats and
+		// sent again: 2×heartbeat, 1s here (the default, half of a 30s expiry, made a
+		// NATS node failure stop consumption for 30s).
+		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(500*time.Millisecond),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			switch {
 			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
