@@ -290,6 +290,7 @@ func playbookCheck(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.SetOutput(stderr)
 	shipped := fs.Bool("shipped", false, "also load the shipped library when DIRs are given")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	timeout := fs.Duration("timeout", playbooks.DefaultTimeout, "evaluation deadline (the service's default; past it a decision escalates)")
 	dirs, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
@@ -299,7 +300,7 @@ func playbookCheck(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(stderr, "killswitch playbook check:", err)
 		return 2
 	}
-	rep, err := playbooks.Check(ctx, srcs, playbooks.Options{})
+	rep, err := playbooks.Check(ctx, srcs, playbooks.Options{Timeout: *timeout})
 	if err != nil {
 		printCompileError(stderr, "playbook check", err)
 		return 1

@@ -100,7 +100,7 @@ test_fails if {
 	if err := os.WriteFile(in, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	code, out, errs := runCLI(t, "playbook", "eval", "--input", in, dir)
+	code, out, errs := runCLI(t, "playbook", "eval", "--timeout", "10s", "--input", in, dir)
 	var res playbooks.Result
 	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 1 || !res.Escalated || res.Escalation != playbooks.EscalationBuiltinError {
 		t.Errorf("escalation: exit %d, %v, %+v\n%s", code, err, res, errs)
@@ -117,7 +117,7 @@ test_fails if {
 // full input or a bare detection; check passes on the shipped library.
 func TestPlaybookEvalAndCheck(t *testing.T) {
 	full := filepath.Join("..", "..", "rego", "inputs", "exfil_critical.json")
-	code, out, errs := runCLI(t, "playbook", "eval", "--trace", "--input", full)
+	code, out, errs := runCLI(t, "playbook", "eval", "--timeout", "10s", "--trace", "--input", full)
 	var res playbooks.Result
 	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 0 || res.Escalated ||
 		len(res.Decision.Actions) != 2 || res.Decision.Actions[0].Credential != "mailer-api" {
@@ -144,12 +144,12 @@ func TestPlaybookEvalAndCheck(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("vendors:\n  mailer:\n    credentials:\n      mailer-api:\n        kind: token\n        accessor: SECRET-ACCESSOR\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	code, out, errs = runCLI(t, "playbook", "eval", "--trace", "--input", det, "--config", cfg)
+	code, out, errs = runCLI(t, "playbook", "eval", "--timeout", "10s", "--trace", "--input", det, "--config", cfg)
 	if code != 0 || strings.Contains(out+errs, "SECRET-ACCESSOR") || !strings.Contains(out, `"vault.revoke_token_accessor"`) {
 		t.Errorf("bare detection: exit %d\n%s\n%.300s", code, out, errs)
 	}
 
-	if code, out, errs := runCLI(t, "playbook", "check"); code != 0 || !strings.Contains(out, "ok    exfil_critical") {
+	if code, out, errs := runCLI(t, "playbook", "check", "--timeout", "10s"); code != 0 || !strings.Contains(out, "ok    exfil_critical") {
 		t.Errorf("check: exit %d\n%s\n%s", code, out, errs)
 	}
 }
