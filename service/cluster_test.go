@@ -6,8 +6,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,23 +41,7 @@ type clusterRig struct {
 func newClusterRig(t *testing.T) *clusterRig {
 	t.Helper()
 	dir := t.TempDir()
-	auth, _, err := embeddednats.LoadOrCreateAuth(embeddednats.Dir(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range embeddednats.StandardRoles() {
-		if _, _, err := auth.EnsureCreds(r, time.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	creds, _, err := auth.Mint(embeddednats.User{Name: "gw-1", Role: embeddednats.RoleSensor}, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sensorCreds := filepath.Join(t.TempDir(), "sensor.creds")
-	if err := os.WriteFile(sensorCreds, creds, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	auth, sensorCreds := testharness.NATSAuth(t, dir)
 	r := &clusterRig{c: testharness.NATSCluster(t, 3, auth), dataDir: dir}
 	for _, id := range []struct {
 		name, creds string

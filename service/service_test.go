@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -131,20 +130,10 @@ func (r *running) stop(t testing.TB) {
 	}
 }
 
+// api calls the API as the bootstrap admin.
 func (r *running) api(t testing.TB, method, path, body string) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+r.http+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+apiToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
+	return r.apiAs(t, apiToken, method, path, body)
 }
 
 func (r *running) publish(t testing.TB, evs ...telemetry.Event) {

@@ -3,13 +3,13 @@ package embeddednats_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/killswitch-dev/killswitch/internal/embeddednats"
 	"github.com/killswitch-dev/killswitch/internal/natsconn"
+	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 )
@@ -19,23 +19,7 @@ import (
 // while its leader (then another node) is stopped, and a restarted node catches up.
 func TestClusterAuthAndNodeFailure(t *testing.T) {
 	dir := t.TempDir()
-	auth, _, err := embeddednats.LoadOrCreateAuth(embeddednats.Dir(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range embeddednats.StandardRoles() {
-		if _, _, err := auth.EnsureCreds(r, time.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sensor, _, err := auth.Mint(embeddednats.User{Name: "gw-1", Role: embeddednats.RoleSensor}, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sensorCreds := filepath.Join(dir, "sensor.creds")
-	if err := os.WriteFile(sensorCreds, sensor, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	auth, sensorCreds := testharness.NATSAuth(t, dir)
 	ctx := context.Background()
 	begin := time.Now()
 	c, err := embeddednats.StartCluster(ctx, embeddednats.ClusterOptions{Dir: filepath.Join(dir, "nats"), Auth: auth, ReadyTimeout: 30 * time.Second})

@@ -5,6 +5,8 @@ package testharness
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -52,4 +54,29 @@ func NATSCluster(tb testing.TB, n int, auth ...*embeddednats.Auth) *embeddednats
 	}
 	tb.Cleanup(c.Shutdown)
 	return c
+}
+
+// NATSAuth creates, in dir, the JWT authorization `killswitch run` would: the trust
+// keys and the service, operator and automation credentials, plus a sensor credential
+// "gw-1" written to the returned path.
+func NATSAuth(tb testing.TB, dir string) (auth *embeddednats.Auth, sensorCreds string) {
+	tb.Helper()
+	auth, _, err := embeddednats.LoadOrCreateAuth(embeddednats.Dir(dir))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, r := range embeddednats.StandardRoles() {
+		if _, _, err := auth.EnsureCreds(r, time.Now()); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	creds, _, err := auth.Mint(embeddednats.User{Name: "gw-1", Role: embeddednats.RoleSensor}, time.Now())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sensorCreds = filepath.Join(dir, "sensor.creds")
+	if err := os.WriteFile(sensorCreds, creds, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return auth, sensorCreds
 }
