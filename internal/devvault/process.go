@@ -270,8 +270,13 @@ func (p *Process) waitReady(ctx context.Context, c *child) (string, error) {
 	defer poll.Stop()
 	var last error
 	for {
-		if last = checkHealth(ctx, client, "http://"+hostport); last == nil {
+		err := checkHealth(ctx, client, "http://"+hostport)
+		if err == nil {
 			return hostport, nil
+		}
+		// A check cut short by the deadline says less than the one before it.
+		if last == nil || ctx.Err() == nil {
+			last = err
 		}
 		select {
 		case <-c.exited:

@@ -60,7 +60,7 @@ func TestStartFaults(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := Start(context.Background(), StartOptions{
-				BinPath: tt.bin, ReadyTimeout: 500 * time.Millisecond, StopGrace: time.Second,
+				BinPath: tt.bin, ReadyTimeout: 2 * time.Second, StopGrace: time.Second,
 			})
 			if err == nil {
 				p.Stop(context.Background())
