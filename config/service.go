@@ -20,6 +20,25 @@ type Service struct {
 	Vault vault.Settings `yaml:"vault"`
 	// DataDir holds the embedded NATS server's storage. Default ./killswitch-data.
 	DataDir string `yaml:"data_dir"`
+	// Cluster makes this instance one of several sharing the work on one NATS
+	// JetStream cluster.
+	Cluster Cluster `yaml:"cluster"`
+}
+
+// Cluster configures running several instances against one NATS (JetStream) cluster:
+// telemetry and detections are partitioned by vendor between the instances alive, and
+// a dead instance's partitions move to the survivors.
+type Cluster struct {
+	// Enabled turns the partitioned mode on. It needs an external NATS (service.nats.url)
+	// and the same ledger key, fingerprint key and API users on every instance (a shared
+	// data directory, or copies of its key files).
+	Enabled bool `yaml:"enabled"`
+	// Instance is this instance's member name, unique in the fleet (letters, digits,
+	// '-' and '_'). Default the host name with a random suffix.
+	Instance string `yaml:"instance"`
+	// Partitions is the number of vendor partitions, fixed for the life of the group
+	// (it is also the most instances that can share the work). Default 16.
+	Partitions int `yaml:"partitions"`
 }
 
 // NATS configures the NATS connection and subjects.
@@ -60,6 +79,8 @@ const (
 	EnvHTTPListen = "KILLSWITCH_HTTP_LISTEN"
 	EnvAPIToken   = "KILLSWITCH_API_TOKEN"
 	EnvDataDir    = "KILLSWITCH_DATA_DIR"
+	EnvCluster    = "KILLSWITCH_CLUSTER"
+	EnvInstance   = "KILLSWITCH_INSTANCE"
 	EnvVaultAddr  = "VAULT_ADDR"
 	EnvVaultToken = vault.EnvToken
 )
@@ -79,6 +100,15 @@ func (s *Service) ApplyEnv(getenv func(string) string) {
 	}
 	if v := getenv(EnvVaultAddr); v != "" {
 		s.Vault.Addr = v
+	}
+	if v := getenv(EnvCluster); v == "true" || v == "1" {
+		s.Cluster.Enabled = true
+	}
+	if v := getenv(EnvInstance); v != "" {
+		s.Cluster.Instance = v
+	}
+	if s.Cluster.Partitions == 0 {
+		s.Cluster.Partitions = 16
 	}
 	if s.NATS.Listen == "" {
 		s.NATS.Listen = "127.0.0.1:4222"
@@ -124,6 +154,17 @@ func (s *Service) validate(bad func(format string, args ...any)) {
 	if s.NATS.Replicas < 0 || s.NATS.Replicas > 5 {
 		bad("service.nats.replicas: %d is not between 1 and 5", s.NATS.Replicas)
 	}
+	if c := s.Cluster; c.Enabled {
+		if s.NATS.URL == "" {
+			bad("service.cluster: several instances need an external NATS (service.nats.url)")
+		}
+		if c.Partitions < 1 || c.Partitions > 1024 {
+			bad("service.cluster.partitions: %d is not between 1 and 1024", c.Partitions)
+		}
+		if c.Instance != "" && !validInstance(c.Instance) {
+			bad("service.cluster.instance: %q: use 1 to 64 letters, digits, '-' or '_'", c.Instance)
+		}
+	}
 	if s.HTTP.Listen != "" {
 		if _, _, err := net.SplitHostPort(s.HTTP.Listen); err != nil {
 			bad("service.http.listen: %v", err)
@@ -155,4 +196,18 @@ func (s *Service) String() string {
 		vault = "none (dry-run)"
 	}
 	return fmt.Sprintf("nats=%s vault=%s http=%s data=%s", nats, vault, s.HTTP.Listen, s.DataDir)
+}
+
+// validInstance reports whether name can be a member name: it is a NATS consumer name
+// and a KV key.
+func validInstance(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
