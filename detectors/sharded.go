@@ -93,6 +93,7 @@ type shardMsg struct {
 	now  time.Time
 	eng  *Engine                  // msgSwap
 	buf  *bytes.Buffer            // msgSnapshot
+	keep func(vendor string) bool // msgSnapshot: the vendors written (nil: all)
 	view *tickView                // msgTick: the shard's sensors and latest event time
 	done func(error)              // msgEvent
 	tr   *tracker                 // every other kind
@@ -502,7 +503,7 @@ func (sh *shard) handle(m shardMsg) {
 	}
 	switch m.kind {
 	case msgSnapshot:
-		err := sh.eng.Snapshot(m.buf)
+		err := sh.eng.snapshot(m.buf, m.keep)
 		sh.publish()
 		m.out <- shardSnapshotDone{i: sh.i, err: err}
 		return
@@ -548,12 +549,16 @@ func (sh *shard) handle(m shardMsg) {
 // serialises its engine in its own goroutine, between two messages, so the snapshot
 // holds every event whose callback had been called when Snapshot was called.
 func (s *Sharded) Snapshot(ctx context.Context, w io.Writer) error {
+	return s.snapshot(ctx, w, nil)
+}
+
+func (s *Sharded) snapshot(ctx context.Context, w io.Writer, keep func(vendor string) bool) error {
 	n := len(s.shards)
 	bufs := make([]*bytes.Buffer, n)
 	out := make(chan shardSnapshotDone, n)
 	for i := range s.shards {
 		bufs[i] = new(bytes.Buffer)
-		if err := s.send(ctx, i, shardMsg{kind: msgSnapshot, buf: bufs[i], out: out}); err != nil {
+		if err := s.send(ctx, i, shardMsg{kind: msgSnapshot, buf: bufs[i], keep: keep, out: out}); err != nil {
 			return err
 		}
 	}
@@ -588,18 +593,48 @@ func (s *Sharded) Snapshot(ctx context.Context, w io.Writer) error {
 // runs is replaced. Bad input returns an error wrapping ErrSnapshot and changes
 // nothing.
 func (s *Sharded) Restore(ctx context.Context, r io.Reader) error {
+	engines, err := s.emptyEngines()
+	if err != nil {
+		return err
+	}
+	route := func(vendor string) *Engine { return engines[ShardOf(vendor, len(engines))] }
+	if err := decodeSharded(r, engines, route); err != nil {
+		return err
+	}
+	for _, e := range engines {
+		e.finishRestore()
+	}
+	return s.swap(ctx, engines)
+}
+
+// emptyEngines returns one engine per shard with the shards' configuration and no state.
+func (s *Sharded) emptyEngines() ([]*Engine, error) {
+	engines := make([]*Engine, len(s.shards))
+	for i, sh := range s.shards {
+		// the configuration is immutable after construction, so reading it is safe
+		var err error
+		if engines[i], err = sh.eng.emptyCopy(); err != nil {
+			return nil, err
+		}
+	}
+	return engines, nil
+}
+
+// swap makes engines the shards' state.
+func (s *Sharded) swap(ctx context.Context, engines []*Engine) error {
+	return s.broadcast(ctx, func(i int, tr *tracker) shardMsg {
+		return shardMsg{kind: msgSwap, eng: engines[i], tr: tr}
+	})
+}
+
+// decodeSharded decodes a Sharded snapshot from r into engines: each vendor goes to the
+// engine route returns for it, the engine-wide state of part p is merged into engine
+// p modulo len(engines).
+func decodeSharded(r io.Reader, engines []*Engine, route func(vendor string) *Engine) error {
 	body, err := readVerified(r, shardedMagic)
 	if err != nil {
 		return err
 	}
-	engines := make([]*Engine, len(s.shards))
-	for i, sh := range s.shards {
-		// the configuration is immutable after construction, so reading it is safe
-		if engines[i], err = sh.eng.emptyCopy(); err != nil {
-			return err
-		}
-	}
-	route := func(vendor string) *Engine { return engines[ShardOf(vendor, len(engines))] }
 	d := newDecoder(body)
 	parts := d.count(16, math.MaxInt32)
 	for p := range parts {
@@ -635,10 +670,5 @@ func (s *Sharded) Restore(ctx context.Context, r io.Reader) error {
 	if parts == 0 {
 		return fmt.Errorf("%w: no shards", ErrSnapshot)
 	}
-	for _, e := range engines {
-		e.finishRestore()
-	}
-	return s.broadcast(ctx, func(i int, tr *tracker) shardMsg {
-		return shardMsg{kind: msgSwap, eng: engines[i], tr: tr}
-	})
+	return nil
 }

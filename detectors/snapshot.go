@@ -248,18 +248,25 @@ func verify(b []byte, magic [4]byte) ([]byte, error) {
 // Snapshot writes the engine's whole state to w in the versioned binary format
 // described above. Call it from the goroutine that owns the engine.
 func (e *Engine) Snapshot(w io.Writer) error {
+	return e.snapshot(w, nil)
+}
+
+// snapshot writes a snapshot of the vendors keep accepts (nil: all).
+func (e *Engine) snapshot(w io.Writer, keep func(vendor string) bool) error {
 	enc := newEncoder(w)
 	enc.bytes(engineMagic[:])
 	enc.u16(snapshotVersion)
 	enc.u16(0)
-	e.encodeBody(enc)
+	e.encodeBody(enc, keep)
 	if err := enc.finish(); err != nil {
 		return fmt.Errorf("detectors: write snapshot: %w", err)
 	}
 	return nil
 }
 
-func (e *Engine) encodeBody(enc *encoder) {
+// encodeBody writes the engine's state; keep, when not nil, chooses the vendors written
+// (the engine-wide state is always written).
+func (e *Engine) encodeBody(enc *encoder, keep func(vendor string) bool) {
 	enc.i64(int64(e.set.interval))
 	enc.i64(int64(e.set.lateness))
 	enc.boolean(e.seen)
@@ -280,7 +287,13 @@ func (e *Engine) encodeBody(enc *encoder) {
 		enc.str(e.sensors[i].name)
 		encodeActivity(enc, &e.sensors[i].act)
 	}
-	enc.u32(uint32(len(e.vendors)))
+	kept := 0
+	for _, v := range e.vendors {
+		if keep == nil || keep(v.name) {
+			kept++
+		}
+	}
+	enc.u32(uint32(kept))
 	// keys are grouped by vendor in the snapshot
 	byVendor := make([][]uint32, len(e.vendors))
 	for i := 0; i < e.keys.len(); i++ {
@@ -290,6 +303,9 @@ func (e *Engine) encodeBody(enc *encoder) {
 		}
 	}
 	for vi, v := range e.vendors {
+		if keep != nil && !keep(v.name) {
+			continue
+		}
 		encodeVendor(enc, v)
 		encodeKey(enc, "", e.keys.at(v.key))
 		enc.u32(uint32(len(byVendor[vi])))
