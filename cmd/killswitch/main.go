@@ -39,6 +39,7 @@ func commands() map[string]command {
 			fmt.Fprintln(stdout, "killswitch", version)
 			return 0
 		}},
+		"healthcheck": {"ask the service's /readyz once: exit 0 if ready (container health checks)", runHealthcheck},
 	}
 }
 
