@@ -67,6 +67,29 @@ type Status struct {
 	// inventory's policy grants, "broad (allowed by --allow-broad-vault-token)"
 	// otherwise; empty in dry-run.
 	VaultTokenScope string `json:"vault_token_scope,omitempty"`
+	// Cluster is set when several instances share the fleet: who answered, and the
+	// members with the partitions each owns.
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
+}
+
+// ClusterStatus is the membership as GET /api/status reports it.
+type ClusterStatus struct {
+	// Instance is the member name of the instance answering.
+	Instance   string `json:"instance"`
+	Partitions int    `json:"partitions"`
+	// Members are the instances in the group or heartbeating, as the one answering
+	// sees them.
+	Members []ClusterMember `json:"members"`
+}
+
+// ClusterMember is one instance of a cluster.
+type ClusterMember struct {
+	Member     string `json:"member"`
+	Self       bool   `json:"self,omitempty"`
+	HTTP       string `json:"http,omitempty"`
+	Alive      bool   `json:"alive"`
+	SilentMS   int64  `json:"silent_ms"`
+	Partitions []int  `json:"partitions"`
 }
 
 // Storm is a detection storm's hold as GET /api/status shows it.

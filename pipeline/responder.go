@@ -155,6 +155,42 @@ func (r *Responder) Restore(in *incidents.Incident) {
 	v.turn.Unlock()
 }
 
+// Reload replaces the vendor's current incidents with ins (loaded from storage): in a
+// cluster, the vendor's partition was handled by another instance until now.
+func (r *Responder) Reload(vendor string, ins []*incidents.Incident) {
+	v := r.vendor(vendor)
+	v.turn.Lock()
+	v.book = incidents.NewBook(r.cfg.Incidents)
+	for _, in := range ins {
+		v.book.Restore(in)
+	}
+	v.turn.Unlock()
+}
+
+// Forget drops the incidents of the vendors keep does not accept (in a cluster, their
+// partition moved to another instance); a detection of theirs handled later starts
+// from what storage holds then (see Reload).
+func (r *Responder) Forget(keep func(vendor string) bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name := range r.vendors {
+		if !keep(name) {
+			delete(r.vendors, name)
+		}
+	}
+}
+
+// Vendors returns the names of the vendors the responder holds incidents or turns for.
+func (r *Responder) Vendors() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.vendors))
+	for name := range r.vendors {
+		out = append(out, name)
+	}
+	return out
+}
+
 // Current returns a copy of the current (open or contained) incident of key, if any.
 // It waits for the vendor's turn.
 func (r *Responder) Current(key detectors.Key) (*incidents.Incident, bool) {

@@ -184,6 +184,16 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 	case c.s.o.VaultExecutors != nil:
 		out.VaultTokenScope = "scoped"
 	}
+	if c.s.members != nil {
+		ms, err := c.s.members.Status(ctx)
+		if err != nil {
+			return httpapi.Status{}, err
+		}
+		out.Cluster = &httpapi.ClusterStatus{Instance: c.s.instance, Partitions: c.s.cfg.Service.Cluster.Partitions}
+		for _, m := range ms {
+			out.Cluster.Members = append(out.Cluster.Members, httpapi.ClusterMember(m))
+		}
+	}
 	if c.s.o.VaultExecutors == nil {
 		out.DryRunReason = c.s.o.DryRunReason
 		if out.DryRunReason == "" {

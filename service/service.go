@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,7 @@ import (
 	ledgerjs "github.com/killswitch-dev/killswitch/ledger/jetstream"
 	"github.com/killswitch-dev/killswitch/metrics"
 	"github.com/killswitch-dev/killswitch/pipeline"
+	"github.com/killswitch-dev/killswitch/pipeline/cluster"
 	pipejs "github.com/killswitch-dev/killswitch/pipeline/jetstream"
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"github.com/killswitch-dev/killswitch/telemetry"
@@ -106,6 +108,11 @@ type Service struct {
 	httpLn   net.Listener
 	ready    atomic.Bool
 	instance string
+
+	// Cluster mode only (service.cluster.enabled).
+	members *cluster.Members
+	ingest  *cluster.Ingest
+	respond *cluster.Respond
 }
 
 // Run starts the service and blocks until ctx is done, then shuts down gracefully:
@@ -136,7 +143,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	}
 	cfg := o.Config
 	sc := &cfg.Service
-	s := &Service{o: o, cfg: cfg, log: o.Log, metrics: metrics.New(), instance: instanceID(), counters: telemetry.NewCounters()}
+	s := &Service{o: o, cfg: cfg, log: o.Log, metrics: metrics.New(), instance: instanceID(sc.Cluster.Instance), counters: telemetry.NewCounters()}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -235,8 +242,12 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		"invalid":    func() uint64 { return eng.Counters().Rejected },
 		"key_bound":  func() uint64 { return eng.Counters().KeysRefused },
 	})
-	if err := s.restoreIncidents(ctx); err != nil {
-		return nil, err
+	clustered := sc.Cluster.Enabled
+	if !clustered {
+		// In a cluster each partition's incidents are loaded by its owner (cluster.Respond).
+		if err := s.restoreIncidents(ctx); err != nil {
+			return nil, err
+		}
 	}
 	// The door: event times bounded against the clock, names validated, the body's
 	// vendor checked against the subject (formats other than the native one attribute
@@ -249,17 +260,27 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if o.NewDecoder != nil {
 		vendorToken = -1
 	}
+	var group *telnats.Group
+	if clustered {
+		group = &telnats.Group{Member: s.instance, Partitions: sc.Cluster.Partitions}
+	}
 	if s.src, err = telnats.NewJetStreamSource(ctx, s.nc, telnats.JetStreamOptions{
 		Stream: sc.NATS.TelemetryStream, Subjects: []string{sc.NATS.TelemetrySubject}, Replicas: replicas,
 		DeadLetter: telnats.DeadLetterOptions{Replicas: replicas},
 		NewDecoder: o.NewDecoder, Counters: s.counters, Logger: s.log.Named("telemetry"),
-		Admission: door, VendorToken: vendorToken, Clock: o.Clock,
+		Admission: door, VendorToken: vendorToken, Clock: o.Clock, Group: group,
 	}); err != nil {
 		return nil, err
 	}
 	stream, err := s.js.Stream(ctx, sc.NATS.TelemetryStream)
 	if err != nil {
 		return nil, fmt.Errorf("service: telemetry stream: %w", err)
+	}
+	if clustered {
+		if err := s.startCluster(ctx, stream, checkpoints, door, vendorToken); err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
 	cons, err := s.js.Consumer(ctx, sc.NATS.TelemetryStream, telnats.DefaultDurable)
 	if err != nil {
@@ -273,6 +294,46 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// startCluster makes the instance a member of the cluster: the detections' consumer
+// group, the partitioned ingest and responder, the membership controller; then it binds
+// the HTTP listener and joins (its share of the partitions comes to it).
+func (s *Service) startCluster(ctx context.Context, stream jetstream.Stream, checkpoints *pipejs.Checkpoints,
+	door *telemetry.Admission, vendorToken int) error {
+	sc := &s.cfg.Service
+	n := sc.Cluster.Partitions
+	respondGroup, err := pipejs.Group{Member: s.instance, Partitions: n}.Create(ctx, s.js)
+	if err != nil {
+		return err
+	}
+	log := s.log.Named("cluster")
+	s.ingest = cluster.NewIngest(cluster.IngestConfig{
+		Engine: s.pipe.Engine(), Submit: s.pipe.Ingest().Submit, Checkpoints: checkpoints, Stream: stream, Partitions: n,
+		NewDecoder: s.o.NewDecoder, Admission: door, VendorToken: vendorToken, CheckpointEvery: s.o.CheckpointEvery,
+		Clock: s.o.Clock, Log: log, Metrics: s.metrics,
+	})
+	s.respond = cluster.NewRespond(s.pipe.Responder(), s.incidents, n, log)
+	if err := s.startHTTP(); err != nil {
+		return err
+	}
+	if s.members, err = cluster.NewMembers(ctx, cluster.MembersConfig{
+		JS: s.js, Member: s.instance, Partitions: n, Replicas: sc.NATS.Replicas, HTTP: s.httpLn.Addr().String(),
+		Groups: []cluster.GroupRef{{Stream: sc.NATS.TelemetryStream, Group: telnats.DefaultGroup}, {Stream: pipejs.DetectionsStream, Group: respondGroup}},
+		OnOwn: func(ctx context.Context, owned []int) {
+			s.ingest.Own(ctx, owned)
+			s.respond.Own(ctx, owned)
+		},
+		Clock: s.o.Clock, Log: log,
+	}); err != nil {
+		return err
+	}
+	if err := s.members.Join(ctx); err != nil {
+		return err
+	}
+	s.log.Info("cluster mode: telemetry and detections partitioned by vendor between the instances",
+		zap.String("instance", s.instance), zap.Int("partitions", n))
+	return nil
 }
 
 // restoreIncidents makes every open or contained incident current again. An incident
@@ -307,11 +368,22 @@ func (s *Service) storm(ctx context.Context, st incidents.Storm) {
 	}
 }
 
-func instanceID() string {
+// instanceID returns the configured instance name, or the host name (reduced to
+// letters, digits, '-' and '_') with a random suffix.
+func instanceID(configured string) string {
+	if configured != "" {
+		return configured
+	}
 	b := make([]byte, 6)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails (it panics instead)
 	host, _ := os.Hostname()
-	return host + "-" + hex.EncodeToString(b)
+	host = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '-'
+	}, host)
+	return host[:min(len(host), 40)] + "-" + hex.EncodeToString(b)
 }
 
 // ledgerKey returns the ledger's MAC key: from the environment (ledger.EnvKey), else
@@ -453,11 +525,15 @@ func (s *Service) Serve(ctx context.Context) error {
 			}
 		}()
 	}
-	spawn("telemetry", func(ctx context.Context) error { return s.src.Run(ctx, s.pipe.Ingest()) })
-	spawn("responder", func(ctx context.Context) error {
-		return pipejs.Respond(ctx, pipejs.RespondConfig{JS: s.js, Responder: s.pipe.Responder(), Pager: s.pager,
-			Log: s.log.Named("respond"), Metrics: s.metrics})
-	})
+	var ingest telemetry.Handler = s.pipe.Ingest()
+	respond := pipejs.RespondConfig{JS: s.js, Responder: s.pipe.Responder(), Pager: s.pager, Log: s.log.Named("respond"), Metrics: s.metrics}
+	if s.members != nil {
+		ingest, respond.Responder = s.ingest, s.respond
+		respond.Group = &pipejs.Group{Member: s.instance, Partitions: s.cfg.Service.Cluster.Partitions}
+		spawn("membership", s.members.Run)
+	}
+	spawn("telemetry", func(ctx context.Context) error { return s.src.Run(ctx, ingest) })
+	spawn("responder", func(ctx context.Context) error { return pipejs.Respond(ctx, respond) })
 	spawn("playbook watcher", s.pb.Watch)
 	spawn("control mirror", s.mirrorControl)
 	spawn("housekeeping", s.housekeeping)
@@ -488,8 +564,17 @@ func (s *Service) Serve(ctx context.Context) error {
 		s.log.Warn("http shutdown", zap.Error(err))
 	}
 	wg.Wait()
-	if err := s.pipe.Ingest().Checkpoint(sctx); err != nil {
+	var checkpoint func(context.Context) error = s.pipe.Ingest().Checkpoint
+	if s.members != nil {
+		checkpoint = s.ingest.Checkpoint
+	}
+	if err := checkpoint(sctx); err != nil {
 		s.log.Warn("final checkpoint failed (the next start catches up from the stream)", zap.Error(err))
+	}
+	if s.members != nil {
+		if err := s.members.Leave(sctx); err != nil {
+			s.log.Warn("leaving the cluster failed: the others evict this instance when its heartbeat stops", zap.Error(err))
+		}
 	}
 	return runErr
 }

@@ -261,6 +261,7 @@ type vaultRig struct {
 	v     *testharness.Vault
 	root  *api.Client
 	execs actions.Registry
+	scope string            // the executors' token (the inventory's least-privilege policy)
 	inv   map[string]string // vendor → accessor
 	token map[string]string // vendor → token
 }
@@ -298,7 +299,7 @@ func newVaultRig(t testing.TB, vendors ...string) *vaultRig {
 		t.Fatal(err)
 	}
 	client.SetToken(ks.Auth.ClientToken)
-	r.execs = vault.New(client)
+	r.execs, r.scope = vault.New(client), ks.Auth.ClientToken
 	return r
 }
 

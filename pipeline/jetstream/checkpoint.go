@@ -48,17 +48,47 @@ func OpenCheckpoints(ctx context.Context, js jetstream.JetStream, replicas int) 
 
 // Checkpoint implements pipeline.Checkpointer.
 func (c *Checkpoints) Checkpoint(ctx context.Context, seq uint64, write func(io.Writer) error) error {
+	return c.Put(ctx, detectorsObject, seq, write)
+}
+
+// Put stores, as object name, the state write writes, covering telemetry stream
+// sequence seq.
+func (c *Checkpoints) Put(ctx context.Context, name string, seq uint64, write func(io.Writer) error) error {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(write(pw)) }()
 	_, err := c.store.Put(ctx, jetstream.ObjectMeta{
-		Name:     detectorsObject,
+		Name:     name,
 		Metadata: map[string]string{seqMetadata: strconv.FormatUint(seq, 10)},
 	}, pr)
 	pr.CloseWithError(err) // unblocks the writer when Put gave up early
 	if err != nil {
-		return fmt.Errorf("pipeline: checkpoint: %w", err)
+		return fmt.Errorf("pipeline: checkpoint %s: %w", name, err)
 	}
 	return nil
+}
+
+// Get returns checkpoint name and the sequence it covers; found is false when there
+// is none.
+func (c *Checkpoints) Get(ctx context.Context, name string) (data []byte, seq uint64, found bool, err error) {
+	obj, err := c.store.Get(ctx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, 0, false, nil
+	}
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("pipeline: read checkpoint %s: %w", name, err)
+	}
+	defer obj.Close()
+	info, err := obj.Info()
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("pipeline: checkpoint %s: %w", name, err)
+	}
+	if seq, err = strconv.ParseUint(info.Metadata[seqMetadata], 10, 64); err != nil {
+		return nil, 0, false, fmt.Errorf("pipeline: checkpoint %s has no valid %s: %w", name, seqMetadata, err)
+	}
+	if data, err = io.ReadAll(obj); err != nil {
+		return nil, 0, false, fmt.Errorf("pipeline: read checkpoint %s: %w", name, err)
+	}
+	return data, seq, true, nil
 }
 
 // RecoverConfig says what Recover works on.

@@ -21,6 +21,7 @@ import (
 	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/pcgroups"
 	"go.uber.org/zap"
 )
 
@@ -76,8 +77,12 @@ func Sink(js jetstream.JetStream, m *metrics.Metrics) detectors.Sink {
 type RespondConfig struct {
 	// JS reads the detections stream.
 	JS jetstream.JetStream
-	// Responder handles the detections.
-	Responder *pipeline.Responder
+	// Responder handles the detections (a *pipeline.Responder, or a cluster's wrapper).
+	Responder DetectionHandler
+	// Group, if set, makes the instance one member of a partitioned consumer group of
+	// the detections stream instead of reading the durable consumer: each vendor's
+	// detections go to the member owning its partition.
+	Group *Group
 	// Pager pages a human when a detection cannot be handled.
 	Pager Pager
 	// PageAfter is how many deliveries of one detection fail before a human is paged
@@ -96,6 +101,42 @@ type RespondConfig struct {
 	AckWait time.Duration
 	Log     *zap.Logger
 	Metrics *metrics.Metrics
+}
+
+// DetectionHandler handles one detection (pipeline.Responder does).
+type DetectionHandler interface {
+	Handle(ctx context.Context, d detectors.Detection) error
+}
+
+// Group names a member of the detections stream's partitioned consumer group.
+type Group struct {
+	// Name is the group's name; default RespondConsumer.
+	Name string
+	// Member is this instance's member name.
+	Member string
+	// Partitions is the number of partitions (the telemetry group's).
+	Partitions int
+}
+
+// detectionsPartitioning partitions detections by vendor (killswitch.detections.<vendor>),
+// with the same hash as telemetry.
+var detectionsPartitioning = []pcgroups.PartitioningFilter{{Filter: DetectionsSubjectPrefix + ".*", PartitioningWildcards: []int{1}}}
+
+// Create creates the detections stream's consumer group (or checks the existing one
+// partitions the same way) and returns its name.
+func (g Group) Create(ctx context.Context, js jetstream.JetStream) (string, error) {
+	name := g.name()
+	if _, err := pcgroups.CreateElastic(ctx, js, DetectionsStream, name, uint(g.Partitions), detectionsPartitioning, 0, 0); err != nil {
+		return "", fmt.Errorf("pipeline: consumer group %s on %s (%d partitions): %w", name, DetectionsStream, g.Partitions, err)
+	}
+	return name, nil
+}
+
+func (g Group) name() string {
+	if g.Name == "" {
+		return RespondConsumer
+	}
+	return g.Name
 }
 
 func (c *RespondConfig) defaults() {
@@ -126,6 +167,9 @@ func (c *RespondConfig) defaults() {
 // detections received and not handled were handed back for redelivery.
 func Respond(ctx context.Context, cfg RespondConfig) error {
 	cfg.defaults()
+	if cfg.Group != nil {
+		return respondGroup(ctx, cfg)
+	}
 	cons, err := cfg.JS.CreateOrUpdateConsumer(ctx, DetectionsStream, jetstream.ConsumerConfig{
 		Durable:       RespondConsumer,
 		Description:   "Killswitch responder: incidents, playbooks, actions",
@@ -163,6 +207,39 @@ func Respond(ctx context.Context, cfg RespondConfig) error {
 		}
 	}
 	return nil
+}
+
+// respondGroup is Respond as a member of the detections' consumer group.
+func respondGroup(ctx context.Context, cfg RespondConfig) error {
+	g := *cfg.Group
+	d := &dispatcher{cfg: cfg, queues: map[string]*vendorQueue{}, held: map[jetstream.Msg]struct{}{}}
+	defer d.wg.Wait()
+	d.wg.Add(1)
+	go d.heartbeat(ctx)
+	cc, err := pcgroups.ElasticConsume(ctx, cfg.JS, DetectionsStream, g.name(), g.Member, func(m jetstream.Msg) { d.dispatch(ctx, m) },
+		jetstream.ConsumerConfig{
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       cfg.AckWait,
+			MaxDeliver:    -1, // bounded by PageAfter: a detection is paged, never dropped
+			MaxAckPending: cfg.MaxInFlight,
+			Description:   "Killswitch responder, partitioned by vendor",
+		})
+	if err != nil {
+		return fmt.Errorf("pipeline: consume group %s as %s: %w", g.name(), g.Member, err)
+	}
+	defer cc.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-cc.Done():
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			err = errors.New("the group was deleted")
+		}
+		return fmt.Errorf("pipeline: consumer group %s: %w", g.name(), err)
+	}
 }
 
 // dispatcher runs one worker per vendor with detections waiting.

@@ -140,6 +140,9 @@ type JetStreamOptions struct {
 	// (the first wildcard: egress.> → the second token), n > 0 is token n (1-based),
 	// negative turns the check off (vendors attributed by address, e.g. VPC flow logs).
 	VendorToken int
+	// Group, if set, makes the source one member of a partitioned consumer group
+	// shared by several instances instead of reading the durable consumer (see Group).
+	Group *Group
 }
 
 func (o JetStreamOptions) withDefaults() JetStreamOptions {
@@ -287,6 +290,17 @@ func NewJetStreamSource(ctx context.Context, nc *nats.Conn, o JetStreamOptions) 
 			return nil, fmt.Errorf("telemetry: create or update stream %s: %w", o.Stream, err)
 		}
 	}
+	if o.Group != nil {
+		o.AckMode = AckEachMessage // several readers: no acknowledgement floor to share
+		src := &JetStreamSource{opts: o, nc: nc, js: js, door: newDoor(o.Admission, o.VendorToken, o.Subjects), counters: o.Counters, log: o.Logger}
+		if err := src.createGroup(ctx); err != nil {
+			return nil, err
+		}
+		if src.dlq, err = newDeadLetterer(ctx, nc, js, o.DeadLetter, o.Subjects); err != nil {
+			return nil, err
+		}
+		return src, nil
+	}
 	policy := jetstream.AckAllPolicy
 	if o.AckMode == AckEachMessage {
 		policy = jetstream.AckExplicitPolicy
@@ -340,36 +354,25 @@ func (s *JetStreamSource) Run(ctx context.Context, h telemetry.Handler) error {
 	}
 	msgs := make(chan jetstream.Msg, o.BatchSize)
 	done := make(chan struct{})
-	fatal := make(chan error, 1)
-	cc, err := s.consumer.Consume(func(m jetstream.Msg) {
+	push := func(m jetstream.Msg) {
 		select {
 		case msgs <- m:
 		case <-done:
 		}
-	},
-		jetstream.PullMaxMessages(4*o.BatchSize),
-		// A pull request lost in a cluster failover (the consumer's leader moving, or
-		// the node the client was on going away) is noticed by missing heartbeats and
-		// sent again: 2×heartbeat, 1s here (the default, half of a 30s expiry, made a
-		// NATS node failure stop consumption for 30s).
-		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(500*time.Millisecond),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			switch {
-			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
-				select {
-				case fatal <- fmt.Errorf("telemetry: consumer %s: %w", o.Durable, err):
-				default:
-				}
-			default:
-				s.log.Warn("telemetry: jetstream consume", zap.String("consumer", o.Durable), zap.Error(err))
-			}
-		}))
+	}
+	var stop func()
+	var closed <-chan error
+	if o.Group != nil {
+		stop, closed, err = s.consumeGroup(ctx, push)
+	} else {
+		stop, closed, err = s.consumeDurable(push)
+	}
 	if err != nil {
-		return fmt.Errorf("telemetry: consume %s: %w", o.Durable, err)
+		return err
 	}
 	defer func() {
 		close(done) // release a callback blocked on a full channel before stopping
-		cc.Stop()
+		stop()
 		p.flushAck()
 		// Hand back what was received and not processed (a negative acknowledgement
 		// concerns one message, also under AckAll).
@@ -396,10 +399,8 @@ func (s *JetStreamSource) Run(ctx context.Context, h telemetry.Handler) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case err := <-fatal:
+		case err := <-closed:
 			return err
-		case <-cc.Closed():
-			return ErrSourceClosed
 		case <-tick:
 			p.maybeResolve(ctx)
 			continue
@@ -417,6 +418,42 @@ func (s *JetStreamSource) Run(ctx context.Context, h telemetry.Handler) error {
 		}
 		p.process(ctx, batch)
 	}
+}
+
+// consumeDurable starts pulling from the durable consumer into push. closed reports
+// why consumption ended for good: the consumer was deleted, or the connection closed.
+func (s *JetStreamSource) consumeDurable(push func(jetstream.Msg)) (stop func(), closed <-chan error, err error) {
+	o := s.opts
+	fatal := make(chan error, 2)
+	cc, err := s.consumer.Consume(push,
+		jetstream.PullMaxMessages(4*o.BatchSize),
+		// A pull request lost in a cluster failover (the consumer's leader moving, or
+		// the node the client was on going away) is noticed by missing heartbeats and
+		// sent again: 2×heartbeat, 1s here (the default, half of a 30s expiry, made a
+		// NATS node failure stop consumption for 30s).
+		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(500*time.Millisecond),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			switch {
+			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
+				select {
+				case fatal <- fmt.Errorf("telemetry: consumer %s: %w", o.Durable, err):
+				default:
+				}
+			default:
+				s.log.Warn("telemetry: jetstream consume", zap.String("consumer", o.Durable), zap.Error(err))
+			}
+		}))
+	if err != nil {
+		return nil, nil, fmt.Errorf("telemetry: consume %s: %w", o.Durable, err)
+	}
+	go func() {
+		<-cc.Closed()
+		select {
+		case fatal <- ErrSourceClosed:
+		default:
+		}
+	}()
+	return cc.Stop, fatal, nil
 }
 
 // item is one message of a batch and what its reply subject says.
@@ -474,6 +511,11 @@ func (p *jsProcessor) process(ctx context.Context, batch []jetstream.Msg) {
 	for _, m := range batch {
 		it := item{m: m}
 		it.meta, _ = parseAckReply(m.Reply())
+		if p.o.Group != nil {
+			// The group's work queue holds copies: the telemetry stream's own sequence
+			// is what checkpoints and catch-ups count in.
+			it.meta.streamSeq = sourceSeq(m.Headers())
+		}
 		if p.floor != nil {
 			if seq := it.meta.streamSeq; seq > 0 && p.floor.isDone(seq) {
 				// A redelivery of a message already done (its acknowledgement was lost or
