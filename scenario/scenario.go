@@ -1,6 +1,6 @@
 // Package scenario generates realistic, labelled egress telemetry, deterministically from
 // a seed: many vendors with daily and weekly seasonality, a nightly batch at the same hour
-// every day, noise, and injected attacks (smash-and-grab, exfiltration to a new
+// every day, holidays (a fleet-wide dip on given days), noise, and injected attacks (smash-and-grab, exfiltration to a new
 // destination, low-and-slow at night, a dormant credential waking up).
 //
 // The same Config always yields the same events in the same order, so tests, the demo,
@@ -79,6 +79,13 @@ type Config struct {
 	// attacks (Attacks does not list them): a replay must refuse them and still catch
 	// every attack.
 	ForgedTimes bool
+	// Holidays are days, counted from Start (0 is the first day, 24 hours from
+	// Start), on which the whole fleet's normal traffic dips to HolidayFactor of its
+	// usual level, then returns the next day: what a public holiday, or a fleet-wide
+	// outage, looks like. Attacks are not affected.
+	Holidays []int
+	// HolidayFactor is the traffic level on a holiday. Default 0.3.
+	HolidayFactor float64
 }
 
 func (c *Config) defaults() {
@@ -107,6 +114,14 @@ func (c *Config) defaults() {
 	if c.Sensors <= 0 {
 		c.Sensors = 2
 	}
+	if c.HolidayFactor <= 0 {
+		c.HolidayFactor = 0.3
+	}
+}
+
+// holiday reports whether minute m of the scenario falls on one of its holidays.
+func (c *Config) holiday(m int) bool {
+	return slices.Contains(c.Holidays, m/1440)
 }
 
 // vendorNames are the first vendor names; more are numbered.
@@ -273,8 +288,15 @@ func (s *Scenario) Events(emit func(*telemetry.Event) bool) {
 	for i := range sensors {
 		sensors[i] = fmt.Sprintf("egress-gw-%d", i+1)
 	}
+	dip := 1.0
 	for m := range minutes {
 		t := cfg.Start.Add(time.Duration(m) * time.Minute)
+		if m%1440 == 0 {
+			dip = 1
+			if cfg.holiday(m) {
+				dip = cfg.HolidayFactor
+			}
+		}
 		batch = batch[:0]
 		add := func(st *stream, dst string, bytes float64, n int) {
 			if n <= 0 || bytes <= 0 {
@@ -298,7 +320,7 @@ func (s *Scenario) Events(emit func(*telemetry.Event) bool) {
 				}
 				continue
 			}
-			l := st.level(t) * st.scale
+			l := st.level(t) * st.scale * dip
 			n := poisson(r, cfg.EventsPerMinute*l)
 			add(st, st.dsts[r.IntN(len(st.dsts))], cfg.BytesPerMinute*l*float64(n)/math.Max(cfg.EventsPerMinute*l, 1e-9), n)
 		}

@@ -120,3 +120,33 @@ func TestForgedTimes(t *testing.T) {
 		}
 	}
 }
+
+// TestHolidays: on a holiday the whole fleet's normal traffic dips to HolidayFactor of
+// an ordinary day's, and returns the next day; without holidays nothing changes.
+func TestHolidays(t *testing.T) {
+	perDay := func(cfg Config) []float64 {
+		out := make([]float64, cfg.Days)
+		start := New(cfg).Start()
+		New(cfg).Events(func(ev *telemetry.Event) bool {
+			out[int(ev.Time.Sub(start)/(24*time.Hour))] += float64(ev.Bytes)
+			return true
+		})
+		return out
+	}
+	base := Config{Seed: 7, Days: 4, Vendors: 3, Attacks: -1}
+	plain := perDay(base)
+	hol := base
+	hol.Holidays = []int{1}
+	dipped := perDay(hol)
+	cases := []struct {
+		day    int
+		lo, hi float64
+	}{
+		{0, 0.99, 1.01}, {1, 0.2, 0.4}, {2, 0.8, 1.25},
+	}
+	for _, tc := range cases {
+		if r := dipped[tc.day] / plain[tc.day]; r < tc.lo || r > tc.hi {
+			t.Errorf("day %d: %.2f of the volume without holidays, want %.2f–%.2f", tc.day, r, tc.lo, tc.hi)
+		}
+	}
+}

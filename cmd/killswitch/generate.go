@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/killswitch-dev/killswitch/clock"
@@ -45,6 +47,17 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	fs.IntVar(&cfg.CredentialsPerVendor, "credentials", 2, "active credentials per vendor")
 	fs.Float64Var(&cfg.EventsPerMinute, "rate", 6, "events per minute per credential at the daily peak")
 	fs.IntVar(&cfg.Attacks, "attacks", 1, "attacks of each kind to inject (-1: none)")
+	fs.Func("holidays", "comma-separated days (0 = the first day) on which the whole fleet dips to --holiday-factor of its level", func(v string) error {
+		for f := range strings.SplitSeq(v, ",") {
+			d, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || d < 0 {
+				return fmt.Errorf("day %q: want a day number from 0", f)
+			}
+			cfg.Holidays = append(cfg.Holidays, d)
+		}
+		return nil
+	})
+	fs.Float64Var(&cfg.HolidayFactor, "holiday-factor", 0.3, "traffic level on a holiday")
 	fs.BoolVar(&cfg.ForgedTimes, "forged-times", false, "also inject, a day before each attack, 3 events with forged times (2099, 1971) meant to blind the detectors")
 	nopts.RegisterFlags(fs, "")
 	if err := fs.Parse(args); err != nil {
