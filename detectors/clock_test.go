@@ -369,7 +369,9 @@ func TestClockGuard(t *testing.T) {
 
 // TestSnapshotV1Migration: a version-1 snapshot (testdata/snapshot-v1.bin, written by
 // the previous format from the first half of two days of scenario seed 5) restores,
-// and the engine then continues exactly like one that never stopped.
+// and the engine then raises exactly the detections of one that never stopped (its
+// state is not byte-identical: the version-3 guard envelope is migrated from the hour
+// envelope, see sameStateButGuard).
 func TestSnapshotV1Migration(t *testing.T) {
 	v1, err := os.ReadFile("testdata/snapshot-v1.bin")
 	if err != nil {
@@ -396,7 +398,5 @@ func TestSnapshotV1Migration(t *testing.T) {
 	if got := detect(e, evs[half:]); !reflect.DeepEqual(got, want) {
 		t.Fatalf("after migrating: %d detections, never-stopped engine: %d; they differ", len(got), len(want))
 	}
-	if !bytes.Equal(snapshotBytes(t, e), snapshotBytes(t, never)) {
-		t.Fatal("final snapshots differ")
-	}
+	sameStateButGuard(t, e, never)
 }

@@ -35,6 +35,10 @@ type keyState struct {
 	// hourHi is the upper envelope of the volume seen in each hour of the day (UTC), in
 	// eighths of the model's log2 scale: the most the key has sent at that hour.
 	hourHi [24]uint8
+	// seenHi is the same envelope learned only from buckets that did not extend a
+	// run of excess: the most the key has sent at that hour in normal operation, the
+	// sustained detector's guard (see keyState.seenLine).
+	seenHi [24]uint8
 
 	model Model
 }

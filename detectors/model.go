@@ -179,7 +179,14 @@ type Score struct {
 // It scores each observation by how far it leaves what the past allows, in both
 // directions, and learns from it afterwards. The zero value is an empty model.
 //
-// State is fixed-size (no pointers): 140 bytes.
+// It also knows two day types, weekdays and weekends (Saturday and Sunday, UTC): the
+// weekend offset is learned from the first weekend observation on (a running mean over
+// the weekend observations seen, until the weekly smoothing takes over), and the
+// baseline and the hour-of-day offsets learn the volume net of it, so a quiet weekend
+// neither drags the baseline down nor makes the return to the weekday level on Monday
+// look like excess.
+//
+// State is fixed-size (no pointers): 148 bytes.
 type Model struct {
 	n  uint32 // observations learned
 	t0 int32  // minute (since the Unix epoch) of the first observation
@@ -196,9 +203,55 @@ type Model struct {
 	volHi, volLo float32
 	resHi, resLo float32
 
+	// dayGate is the EW mean, over weekend observations, of |residual with the
+	// weekend offset| − WeeklyGain × |residual without it|: the offset is used only
+	// while it is negative (while the day type explains the data).
+	dayGate float32
+
 	season [24]int16
 	week   [7]int16
 	qexp   int16 // the seasonal offsets are int16 × 2^qexp
+	// dayOff is the weekend's offset from the weekday level (the day type, int16 ×
+	// 2^qexp like the seasonal offsets), learned from dayN weekend observations.
+	dayOff int16
+	dayN   uint16
+}
+
+// isWeekend reports whether s falls on a Saturday or a Sunday (UTC).
+func (s Slot) isWeekend() bool { return s.Weekday%7 == 0 || s.Weekday%7 == 6 }
+
+// dayTypeOffset returns the day type's offset from the weekday level for slot s: the
+// learned weekend offset on a weekend, 0 on a weekday or before any weekend was seen.
+func (m *Model) dayTypeOffset(s Slot) float64 {
+	if !s.isWeekend() || !m.dayTypeOn(s) {
+		return 0
+	}
+	return m.weekendOff()
+}
+
+// weekendOff returns the weekend offset (model scale).
+func (m *Model) weekendOff() float64 { return math.Ldexp(float64(m.dayOff), int(m.qexp)) }
+
+// dayTypeOn reports whether the weekend offset is in use at slot s: learned from a
+// whole weekend day of observations (it has been seen once), at least two robust
+// scales away from the weekday level, and explaining the weekend data better than no
+// offset.
+func (m *Model) dayTypeOn(s Slot) bool {
+	if math.Abs(m.weekendOff()) < 2*float64(m.mad) {
+		return false
+	}
+	perDay := 1440.0
+	if t0 := int64(m.t0); m.n > 1 && s.Minute > t0 {
+		perDay = 1440 * float64(m.n) / float64(s.Minute-t0)
+	}
+	return float64(m.dayN) >= min(perDay, math.MaxUint16)
+}
+
+// WeekendOffset returns the offset of the weekend level from the weekday level (model
+// scale; negative when weekends are quieter) and whether it is in use: a weekend has
+// been seen and the day type explains the data.
+func (m *Model) WeekendOffset() (float64, bool) {
+	return m.weekendOff(), m.dayN > 0 && m.dayGate < 0
 }
 
 // N returns the number of observations the model has learned.
@@ -211,6 +264,8 @@ type modelEval struct {
 	base, sres     float64 // seasonal baseline and residual (without weekly unless on)
 	sresNoWeek     float64
 	sresWeek       float64
+	day            float64 // the day type's offset
+	z              float64 // the CUSUM step before the slack
 	seasonalOn     bool
 	weeklyOn       bool
 	cusUp, cusDown float64 // provisional CUSUM statistics including this observation
@@ -228,10 +283,11 @@ func (m *Model) eval(p *ModelParams, x float64, s Slot) modelEval {
 	elapsed := time.Duration(s.Minute-int64(m.t0)) * time.Minute
 	season := m.offset(m.season[:], int(s.Hour%24))
 	week := m.offset(m.week[:], int(s.Weekday%7))
-	e.sresNoWeek = x - slow - season
+	e.day = m.dayTypeOffset(s)
+	e.sresNoWeek = x - slow - e.day - season
 	e.sresWeek = e.sresNoWeek - week
 	e.weeklyOn = elapsed >= p.WeeklyAfter && m.wdiff < 0
-	e.base = slow + season
+	e.base = slow + e.day + season
 	e.sres = e.sresNoWeek
 	if e.weeklyOn {
 		e.base += week
@@ -245,9 +301,10 @@ func (m *Model) eval(p *ModelParams, x float64, s Slot) modelEval {
 	if e.seasonalOn {
 		z = e.sres / (float64(m.smad) + e.eps)
 	} else {
-		z = (x - slow) / (mad + e.eps)
+		z = (x - slow - e.day) / (mad + e.eps)
 	}
 	z = math.Max(-p.CusumClamp, math.Min(p.CusumClamp, z))
+	e.z = z
 	e.cusUp = math.Max(0, float64(m.cusUp)+z-p.CusumSlack)
 	e.cusDown = math.Max(0, float64(m.cusDown)-z-p.CusumSlack)
 	return e
@@ -294,7 +351,7 @@ func (m *Model) Score(p *ModelParams, x float64, s Slot) Score {
 	}
 	up, down := exceed(e.inn, float64(m.innHi), float64(m.innLo), 0, e.eps)
 	pick(FeatureInnovation, up, down)
-	up, down = exceed(e.lvl, float64(m.lvlHi), float64(m.lvlLo), float64(m.slow), e.eps)
+	up, down = exceed(e.lvl-e.day, float64(m.lvlHi), float64(m.lvlLo), float64(m.slow), e.eps)
 	pick(FeatureLevel, up, down)
 	up, down = exceed(e.vol, float64(m.volHi), float64(m.volLo), float64(m.volMid), e.eps)
 	// Volatility has no sign: it counts in the direction the observation moved.
@@ -321,7 +378,12 @@ func (m *Model) Score(p *ModelParams, x float64, s Slot) Score {
 // Update learns x observed in slot s. Scoring and learning are separate so that the
 // engine can score a bucket's running sum on every event and learn the bucket once,
 // when it closes.
-func (m *Model) Update(p *ModelParams, x float64, s Slot) {
+func (m *Model) Update(p *ModelParams, x float64, s Slot) { m.update(p, x, s, false) }
+
+// update learns x observed in slot s. With holdUp, the observation adds nothing to the
+// upward CUSUM (it counts as at most the baseline): the engine's guard for a volume
+// the key has already sent at this hour on a comparable day.
+func (m *Model) update(p *ModelParams, x float64, s Slot, holdUp bool) {
 	if math.IsNaN(x) || math.IsInf(x, 0) {
 		return
 	}
@@ -335,13 +397,16 @@ func (m *Model) Update(p *ModelParams, x float64, s Slot) {
 		return
 	}
 	e := m.eval(p, x, s)
+	if holdUp {
+		e.cusUp = math.Max(0, float64(m.cusUp)+math.Min(e.z, 0)-p.CusumSlack)
+	}
 	slow := float64(m.slow)
 
 	// Envelopes: decay towards the centre, then widen to include the new value
 	// (only partly when the value is far outside: an anomaly must not teach the
 	// envelope that it is normal in one step).
 	envUpdate(&m.innHi, &m.innLo, e.inn, 0, p)
-	envUpdate(&m.lvlHi, &m.lvlLo, e.lvl, slow, p)
+	envUpdate(&m.lvlHi, &m.lvlLo, e.lvl-e.day, slow, p)
 	m.volMid += float32(p.VolMidAlpha * (e.vol - float64(m.volMid)))
 	envUpdate(&m.volHi, &m.volLo, e.vol, float64(m.volMid), p)
 	envUpdate(&m.resHi, &m.resLo, e.sres, 0, p)
@@ -359,15 +424,33 @@ func (m *Model) Update(p *ModelParams, x float64, s Slot) {
 	}
 
 	// Baseline, scale and seasonal offsets learn a Huber-clipped value.
-	xc := x
+	// They learn the volume net of the day type's offset.
+	xc := x - e.day
 	if m.n > 10 && p.Huber > 0 {
 		lim := p.Huber * (float64(m.mad) + e.eps)
-		xc = math.Max(slow-lim, math.Min(slow+lim, x))
+		xc = math.Max(slow-lim, math.Min(slow+lim, xc))
 	}
 	m.mad += float32(a * (math.Abs(xc-slow) - float64(m.mad)))
 	h, d := int(s.Hour%24), int(s.Weekday%7)
 	so := m.offset(m.season[:], h)
 	aS, aW := m.seasonAlphas(p, s)
+	if s.isWeekend() {
+		// The weekend offset: a running mean over the weekend observations seen
+		// (from the first one on), then the weekly smoothing.
+		// It learns in the background (the gate says when it is used): the gate
+		// compares the residuals with and without it.
+		raw := xc + e.day - slow - so // the residual without the offset
+		off := m.weekendOff()
+		m.dayGate += float32(a * (math.Abs(raw-off) - p.WeeklyGain*math.Abs(raw) - float64(m.dayGate)))
+		aD := math.Max(aW, 1/(float64(m.dayN)+dayTypePrior))
+		m.setWeekendOff(off + aD*(raw-off))
+		if m.dayN < math.MaxUint16 {
+			m.dayN++
+		}
+		if e.day != 0 {
+			xc -= aD * (xc - slow - so)
+		}
+	}
 	so += aS * (xc - slow - so)
 	m.setOffset(m.season[:], h, so)
 	wo := m.offset(m.week[:], d)
@@ -381,6 +464,10 @@ func (m *Model) Update(p *ModelParams, x float64, s Slot) {
 		m.n++
 	}
 }
+
+// dayTypePrior damps the first weekend observations: the weekend offset starts as a
+// running mean that counts this many observations of no offset.
+const dayTypePrior = 12
 
 // seasonAlphas returns the per-observation smoothing factors of the hour-of-day and
 // day-of-week offsets: the per-day (per-week) factors divided by the number of
@@ -439,11 +526,19 @@ func initialExp(x float64) int16 {
 }
 
 func (m *Model) setOffset(a []int16, i int, v float64) {
+	a[i] = m.quantize(v)
+}
+
+// setWeekendOff sets the weekend offset.
+func (m *Model) setWeekendOff(v float64) { m.dayOff = m.quantize(v) }
+
+// quantize returns v in the offsets' unit, first growing the unit (halving every
+// offset) until v fits.
+func (m *Model) quantize(v float64) int16 {
 	for {
 		q := math.Round(math.Ldexp(v, -int(m.qexp)))
 		if math.Abs(q) <= math.MaxInt16 || m.qexp >= maxQexp {
-			a[i] = int16(math.Max(math.MinInt16, math.Min(math.MaxInt16, q)))
-			return
+			return int16(math.Max(math.MinInt16, math.Min(math.MaxInt16, q)))
 		}
 		m.qexp++
 		for j := range m.season {
@@ -452,6 +547,7 @@ func (m *Model) setOffset(a []int16, i int, v float64) {
 		for j := range m.week {
 			m.week[j] = halve(m.week[j])
 		}
+		m.dayOff = halve(m.dayOff)
 	}
 }
 
@@ -479,7 +575,7 @@ func (m *Model) Triggers(p *ModelParams, s Slot) (spike, sustained float64) {
 	// level: fast + α(x − fast) ≥ T
 	t = float64(m.lvlHi) + c*(math.Max(float64(m.lvlHi)-slow, 0)+e.eps)
 	if p.FastAlpha > 0 {
-		spike = math.Min(spike, fast+(t-fast)/p.FastAlpha)
+		spike = math.Min(spike, fast+(t+e.day-fast)/p.FastAlpha)
 	}
 	// volatility: vol + β(|x − fast| − vol) ≥ T, upward branch
 	t = float64(m.volHi) + c*(math.Max(float64(m.volHi)-float64(m.volMid), 0)+e.eps)
@@ -498,7 +594,7 @@ func (m *Model) Triggers(p *ModelParams, s Slot) (spike, sustained float64) {
 		if e.seasonalOn {
 			sustained = e.base + need*(float64(m.smad)+e.eps)
 		} else {
-			sustained = slow + need*(float64(m.mad)+e.eps)
+			sustained = slow + e.day + need*(float64(m.mad)+e.eps)
 		}
 	}
 	return spike, sustained

@@ -10,11 +10,11 @@ import (
 
 // TestStateSize pins the per-key state the memory budget is built on.
 func TestStateSize(t *testing.T) {
-	if s := unsafe.Sizeof(Model{}); s != 140 {
-		t.Errorf("Model is %d bytes, want 140", s)
+	if s := unsafe.Sizeof(Model{}); s != 148 {
+		t.Errorf("Model is %d bytes, want 148", s)
 	}
-	if keyStateSize != 224 {
-		t.Errorf("keyState is %d bytes, want 224", keyStateSize)
+	if keyStateSize != 256 {
+		t.Errorf("keyState is %d bytes, want 256", keyStateSize)
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Snapshot format, version 2 (all integers little-endian):
+// Snapshot format, version 3 (all integers little-endian):
 //
 //	magic "KSDS" | version u16 | reserved u16 | body | CRC-32C (Castagnoli) u32
 //
@@ -28,6 +28,10 @@ import (
 // observed without gaps (observed history = last - first event time, as version 1
 // counted it), with no unobserved jump, no Tick and ClockRejected zero.
 //
+// Version 3 appends to each key the sustained detector's guard envelope and the volume
+// model's day type (see encodeKeyV3). Version 1 and 2 keys are migrated with the guard
+// envelope taken from the hour envelope and no weekend learned yet.
+//
 // A Sharded snapshot is
 //
 //	magic "KSSH" | version u16 | reserved u16 | shards u32 | (length u64 | engine snapshot)… | CRC-32C u32
@@ -36,7 +40,7 @@ import (
 // routed to their new shard by the same hash used for events.
 
 const (
-	snapshotVersion = 2
+	snapshotVersion = 3
 	// minSnapshotVersion is the oldest version Restore reads (and migrates).
 	minSnapshotVersion = 1
 	// MaxSnapshotBytes bounds the size of a snapshot Restore accepts (16 GiB).
@@ -384,6 +388,7 @@ func encodeKey(enc *encoder, cred string, k *keyState) {
 		enc.u16(uint16(s))
 	}
 	enc.u16(uint16(m.qexp))
+	encodeKeyV3(enc, k)
 }
 
 // Minimal encoded sizes, used to bound counts before looping.
@@ -623,6 +628,7 @@ func decodeKey(d *decoder, k *keyState) {
 		m.week[i] = int16(d.u16())
 	}
 	m.qexp = int16(d.u16())
+	decodeKeyV3(d, k)
 	if d.err == nil && (m.qexp < minQexp || m.qexp > maxQexp) {
 		d.fail("model unit exponent %d out of range", m.qexp)
 	}

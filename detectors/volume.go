@@ -84,7 +84,7 @@ func (e *Engine) checkBucket(v *vendorState, k *keyState, b uint32, bytes, t int
 	if e.spikeFires(v, k, sc, x, bytes, slot) && !k.has(flagSpike) {
 		e.fireSpike(v, k, b, bytes, t, off, emit)
 	}
-	if !v.cfg.disabled.has(KindSustained) && sc.SustainedUp >= 0.5 && !k.has(flagSust) && int64(k.cusBytes)+bytes >= e.set.minBytes {
+	if !v.cfg.disabled.has(KindSustained) && sc.SustainedUp >= 0.5 && x > k.seenLine(slot) && !k.has(flagSust) && int64(k.cusBytes)+bytes >= e.set.minBytes {
 		e.fireSustained(v, k, b, bytes, t, off, emit)
 	}
 }
@@ -149,16 +149,17 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
 	slot := e.slotOfBucket(b)
 	sc := k.model.Score(p, x, slot)
 	spiked := e.spikeFires(v, k, sc, x, bytes, slot)
+	seen := x <= k.seenLine(slot)
 	if k.has(flagSpike) || k.has(flagSust) {
 		ep := k.spikeEpisode()
 		ep.observe(spiked, p.Quiet)
 		k.setSpikeEpisode(ep)
 		ep = k.sustEpisode()
-		ep.observe(sc.SustainedUp >= 0.5, p.Quiet)
+		ep.observe(sc.SustainedUp >= 0.5 && !seen, p.Quiet)
 		k.setSustEpisode(ep)
 	}
 	before := k.model.cusUp
-	k.model.Update(p, x, slot)
+	k.model.update(p, x, slot, seen)
 	switch {
 	case k.model.cusUp <= 0:
 		k.cusBytes = 0
@@ -174,17 +175,26 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
 	}
 	// the hour envelope learns the volume, only half of the excess of a spike
 	q := uint8(min(math.Ceil(x*hourQ), math.MaxUint8))
-	if h := slot.Hour % 24; q > k.hourHi[h] {
+	h := slot.Hour % 24
+	if q > k.hourHi[h] {
 		if spiked {
 			k.hourHi[h] += (q - k.hourHi[h] + 1) / 2
 		} else {
 			k.hourHi[h] = q
 		}
 	}
+	// the sustained detector's guard learns the same, unless the bucket extends a
+	// run of excess (the CUSUM is up): it must not learn the drift it watches
+	if seen || k.model.cusUp <= 0 {
+		k.seenHi[h] = max(k.seenHi[h], min(q, k.hourHi[h]))
+	}
 	if k.model.n%uint32(e.set.decayEvery) == 0 {
 		for h := range k.hourHi {
 			if k.hourHi[h] > 0 {
 				k.hourHi[h]--
+			}
+			if k.seenHi[h] > 0 {
+				k.seenHi[h]--
 			}
 		}
 	}
@@ -197,6 +207,23 @@ const hourQ = 8
 // this hour times 2^hourMargin (2× by default).
 func (k *keyState) hourLine(v *vendorState, h uint8) float64 {
 	return float64(k.hourHi[h%24])/hourQ + v.cfg.hourMargin
+}
+
+// seenLine is the sustained detector's guard for a bucket in slot s (model scale): the
+// most the key has sent at this hour of the day outside runs of excess, on a
+// comparable day — on a weekend
+// lowered by the model's learned weekend offset once a weekend has been seen. A bucket
+// at or below it is a return to a level the key has already sent, not excess: it adds
+// nothing to the CUSUM and cannot fire a sustained detection (the Monday after a quiet
+// weekend, the day after a holiday, the end of an outage).
+func (k *keyState) seenLine(s Slot) float64 {
+	line := float64(k.seenHi[s.Hour%24]) / hourQ
+	if s.isWeekend() {
+		if off, ok := k.model.WeekendOffset(); ok && off < 0 {
+			line += off
+		}
+	}
+	return line
 }
 
 // spikeFires says whether a bucket of the given volume fires the spike detector. The
@@ -226,7 +253,7 @@ func (e *Engine) triggers(v *vendorState, k *keyState) {
 		k.spikeTrig = float32(math.Max(e.volumeBytes(spike), float64(e.set.minBytes)))
 	}
 	if !v.cfg.disabled.has(KindSustained) {
-		k.sustTrig = float32(math.Max(e.volumeBytes(sust), 1))
+		k.sustTrig = float32(math.Max(e.volumeBytes(math.Max(sust, k.seenLine(slot))), 1))
 	}
 	// float32 rounding must never move a line below the model's own 0.5 point
 	if k.spikeTrig != inf {
