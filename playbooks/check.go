@@ -11,9 +11,10 @@ import (
 
 // CheckedInput is the outcome of one example input in Check.
 type CheckedInput struct {
-	// Name is the input's base name (data.inputs.NAME in tests).
+	// Name is the input's name: data.inputs.NAME in tests, written as inputs/NAME/data.json.
 	Name string `json:"name"`
-	// File is the input file.
+	// File is the data file defining the input (several, comma-separated, when the
+	// document is merged from more than one).
 	File string `json:"file"`
 	// Result is the engine's decision on it.
 	Result Result `json:"result"`
@@ -43,19 +44,26 @@ func (r CheckReport) OK() bool {
 }
 
 // Check compiles the sources in strict mode, tests included, checks the playbook
-// conventions, and evaluates every example input (inputs/NAME.json) with the engine:
-// each decision must come out without escalation, without dropped actions, and its merged
-// form must pass the closed schema again. Load and compile errors are a *CompileError;
-// problems with inputs are in the report.
+// conventions, and evaluates every example input (data.inputs.NAME, written as
+// inputs/NAME/data.json) with the engine: each decision must come out without escalation,
+// without dropped actions, and its merged form must pass the closed schema again. An
+// input must also be written exactly as the engine passes it (UTC times, every field), so
+// that the tests, which read the file as written like stock `opa test` does, see what the
+// engine sees. Load and compile errors are a *CompileError; problems with inputs are in
+// the report.
 func Check(ctx context.Context, sources []Source, opts Options) (CheckReport, error) {
-	lib, err := loadLibrary(sources)
+	lib, err := loadLibrary(sources, true)
 	if err != nil {
 		return CheckReport{}, err
 	}
 	if _, _, _, err := compileSet(lib, true, false); err != nil {
 		return CheckReport{}, err
 	}
-	inputs, err := loadInputs(lib)
+	td, err := loadData(lib)
+	if err != nil {
+		return CheckReport{}, err
+	}
+	inputs, err := exampleInputs(td)
 	if err != nil {
 		return CheckReport{}, err
 	}
@@ -70,6 +78,13 @@ func Check(ctx context.Context, sources []Source, opts Options) (CheckReport, er
 		ex := inputs[n]
 		res := e.Evaluate(ctx, ex.input)
 		ci := CheckedInput{Name: n, File: ex.file, Result: res}
+		drift, err := canonicalDrift(ex)
+		switch {
+		case err != nil:
+			ci.Problems = append(ci.Problems, err.Error())
+		case drift != "":
+			ci.Problems = append(ci.Problems, "the tests read this input as written but the engine passes it in canonical form: "+drift+"; write it as the engine passes it")
+		}
 		if res.Escalated {
 			ci.Problems = append(ci.Problems, fmt.Sprintf("escalated (%s): %s", res.Escalation, strings.Join(res.Errors, "; ")))
 		}

@@ -18,5 +18,8 @@
 //
 // Test runs the _test.rego files through OPA's tester with coverage, and Check compiles a
 // library and evaluates it over its example inputs: they back `killswitch playbook test`
-// and `killswitch playbook check`.
+// and `killswitch playbook check`. Both load the data files (.json, .yaml, .yml) the way
+// stock `opa test` does, a document at the path of its directory, so a directory gives
+// the same tests, outcomes and coverage in `opa test` and in `killswitch playbook test`;
+// the example inputs are data.inputs.NAME, written as inputs/NAME/data.json.
 package playbooks

@@ -197,7 +197,7 @@ func New(ctx context.Context, opts Options) (*Engine, error) {
 	if e.poll == 0 {
 		e.poll = DefaultPollInterval
 	}
-	lib, err := loadLibrary(e.sources)
+	lib, err := loadLibrary(e.sources, false)
 	if err != nil {
 		return nil, err
 	}

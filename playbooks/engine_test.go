@@ -65,7 +65,7 @@ test_wrong_on_purpose if {
 	count(d.actions) == 2
 }
 `,
-		"inputs/example.json": mustJSON(t, shippedInput(t, "exfil_critical")),
+		"inputs/example/data.json": mustJSON(t, shippedInput(t, "exfil_critical")),
 	})
 	rep, err := playbooks.Test(context.Background(), []playbooks.Source{playbooks.DirSource(dir)}, playbooks.TestOptions{})
 	if err != nil {
@@ -101,11 +101,11 @@ test_wrong_on_purpose if {
 func TestTesterRejectsBadInputs(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{
-		"p.rego":             playbookModule("p", "shadow", ""),
-		"inputs/broken.json": `{"detection": {"vendor": "x"}, "surprise": 1}`,
+		"p.rego":                  playbookModule("p", "shadow", ""),
+		"inputs/broken/data.json": `{"detection": {"vendor": "x"}, "surprise": 1}`,
 	})
 	_, err := playbooks.Test(context.Background(), []playbooks.Source{playbooks.DirSource(dir)}, playbooks.TestOptions{})
-	if !errors.Is(err, playbooks.ErrCompile) || !strings.Contains(err.Error(), filepath.Join(dir, "inputs", "broken.json")) ||
+	if !errors.Is(err, playbooks.ErrCompile) || !strings.Contains(err.Error(), filepath.Join(dir, "inputs", "broken", "data.json")) ||
 		!strings.Contains(err.Error(), "surprise") {
 		t.Fatalf("err = %v", err)
 	}
@@ -130,9 +130,9 @@ func TestCheckFindsBadDecisions(t *testing.T) {
 		"p.rego": playbookModule("p", "enforce", `decision := {"actions": [{"type": "vault.revoke_token_accessor", "credential": "mailer-breakglass"}], "reason": "r"} if input.detection.detector == "spike"
 
 decision := {"actions": [{"type": "vault.revoke_token_accessor", "credential": "nobody"}], "reason": "r"} if input.detection.detector == "sustained"`),
-		"inputs/spike.json":     mustJSON(t, shippedInput(t, "exfil_critical")),
-		"inputs/sustained.json": mustJSON(t, shippedInput(t, "sustained_first")),
-		"inputs/silence.json":   mustJSON(t, shippedInput(t, "silence")),
+		"inputs/spike/data.json":     mustJSON(t, shippedInput(t, "exfil_critical")),
+		"inputs/sustained/data.json": mustJSON(t, shippedInput(t, "sustained_first")),
+		"inputs/silence/data.json":   mustJSON(t, shippedInput(t, "silence")),
 	})
 	rep, err := playbooks.Check(context.Background(), []playbooks.Source{playbooks.DirSource(dir)}, playbooks.Options{Timeout: time.Minute})
 	if err != nil {

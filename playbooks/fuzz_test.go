@@ -74,7 +74,7 @@ func FuzzDecodeInput(f *testing.F) {
 		f.Fatal(err)
 	}
 	for _, e := range ents {
-		b, err := fs.ReadFile(rego.FS(), "inputs/"+e.Name())
+		b, err := fs.ReadFile(rego.FS(), "inputs/"+e.Name()+"/data.json")
 		if err != nil {
 			f.Fatal(err)
 		}

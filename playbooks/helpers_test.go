@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,7 +17,7 @@ import (
 // shippedInput decodes one of the shipped example inputs.
 func shippedInput(t testing.TB, name string) playbooks.Input {
 	t.Helper()
-	b, err := fs.ReadFile(rego.FS(), "inputs/"+name+".json")
+	b, err := fs.ReadFile(rego.FS(), "inputs/"+name+"/data.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +37,7 @@ func shippedInputNames(t testing.TB) []string {
 	}
 	var names []string
 	for _, e := range ents {
-		names = append(names, strings.TrimSuffix(e.Name(), ".json"))
+		names = append(names, e.Name())
 	}
 	return names
 }

@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"maps"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -32,8 +31,9 @@ const (
 	maxFiles       = 2000
 )
 
-// Source is a tree of playbook files: .rego modules (_test.rego files are tests) and
-// example input documents (inputs/*.json).
+// Source is a tree of playbook files: .rego modules (_test.rego files are tests) and the
+// data files (.json, .yaml, .yml) the tests read, among them the example input documents
+// (inputs/NAME/data.json, seen as data.inputs.NAME).
 type Source struct {
 	// Name prefixes the file names shown in errors, test results and coverage: "rego" for
 	// the shipped library, the directory path for a directory.
@@ -140,7 +140,7 @@ type file struct {
 type library struct {
 	modules []file // playbooks and helpers
 	tests   []file // _test.rego
-	inputs  []file // inputs/*.json
+	data    []file // .json, .yaml and .yml files, when loaded with data
 }
 
 // revision hashes the non-test modules: their paths inside their sources and contents,
@@ -167,8 +167,9 @@ func (l *library) revision() string {
 }
 
 // loadLibrary reads every source. Hidden files and directories (a leading dot) are
-// skipped; so are files other than .rego and inputs/*.json.
-func loadLibrary(sources []Source) (*library, error) {
+// skipped; so are files other than .rego and, when withData (tests and checks; the engine
+// evaluates on input alone), the data files OPA's loader reads: .json, .yaml and .yml.
+func loadLibrary(sources []Source, withData bool) (*library, error) {
 	if len(sources) == 0 {
 		return nil, newCompileError([]Problem{{Message: "no playbook source given"}})
 	}
@@ -199,8 +200,8 @@ func loadLibrary(sources []Source) (*library, error) {
 				return nil
 			}
 			isRego := strings.HasSuffix(p, ".rego")
-			isInput := strings.HasSuffix(p, ".json") && path.Base(path.Dir(p)) == "inputs"
-			if !isRego && !isInput {
+			isData := withData && isDataFile(p)
+			if !isRego && !isData {
 				return nil
 			}
 			count++
@@ -222,8 +223,8 @@ func loadLibrary(sources []Source) (*library, error) {
 			}
 			f := file{name: name, rel: p, src: b}
 			switch {
-			case isInput:
-				lib.inputs = append(lib.inputs, f)
+			case isData:
+				lib.data = append(lib.data, f)
 			case strings.HasSuffix(p, "_test.rego"):
 				lib.tests = append(lib.tests, f)
 			default:

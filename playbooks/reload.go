@@ -21,7 +21,7 @@ func (e *Engine) Reload(ctx context.Context) (bool, error) {
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
 	prev := e.cur.Load()
-	lib, err := loadLibrary(e.sources)
+	lib, err := loadLibrary(e.sources, false)
 	if err == nil && lib.revision() == prev.revision {
 		e.failedRev = ""
 		e.setStatus(nil)

@@ -1,19 +1,17 @@
 package playbooks
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"path"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/cover"
+	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/tester"
-	"github.com/open-policy-agent/opa/v1/util"
 )
 
 // TestOptions configure Test. Zero values mean the documented defaults.
@@ -69,6 +67,10 @@ type Coverage struct {
 	NotCovered int `json:"not_covered_lines"`
 	// Files is the coverage per policy file, sorted by name.
 	Files []FileCoverage `json:"files"`
+	// PercentWithTests and LinesWithTests are the coverage counting the _test.rego files
+	// too: the figure stock `opa test --coverage` reports for the same directories.
+	PercentWithTests float64 `json:"percent_with_tests"`
+	LinesWithTests   int     `json:"lines_with_tests"`
 }
 
 // TestReport is the outcome of a test run.
@@ -86,13 +88,15 @@ type TestReport struct {
 // OK reports whether at least one test ran and none failed.
 func (r TestReport) OK() bool { return r.Failed == 0 && r.Passed > 0 }
 
-// Test runs the _test.rego files of the sources through OPA's tester, with coverage. The
-// modules are compiled like the engine compiles them (strict, same builtins, builtin
-// errors raised) plus print(). The example inputs (inputs/NAME.json) are validated with
-// DecodeInput and exposed to the tests as data.inputs.NAME. A source that does not load
-// or compile gives a *CompileError.
+// Test runs the _test.rego files of the sources through OPA's tester, with coverage, on
+// the data the way stock `opa test DIR ...` loads it: every .json, .yaml and .yml file is
+// a document at the path of its directory (loadData), so the same directory gives the
+// same tests and results in both. The example inputs (data.inputs.NAME, written as
+// inputs/NAME/data.json) must be valid input documents (DecodeInput). The modules are
+// compiled like the engine compiles them (strict, deterministic builtins, builtin errors
+// raised) plus print(). A source that does not load or compile gives a *CompileError.
 func Test(ctx context.Context, sources []Source, opts TestOptions) (TestReport, error) {
-	lib, err := loadLibrary(sources)
+	lib, err := loadLibrary(sources, true)
 	if err != nil {
 		return TestReport{}, err
 	}
@@ -100,8 +104,11 @@ func Test(ctx context.Context, sources []Source, opts TestOptions) (TestReport, 
 	if _, _, _, err := compileSet(lib, false, false); err != nil {
 		return TestReport{}, err
 	}
-	inputs, err := loadInputs(lib)
+	td, err := loadData(lib)
 	if err != nil {
+		return TestReport{}, err
+	}
+	if _, err := exampleInputs(td); err != nil {
 		return TestReport{}, err
 	}
 	files := append(append([]file(nil), lib.modules...), lib.tests...)
@@ -109,14 +116,17 @@ func Test(ctx context.Context, sources []Source, opts TestOptions) (TestReport, 
 	if len(problems) > 0 {
 		return TestReport{}, newCompileError(problems)
 	}
-	docs := map[string]any{}
-	for name, in := range inputs {
-		docs[name] = in.doc
+	store := inmem.NewFromObject(td.docs)
+	txn, err := store.NewTransaction(ctx)
+	if err != nil {
+		return TestReport{}, fmt.Errorf("playbook tests: %w", err)
 	}
+	defer store.Abort(ctx, txn)
 	cov := cover.New()
 	runner := tester.NewRunner().
-		SetCompiler(newCompiler(true)).
-		SetStore(inmem.NewFromObject(map[string]any{"inputs": docs})).
+		// Like `opa test`: a rule may not be defined where a data file put a document.
+		SetCompiler(newCompiler(true).WithPathConflictsCheck(storage.NonEmpty(ctx, store, txn))).
+		SetStore(store).
 		SetModules(mods).
 		RaiseBuiltinErrors(true).
 		CapturePrintOutput(true).
@@ -128,7 +138,7 @@ func Test(ctx context.Context, sources []Source, opts TestOptions) (TestReport, 
 	if opts.Parallel > 0 {
 		runner = runner.SetParallel(opts.Parallel)
 	}
-	ch, err := runner.RunTests(ctx, nil)
+	ch, err := runner.RunTests(ctx, txn)
 	if err != nil {
 		return TestReport{}, newCompileError(fromASTErrors(err))
 	}
@@ -169,6 +179,10 @@ func Test(ctx context.Context, sources []Source, opts TestOptions) (TestReport, 
 		policy[f.name] = mods[f.name]
 	}
 	rep.Coverage = coverageOf(cov.Report(policy), policy)
+	// What `opa test --coverage` prints: every module, the tests included.
+	all := cov.Report(mods)
+	rep.Coverage.PercentWithTests = all.Coverage
+	rep.Coverage.LinesWithTests = all.CoveredLines + all.NotCoveredLines
 	return rep, nil
 }
 
@@ -203,46 +217,4 @@ func coverageOf(r cover.Report, policy map[string]*ast.Module) Coverage {
 		c.Percent = 100 * float64(c.Covered) / float64(total)
 	}
 	return c
-}
-
-// exampleInput is one inputs/NAME.json file.
-type exampleInput struct {
-	file  string
-	input Input
-	doc   any // the JSON document as the tests see it
-}
-
-// loadInputs decodes every example input strictly. Two inputs with the same base name
-// are an error: tests address them as data.inputs.NAME.
-func loadInputs(lib *library) (map[string]exampleInput, error) {
-	out := map[string]exampleInput{}
-	var problems []Problem
-	for _, f := range lib.inputs {
-		name := strings.TrimSuffix(path.Base(f.rel), ".json")
-		if prev, dup := out[name]; dup {
-			problems = append(problems, Problem{File: f.name, Message: fmt.Sprintf("input %q is also defined in %s", name, prev.file)})
-			continue
-		}
-		in, err := DecodeInput(bytes.NewReader(f.src))
-		if err != nil {
-			problems = append(problems, Problem{File: f.name, Message: err.Error()})
-			continue
-		}
-		// The tests see the input exactly as the engine passes it: canonical JSON.
-		canon, _, err := in.encode()
-		if err != nil {
-			problems = append(problems, Problem{File: f.name, Message: err.Error()})
-			continue
-		}
-		var doc any
-		if err := util.UnmarshalJSON(canon, &doc); err != nil {
-			problems = append(problems, Problem{File: f.name, Message: err.Error()})
-			continue
-		}
-		out[name] = exampleInput{file: f.name, input: in, doc: doc}
-	}
-	if len(problems) > 0 {
-		return nil, newCompileError(problems)
-	}
-	return out, nil
 }

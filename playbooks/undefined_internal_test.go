@@ -23,7 +23,7 @@ func TestTypoedEntrypointAtEvalTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lib, err := loadLibrary([]Source{Shipped()})
+	lib, err := loadLibrary([]Source{Shipped()}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestTypoedEntrypointAtEvalTime(t *testing.T) {
 	}
 	e.cur.Store(snap)
 
-	b, err := fs.ReadFile(rego.FS(), "inputs/exfil_critical.json")
+	b, err := fs.ReadFile(rego.FS(), "inputs/exfil_critical/data.json")
 	if err != nil {
 		t.Fatal(err)
 	}

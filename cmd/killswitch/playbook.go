@@ -21,13 +21,15 @@ const playbookUsage = `usage:
   killswitch playbook test  [--shipped] [--run REGEX] [--min-coverage PCT] [--json] [DIR ...]
   killswitch playbook eval  --input FILE [--config FILE] [--trace] [--shipped] [DIR ...]
   killswitch playbook check [--shipped] [--json] [DIR ...]
+  killswitch playbook export DIR
 
 Without DIR the shipped library is used; with DIRs only those, plus the shipped library
-when --shipped is given.
+when --shipped is given. export writes the shipped library (playbooks, tests and example
+inputs) to DIR for stock OPA tools: opa test DIR MY-DIR, opa fmt, opa check --strict.
 exit status: 0 ok; 1 a test failed, the playbooks do not compile, a check failed or the
 decision escalated; 2 bad usage or input.`
 
-// runPlaybook implements `killswitch playbook {test,eval,check}`.
+// runPlaybook implements `killswitch playbook {test,eval,check,export}`.
 func runPlaybook(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, playbookUsage)
@@ -40,6 +42,8 @@ func runPlaybook(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return playbookEval(ctx, args[1:], stdout, stderr)
 	case "check":
 		return playbookCheck(ctx, args[1:], stdout, stderr)
+	case "export":
+		return playbookExport(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprintln(stdout, playbookUsage)
 		return 0
@@ -146,6 +150,7 @@ func playbookTest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintf(stdout, "\n%d passed, %d failed, %d skipped\n", rep.Passed, rep.Failed, rep.Skipped)
 		c := rep.Coverage
 		fmt.Fprintf(stdout, "coverage: %.1f%% of %d policy lines (_test.rego files excluded)\n", c.Percent, c.Covered+c.NotCovered)
+		fmt.Fprintf(stdout, "coverage with the _test.rego files (what opa test --coverage reports): %.1f%% of %d lines\n", c.PercentWithTests, c.LinesWithTests)
 		for _, f := range c.Files {
 			fmt.Fprintf(stdout, "  %6.1f%%  %s", f.Percent, f.File)
 			if len(f.NotCoveredLines) > 0 {
@@ -319,7 +324,7 @@ func playbookCheck(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		fmt.Fprintln(stdout, "\ninputs:")
 		if len(rep.Inputs) == 0 {
-			fmt.Fprintln(stdout, "  none (put example input documents in inputs/NAME.json to check decisions)")
+			fmt.Fprintln(stdout, "  none (put example input documents in inputs/NAME/data.json to check decisions)")
 		}
 		for _, in := range rep.Inputs {
 			status := "ok  "
@@ -337,5 +342,26 @@ func playbookCheck(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if !rep.OK() {
 		return 1
 	}
+	return 0
+}
+
+// playbookExport writes the shipped library to a directory, never over an existing file,
+// so that stock OPA tools can load it next to the analyst's own playbooks.
+func playbookExport(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("playbook export", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dirs, err := parseInterspersed(fs, args)
+	if err != nil {
+		return 2
+	}
+	if len(dirs) != 1 {
+		fmt.Fprintln(stderr, "killswitch playbook export: give one directory to write the shipped library to")
+		return 2
+	}
+	if err := os.CopyFS(dirs[0], playbooks.Shipped().FS); err != nil {
+		fmt.Fprintf(stderr, "killswitch playbook export: %v (existing files are never overwritten: export to a new or empty directory)\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "wrote the shipped library to %s; stock OPA runs its tests with: opa test %s\n", dirs[0], dirs[0])
 	return 0
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/killswitch-dev/killswitch/playbooks"
 )
@@ -93,7 +94,7 @@ test_fails if {
 	}
 
 	in := filepath.Join(t.TempDir(), "in.json")
-	b, err := os.ReadFile(filepath.Join("..", "..", "rego", "inputs", "exfil_vendor_wide.json"))
+	b, err := os.ReadFile(filepath.Join("..", "..", "rego", "inputs", "exfil_vendor_wide", "data.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ test_fails if {
 // TestPlaybookEvalAndCheck: eval prints the decision (and the trace on request) for a
 // full input or a bare detection; check passes on the shipped library.
 func TestPlaybookEvalAndCheck(t *testing.T) {
-	full := filepath.Join("..", "..", "rego", "inputs", "exfil_critical.json")
+	full := filepath.Join("..", "..", "rego", "inputs", "exfil_critical", "data.json")
 	code, out, errs := runCLI(t, "playbook", "eval", "--timeout", "10s", "--trace", "--input", full)
 	var res playbooks.Result
 	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 0 || res.Escalated ||
@@ -151,5 +152,43 @@ func TestPlaybookEvalAndCheck(t *testing.T) {
 
 	if code, out, errs := runCLI(t, "playbook", "check", "--timeout", "10s"); code != 0 || !strings.Contains(out, "ok    exfil_critical") {
 		t.Errorf("check: exit %d\n%s\n%s", code, out, errs)
+	}
+}
+
+// TestPlaybookExportAndOldInputs: export writes the shipped library, which then tests the
+// same from disk as embedded, and never overwrites a file; an example input in the old
+// layout (inputs/NAME.json) fails test and check with the move that fixes it.
+func TestPlaybookExportAndOldInputs(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "shipped")
+	if code, out, errs := runCLI(t, "playbook", "export", dir); code != 0 || !strings.Contains(out, "opa test "+dir) {
+		t.Fatalf("export: exit %d\n%s\n%s", code, out, errs)
+	}
+	embedded, err := playbooks.Test(context.Background(), []playbooks.Source{playbooks.Shipped()}, playbooks.TestOptions{Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported, err := playbooks.Test(context.Background(), []playbooks.Source{playbooks.DirSource(dir)}, playbooks.TestOptions{Timeout: 10 * time.Second})
+	if err != nil || !exported.OK() || exported.Passed != embedded.Passed || exported.Coverage.Percent != embedded.Coverage.Percent {
+		t.Errorf("exported library: %v, %d passed (embedded %d), coverage %.1f%% (embedded %.1f%%)",
+			err, exported.Passed, embedded.Passed, exported.Coverage.Percent, embedded.Coverage.Percent)
+	}
+	if code, _, errs := runCLI(t, "playbook", "export", dir); code != 1 || !strings.Contains(errs, "never overwritten") {
+		t.Errorf("export over an existing library: exit %d\n%s", code, errs)
+	}
+	if code, _, _ := runCLI(t, "playbook", "export"); code != 2 {
+		t.Errorf("export without a directory: exit %d, want 2", code)
+	}
+
+	b, err := os.ReadFile(filepath.Join("..", "..", "rego", "inputs", "exfil_critical", "data.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := writePlaybookDir(t, map[string]string{"cli.rego": cliPlaybook, "inputs/mailer_spike.json": string(b)})
+	for _, sub := range []string{"test", "check"} {
+		code, _, errs := runCLI(t, "playbook", sub, "--shipped", old)
+		if code != 1 || !strings.Contains(errs, filepath.Join(old, "inputs", "mailer_spike.json")+": an example input directly in inputs/") ||
+			!strings.Contains(errs, "move it to inputs/mailer_spike/data.json") {
+			t.Errorf("%s on the old input layout: exit %d\n%s", sub, code, errs)
+		}
 	}
 }
