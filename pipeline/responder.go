@@ -68,8 +68,9 @@ type ResponderConfig struct {
 	Health func() playbooks.Health
 	// Events receives detections, incidents, decisions and action states; may be nil.
 	Events EventSink
-	// Storm is the storm guard (G7); nil disables it (replay shows every incident).
-	Storm *incidents.StormGuard
+	// Storm is the storm guard (G7): LocalStorms in one process, cluster.Storm across the
+	// instances of a cluster; nil disables it (replay shows every incident).
+	Storm StormCounter
 	// OnStorm is called when a storm starts, when a vendor joins it and when a vendor of
 	// it escalates again, before that vendor's decision is acted on: the service holds
 	// the destructive actions of the storm's vendors until its Until, and pages. May be
@@ -106,6 +107,20 @@ type vendorState struct {
 
 	qmu     sync.Mutex
 	pending []actions.Update // updates waiting for the vendor's turn
+}
+
+// StormCounter counts escalations across vendors and says when a storm starts or
+// grows (see incidents.StormGuard.Escalated).
+type StormCounter interface {
+	Escalated(ctx context.Context, vendor string, counts bool, now time.Time) (incidents.Storm, bool)
+}
+
+// LocalStorms is the storm guard of one process.
+type LocalStorms struct{ Guard *incidents.StormGuard }
+
+// Escalated implements StormCounter.
+func (l LocalStorms) Escalated(_ context.Context, vendor string, counts bool, now time.Time) (incidents.Storm, bool) {
+	return l.Guard.Escalated(vendor, counts, now)
 }
 
 // NewResponder returns a Responder.
@@ -248,7 +263,7 @@ func (r *Responder) Handle(ctx context.Context, d detectors.Detection) (err erro
 	}
 	vendor := r.cfg.Inventory.Vendor(d.Vendor)
 	if r.cfg.Storm != nil {
-		if storm, changed := r.cfg.Storm.Escalated(d.Vendor, stormCounts(d, vendor != nil), now); changed {
+		if storm, changed := r.cfg.Storm.Escalated(ctx, d.Vendor, stormCounts(d, vendor != nil), now); changed {
 			r.cfg.Log.Error("detection storm: destructive actions of its vendors held",
 				zap.String("vendor", d.Vendor), zap.Strings("vendors", storm.Vendors), zap.Time("until", storm.Until))
 			if r.cfg.OnStorm != nil {

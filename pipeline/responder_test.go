@@ -131,7 +131,7 @@ func TestResponderStormGuard(t *testing.T) {
 	r := NewResponder(ResponderConfig{
 		Decider: shipped(t), Ledger: ledger.NewMemory(), Clock: clock.NewManual(t0),
 		Inventory: killswitch.Inventory{"known": inventory["mailer"]},
-		Storm:     incidents.NewStormGuard(incidents.StormSettings{Vendors: 3, Window: time.Minute}),
+		Storm:     LocalStorms{incidents.NewStormGuard(incidents.StormSettings{Vendors: 3, Window: time.Minute})},
 		OnStorm:   func(_ context.Context, s incidents.Storm) { stormed = append(stormed, strings.Join(s.Vendors, ",")) },
 	})
 	for i, st := range []struct {

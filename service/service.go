@@ -113,6 +113,7 @@ type Service struct {
 	members *cluster.Members
 	ingest  *cluster.Ingest
 	respond *cluster.Respond
+	storms  *cluster.Storm
 }
 
 // Run starts the service and blocks until ctx is done, then shuts down gracefully:
@@ -222,12 +223,20 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if err != nil {
 		return nil, err
 	}
+	clustered := sc.Cluster.Enabled
+	var storms pipeline.StormCounter = pipeline.LocalStorms{Guard: incidents.NewStormGuard(cfg.Incidents.Storm)}
+	if clustered {
+		if s.storms, err = cluster.NewStorm(ctx, s.js, replicas, cfg.Incidents.Storm, s.log.Named("storm")); err != nil {
+			return nil, err
+		}
+		storms = s.storms
+	}
 	if s.pipe, err = pipeline.New(pipeline.Config{
 		Detectors: cfg.DetectorConfig(), Shards: o.Shards, Sink: pipejs.Sink(s.js, s.metrics),
 		Responder: pipeline.ResponderConfig{
 			Incidents: cfg.Incidents, Decider: s.pb, Actor: s.runner, Ledger: s.ledger, Store: s.incidents,
 			Inventory: cfg.Vendors, Events: pipejs.NATSEvents{NC: s.nc}, Log: s.log.Named("responder"),
-			Storm: incidents.NewStormGuard(cfg.Incidents.Storm), OnStorm: s.storm, Pager: s.pager,
+			Storm: storms, OnStorm: s.storm, Pager: s.pager,
 		},
 		Approvals: s.runner.Approvals(), Counters: s.counters,
 		Checkpoints: checkpoints, CheckpointEvery: o.CheckpointEvery,
@@ -242,7 +251,6 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		"invalid":    func() uint64 { return eng.Counters().Rejected },
 		"key_bound":  func() uint64 { return eng.Counters().KeysRefused },
 	})
-	clustered := sc.Cluster.Enabled
 	if !clustered {
 		// In a cluster each partition's incidents are loaded by its owner (cluster.Respond).
 		if err := s.restoreIncidents(ctx); err != nil {
@@ -530,7 +538,12 @@ func (s *Service) Serve(ctx context.Context) error {
 	if s.members != nil {
 		ingest, respond.Responder = s.ingest, s.respond
 		respond.Group = &pipejs.Group{Member: s.instance, Partitions: s.cfg.Service.Cluster.Partitions}
+		// pcgroups retries a member consumer refused during a rebalance ("filtered
+		// consumer not unique") every AckWait + 0.5s: 15s would hold a moved vendor's
+		// detections that long. Progress is signalled every AckWait/3 meanwhile.
+		respond.AckWait = 3 * time.Second
 		spawn("membership", s.members.Run)
+		spawn("storm guard", s.storms.Run)
 	}
 	spawn("telemetry", func(ctx context.Context) error { return s.src.Run(ctx, ingest) })
 	spawn("responder", func(ctx context.Context) error { return pipejs.Respond(ctx, respond) })

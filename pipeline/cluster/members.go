@@ -383,7 +383,20 @@ func (m *Members) evict(ctx context.Context, name string, silentFor time.Duratio
 		}
 	}
 	defer func() { _ = m.kv.Delete(context.WithoutCancel(ctx), key) }()
+	m.mu.Lock()
+	survivors := slices.DeleteFunc(slices.Clone(m.members), func(n string) bool { return n == name })
+	m.mu.Unlock()
 	for _, g := range m.cfg.Groups {
+		// Every member consumer goes, not just the dead one's: a survivor recreating its
+		// consumer with the new filters while another still holds the old ones is
+		// refused ("filtered consumer not unique") and pcgroups retries only after its
+		// ack wait; with none left, each one is recreated at once. What they had in
+		// flight is redelivered (and skipped by the handlers as already done).
+		for _, n := range survivors {
+			if err := m.cfg.JS.DeleteConsumer(ctx, g.workQueue(), n); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				m.cfg.Log.Debug("could not reset a survivor's consumer", zap.String("member", n), zap.Error(err))
+			}
+		}
 		if err := m.remove(ctx, g, name); err != nil {
 			m.cfg.Log.Warn("eviction incomplete (retried)", zap.String("member", name), zap.Error(err))
 			return

@@ -31,7 +31,8 @@ type Group struct {
 	// use); fixed for the life of the group.
 	Partitions int
 	// AckWait is the member consumer's acknowledgement deadline, also its inactivity
-	// threshold and pinning TTL. Default 5s (under 2s pinning may flap).
+	// threshold and pinning TTL, and (plus 0.5s) how often pcgroups retries creating a
+	// member consumer refused during a rebalance. Default 3s (under 2s pinning may flap).
 	AckWait time.Duration
 }
 
@@ -44,7 +45,7 @@ func (g *Group) withDefaults() Group {
 		c.Name = DefaultGroup
 	}
 	if c.AckWait <= 0 {
-		c.AckWait = 5 * time.Second
+		c.AckWait = 3 * time.Second
 	}
 	return c
 }
