@@ -57,10 +57,13 @@ type Options struct {
 	Timeout time.Duration
 	// WorkDir holds the demo's state; default a temporary directory removed at the end.
 	WorkDir string
+	// Binary is the killswitch executable the instances of RunCluster run.
+	Binary string
+	// Instances is the number of instances of RunCluster. Default 3.
+	Instances int
 }
 
-// Run runs the demo. It returns nil only if the stolen credential was verified dead.
-func Run(ctx context.Context, o Options) error {
+func (o *Options) defaults() {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
@@ -70,74 +73,48 @@ func Run(ctx context.Context, o Options) error {
 	if o.Timeout <= 0 {
 		o.Timeout = 60 * time.Second
 	}
+	if o.Instances <= 0 {
+		o.Instances = 3
+	}
+}
+
+// workDir returns the demo's directory and what removes it.
+func (o *Options) workDir() (string, func(), error) {
+	if o.WorkDir != "" {
+		return o.WorkDir, func() {}, nil
+	}
+	d, err := os.MkdirTemp("", "killswitch-demo-")
+	if err != nil {
+		return "", nil, err
+	}
+	return d, func() { os.RemoveAll(d) }, nil
+}
+
+// Run runs the demo. It returns nil only if the stolen credential was verified dead.
+func Run(ctx context.Context, o Options) error {
+	o.defaults()
 	p := &printer{w: o.Out}
-	work := o.WorkDir
-	if work == "" {
-		d, err := os.MkdirTemp("", "killswitch-demo-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(d)
-		work = d
-	}
-
-	// 1. A real Vault.
-	p.step("Vault: building the dev server if needed (first time: a few minutes; cached afterwards)")
-	src, err := devvault.FindSourceDir("")
-	if err != nil {
-		return fmt.Errorf("demo: %w (run the demo from the repository)", err)
-	}
-	bin, err := devvault.Build(ctx, devvault.BuildOptions{SourceDir: src, Progress: indent(o.Out)})
-	if err != nil {
-		return fmt.Errorf("demo: build the dev Vault: %w", err)
-	}
-	vp, err := devvault.Start(ctx, devvault.StartOptions{BinPath: bin})
-	if err != nil {
-		return fmt.Errorf("demo: start the dev Vault: %w", err)
-	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = vp.Stop(sctx)
-	}()
-	p.line("Vault dev server on %s (in memory, pid %d)", vp.Addr(), vp.PID())
-	root, err := api.NewClient(&api.Config{Address: vp.Addr(), Timeout: 5 * time.Second})
+	work, remove, err := o.workDir()
 	if err != nil {
 		return err
 	}
-	root.SetToken(vp.RootToken())
+	defer remove()
 
-	// 2. Vendors and their real credentials.
-	start := time.Now().UTC().Add(-time.Duration(o.HistoryDays) * 24 * time.Hour)
-	sc := scenario.New(scenario.Config{Seed: 7, Start: start, Days: o.HistoryDays, Vendors: 3,
-		CredentialsPerVendor: 2, EventsPerMinute: 0.5, Attacks: -1})
-	seed, err := seedVault(ctx, root, sc.Inventory())
-	if err != nil {
-		return fmt.Errorf("demo: seed Vault: %w", err)
-	}
-	victim := seed.victim
-	p.step("Vendors seeded with real Vault credentials:")
-	for _, v := range seed.vendorNames() {
-		p.line("%-10s %s", v, strings.Join(seed.describe(v), ", "))
-	}
-	policy, err := o.VaultPolicy(seed.inventory)
-	if err != nil {
-		return fmt.Errorf("demo: the service's policy: %w", err)
-	}
-	ksToken, err := serviceToken(ctx, root, policy)
-	if err != nil {
-		return fmt.Errorf("demo: the service's token: %w", err)
-	}
-	ksClient, err := api.NewClient(&api.Config{Address: vp.Addr(), Timeout: 5 * time.Second})
+	vs, err := setUpVault(ctx, o, p)
 	if err != nil {
 		return err
 	}
-	ksClient.SetToken(ksToken)
+	defer vs.stop()
+	sc, seed, victim := vs.sc, vs.seed, vs.seed.victim
+	ksClient, err := api.NewClient(&api.Config{Address: vs.vp.Addr(), Timeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	ksClient.SetToken(vs.ksToken)
 	execs, err := o.NewVaultExecutors(ctx, ksClient, seed.inventory)
 	if err != nil {
 		return fmt.Errorf("demo: vault executors: %w", err)
 	}
-	p.line("killswitch's own Vault token holds only the policy generated for this inventory: it can revoke these credentials and nothing else")
 
 	// 3. The service, in process, on free ports.
 	// The history is published into the running service: the door's maximum age
@@ -198,23 +175,7 @@ func Run(ctx context.Context, o Options) error {
 	// 5. The attack: the stolen token moves data fast.
 	p.step("Attack: %s's token %q is stolen and used to pull data out", victim.vendor, victim.cred)
 	tl.live(victim)
-	go func() {
-		for i := range 40 {
-			if ctx.Err() != nil || tl.isContained() {
-				return
-			}
-			e := telemetry.Event{Time: time.Now().UTC(), Vendor: victim.vendor, Credential: victim.cred,
-				Dst: "203.0.113.66", DstPort: 443, Bytes: 40 << 20, Records: 10000, Sensor: "egress-gw-1", Protocol: "tcp"}
-			if err := pub.Publish(ctx, &e); err != nil {
-				return
-			}
-			tl.sent(e.Bytes)
-			if i == 0 {
-				tl.first(e.Time)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}()
+	go exfiltrate(ctx, pub, tl, victim, nil)
 	select {
 	case <-tl.contained:
 	case <-time.After(o.Timeout):
@@ -226,7 +187,45 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	// 6. The proof, from the attacker's side, and the audit trail.
-	stolen, _ := api.NewClient(&api.Config{Address: vp.Addr(), Timeout: 5 * time.Second})
+	if err := prove(ctx, p, vs, nc); err != nil {
+		return err
+	}
+	p.step("Exposure window: %s (first anomalous byte → verified revocation); %s left before the cut-off",
+		tl.exposure(), human(tl.bytesSent()))
+	stop()
+	<-svcDone
+	return nil
+}
+
+// exfiltrate plays the attacker: 40 MB every 50 ms through the stolen credential until
+// it is contained (at most 40 times). started, if set, is called after the first event
+// is stored.
+func exfiltrate(ctx context.Context, pub *telnats.Publisher, tl *timeline, victim *credential, started func()) {
+	for i := range 40 {
+		if ctx.Err() != nil || tl.isContained() {
+			return
+		}
+		e := telemetry.Event{Time: time.Now().UTC(), Vendor: victim.vendor, Credential: victim.cred,
+			Dst: "203.0.113.66", DstPort: 443, Bytes: 40 << 20, Records: 10000, Sensor: "egress-gw-1", Protocol: "tcp"}
+		if err := pub.Publish(ctx, &e); err != nil {
+			return
+		}
+		tl.sent(e.Bytes)
+		if i == 0 {
+			tl.first(e.Time)
+			if started != nil {
+				started()
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// prove shows, from the attacker's side, that the stolen token is dead, and verifies
+// the ledger.
+func prove(ctx context.Context, p *printer, vs *vaultSetup, nc *nats.Conn) error {
+	victim := vs.seed.victim
+	stolen, _ := api.NewClient(&api.Config{Address: vs.vp.Addr(), Timeout: 5 * time.Second})
 	stolen.SetToken(victim.token)
 	_, lerr := stolen.Auth().Token().LookupSelfWithContext(ctx)
 	if lerr == nil {
@@ -247,10 +246,72 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("demo: ledger: %w", err)
 	}
 	p.line("Ledger: %d hash-chained records, chain intact", res.Records)
-	p.step("Exposure window: %s (first anomalous byte → verified revocation); %s left before the cut-off",
-		tl.exposure(), human(tl.bytesSent()))
-	stop()
-	<-svcDone
+	return nil
+}
+
+// vaultSetup is the demo's Vault: the dev server, the scenario's vendors seeded with
+// real credentials, and the service's own token, scoped to them.
+type vaultSetup struct {
+	vp      *devvault.Process
+	sc      *scenario.Scenario
+	seed    *seeded
+	ksToken string
+}
+
+func (v *vaultSetup) stop() {
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = v.vp.Stop(sctx)
+}
+
+// setUpVault builds (first time) and starts the dev Vault and seeds it (steps 1 and 2).
+func setUpVault(ctx context.Context, o Options, p *printer) (*vaultSetup, error) {
+	p.step("Vault: building the dev server if needed (first time: a few minutes; cached afterwards)")
+	src, err := devvault.FindSourceDir("")
+	if err != nil {
+		return nil, fmt.Errorf("demo: %w (run the demo from the repository)", err)
+	}
+	bin, err := devvault.Build(ctx, devvault.BuildOptions{SourceDir: src, Progress: indent(o.Out)})
+	if err != nil {
+		return nil, fmt.Errorf("demo: build the dev Vault: %w", err)
+	}
+	vp, err := devvault.Start(ctx, devvault.StartOptions{BinPath: bin})
+	if err != nil {
+		return nil, fmt.Errorf("demo: start the dev Vault: %w", err)
+	}
+	vs := &vaultSetup{vp: vp}
+	if err := vs.seedIt(ctx, o, p); err != nil {
+		vs.stop()
+		return nil, err
+	}
+	return vs, nil
+}
+
+func (vs *vaultSetup) seedIt(ctx context.Context, o Options, p *printer) error {
+	p.line("Vault dev server on %s (in memory, pid %d)", vs.vp.Addr(), vs.vp.PID())
+	root, err := api.NewClient(&api.Config{Address: vs.vp.Addr(), Timeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	root.SetToken(vs.vp.RootToken())
+	start := time.Now().UTC().Add(-time.Duration(o.HistoryDays) * 24 * time.Hour)
+	vs.sc = scenario.New(scenario.Config{Seed: 7, Start: start, Days: o.HistoryDays, Vendors: 3,
+		CredentialsPerVendor: 2, EventsPerMinute: 0.5, Attacks: -1})
+	if vs.seed, err = seedVault(ctx, root, vs.sc.Inventory()); err != nil {
+		return fmt.Errorf("demo: seed Vault: %w", err)
+	}
+	p.step("Vendors seeded with real Vault credentials:")
+	for _, v := range vs.seed.vendorNames() {
+		p.line("%-10s %s", v, strings.Join(vs.seed.describe(v), ", "))
+	}
+	policy, err := o.VaultPolicy(vs.seed.inventory)
+	if err != nil {
+		return fmt.Errorf("demo: the service's policy: %w", err)
+	}
+	if vs.ksToken, err = serviceToken(ctx, root, policy); err != nil {
+		return fmt.Errorf("demo: the service's token: %w", err)
+	}
+	p.line("killswitch's own Vault token holds only the policy generated for this inventory: it can revoke these credentials and nothing else")
 	return nil
 }
 
