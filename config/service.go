@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/killswitch-dev/killswitch/actions/vault"
 )
@@ -39,6 +40,13 @@ type Cluster struct {
 	// Partitions is the number of vendor partitions, fixed for the life of the group
 	// (it is also the most instances that can share the work). Default 16.
 	Partitions int `yaml:"partitions"`
+	// Heartbeat is how often the instance heartbeats and checks the others. Default
+	// 250ms.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// DeadAfter is how long an instance may miss heartbeats before the others evict it
+	// and take its partitions: the floor of a failover. Default 1s, at least three
+	// heartbeats. An instance evicted while alive (a long pause) joins again.
+	DeadAfter time.Duration `yaml:"dead_after"`
 }
 
 // NATS configures the NATS connection and subjects.
@@ -110,6 +118,12 @@ func (s *Service) ApplyEnv(getenv func(string) string) {
 	if s.Cluster.Partitions == 0 {
 		s.Cluster.Partitions = 16
 	}
+	if s.Cluster.Heartbeat == 0 {
+		s.Cluster.Heartbeat = 250 * time.Millisecond
+	}
+	if s.Cluster.DeadAfter == 0 {
+		s.Cluster.DeadAfter = time.Second
+	}
 	if s.NATS.Listen == "" {
 		s.NATS.Listen = "127.0.0.1:4222"
 	}
@@ -160,6 +174,9 @@ func (s *Service) validate(bad func(format string, args ...any)) {
 		}
 		if c.Partitions < 1 || c.Partitions > 1024 {
 			bad("service.cluster.partitions: %d is not between 1 and 1024", c.Partitions)
+		}
+		if c.Heartbeat < 0 || c.DeadAfter < 3*c.Heartbeat {
+			bad("service.cluster: dead_after (%s) must be at least three heartbeats (%s)", c.DeadAfter, c.Heartbeat)
 		}
 		if c.Instance != "" && !validInstance(c.Instance) {
 			bad("service.cluster.instance: %q: use 1 to 64 letters, digits, '-' or '_'", c.Instance)

@@ -327,6 +327,7 @@ func (s *Service) startCluster(ctx context.Context, stream jetstream.Stream, che
 	}
 	if s.members, err = cluster.NewMembers(ctx, cluster.MembersConfig{
 		JS: s.js, Member: s.instance, Partitions: n, Replicas: sc.NATS.Replicas, HTTP: s.httpLn.Addr().String(),
+		HeartbeatEvery: sc.Cluster.Heartbeat, DeadAfter: sc.Cluster.DeadAfter,
 		Groups: []cluster.GroupRef{{Stream: sc.NATS.TelemetryStream, Group: telnats.DefaultGroup}, {Stream: pipejs.DetectionsStream, Group: respondGroup}},
 		OnOwn: func(ctx context.Context, owned []int) {
 			s.ingest.Own(ctx, owned)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/killswitch-dev/killswitch/httpapi"
 	"github.com/killswitch-dev/killswitch/internal/embeddednats"
 	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
@@ -409,6 +410,49 @@ func TestComposeNATSClusterStarts(t *testing.T) {
 	if err != nil || ack.Stream != "EGRESS" {
 		t.Fatalf("sensor publishes telemetry to the service's stream: ack %+v, %v", ack, err)
 	}
+
+	// ks2 joins on the same data volume: the two instances share the partitions.
+	k2 := composeInstance(t, p, "ks2", nodes, dataDir)
+	k2.Start(t)
+	ks1svc, _ := p.GetService("ks1")
+	token := serviceEnv(ks1svc)["KILLSWITCH_API_TOKEN"]
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		owners := map[string]int{}
+		if st, err := apiStatus(k.HTTPURL(), token); err == nil && st.Cluster != nil {
+			for _, m := range st.Cluster.Members {
+				if m.Alive {
+					owners[m.Member] = len(m.Partitions)
+				}
+			}
+		}
+		if owners["ks1"] > 0 && owners["ks2"] > 0 && owners["ks1"]+owners["ks2"] == 16 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ks1 and ks2 do not share the 16 partitions after 30s: %v", owners)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// apiStatus reads GET /api/status.
+func apiStatus(base, token string) (*httpapi.Status, error) {
+	req, err := http.NewRequest(http.MethodGet, base+"/api/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status %s", resp.Status)
+	}
+	var st httpapi.Status
+	return &st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
 // composeInstance returns a `killswitch run` process (not started) configured as the

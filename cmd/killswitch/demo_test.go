@@ -21,3 +21,21 @@ func TestDemoCommand(t *testing.T) {
 		}
 	}
 }
+
+// `killswitch demo --cluster`, the real binary: three NATS nodes and three instances;
+// the attacked vendor's owner is killed as the attack starts, another instance takes its
+// partition over, and the stolen token is verified dead exactly once.
+func TestDemoClusterCommand(t *testing.T) {
+	testharness.DevVaultBinary(t)
+	code, out, stderr := testharness.Run(t, nil, "demo", "--cluster")
+	if code != 0 {
+		t.Fatalf("demo --cluster exited %d\n%s\n%s", code, out, stderr)
+	}
+	for _, want := range []string{"instances share 8 vendor partitions", "KILL", "MOVE", "took over partition", "VERIFIED",
+		"Exactly once: one incident", "chain intact", "Failover:", "exposure window:", "verified dead"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the cluster demo's output lacks %q:\n%s", want, out)
+		}
+	}
+	t.Log(out[strings.LastIndex(out, "==> Failover"):])
+}

@@ -87,7 +87,7 @@ type MembersConfig struct {
 	// Default 250ms.
 	HeartbeatEvery time.Duration
 	// DeadAfter is how long a member may go without a heartbeat before it is evicted.
-	// Default 1.5s; at least 3 heartbeats.
+	// Default 1s; at least 3 heartbeats.
 	DeadAfter time.Duration
 	// HTTP is this instance's API address, shown to the others.
 	HTTP string
@@ -153,7 +153,7 @@ func NewMembers(ctx context.Context, cfg MembersConfig) (*Members, error) {
 		cfg.HeartbeatEvery = 250 * time.Millisecond
 	}
 	if cfg.DeadAfter <= 0 {
-		cfg.DeadAfter = 1500 * time.Millisecond
+		cfg.DeadAfter = time.Second
 	}
 	cfg.DeadAfter = max(cfg.DeadAfter, 3*cfg.HeartbeatEvery)
 	if cfg.Clock == nil {
