@@ -7,7 +7,10 @@
 // schema of Decision). The Engine loads modules from the shipped library (package rego) and
 // from directories, compiles them once in strict mode, prepares one query once per
 // compilation, and evaluates every detection against all playbooks at once. The actions of
-// every matching playbook are merged deterministically and duplicates removed.
+// every matching playbook are merged deterministically and duplicates removed. A decision
+// may carry a veto window ("veto_window": "90s", 1s to 1h): its destructive actions are
+// announced and run when the window ends unless a human vetoes them (package actions);
+// merged, the longest window any matching playbook asks for wins.
 //
 // The engine fails safe. A compile error at start is returned; on reload it keeps the
 // previous playbooks serving and reports the error with file:line. An evaluation error, a

@@ -404,7 +404,8 @@ func (e *Engine) evaluate(ctx context.Context, snap *snapshot, in Input, cfg eva
 		return e.escalate(res, in, reason, errs)
 	}
 
-	// Merge: union of actions (deduplicated), approval if any asks, the worst severity.
+	// Merge: union of actions (deduplicated), approval if any asks, the longest veto
+	// window any asks for, the worst severity.
 	merged := Decision{Actions: []Action{}, Severity: string(in.Detection.Severity)}
 	type actionKey struct {
 		t                                  killswitch.ActionType
@@ -415,6 +416,7 @@ func (e *Engine) evaluate(ctx context.Context, snap *snapshot, in Input, cfg eva
 	for _, o := range outcomes {
 		res.Matched = append(res.Matched, o.pb.Name)
 		merged.RequiresApproval = merged.RequiresApproval || o.d.RequiresApproval
+		merged.VetoWindow = max(merged.VetoWindow, o.d.VetoWindow)
 		if o.d.Severity != "" {
 			merged.Severity = maxSeverity(merged.Severity, o.d.Severity)
 		}

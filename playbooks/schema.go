@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -82,7 +83,9 @@ func ParseDecisionJSON(b []byte, maxActions int) (Decision, error) {
 // The schema is closed: an object with "actions" (an array of at most maxActions actions,
 // required), "requires_approval" (bool), "reason" (string, required when the decision has
 // actions or asks for approval) and "severity" (info, low, medium, high or critical); any
-// other key is an error (an empty severity is the same as none). Each action has a known "type" and only the fields its type
+// other key is an error (an empty severity is the same as none). "veto_window" (optional)
+// is a duration string such as "90s", from MinVetoWindow to MaxVetoWindow: the
+// destructive actions are announced and run when it ends unless a human vetoes them. Each action has a known "type" and only the fields its type
 // allows: vault.* actions name a "credential"; nats.publish a "subject" (and optionally a
 // "credential" and "message"); webhook a "webhook" (and optionally a "credential" and
 // "message"); notify a "message" (and optionally a "credential"). Names are non-empty,
@@ -101,9 +104,9 @@ func ParseDecision(raw any, maxActions int) (Decision, error) {
 	}
 	for k := range obj {
 		switch k {
-		case "actions", "requires_approval", "reason", "severity":
+		case "actions", "requires_approval", "reason", "severity", "veto_window":
 		default:
-			bad("unknown field %q (allowed: actions, requires_approval, reason, severity)", k)
+			bad("unknown field %q (allowed: actions, requires_approval, reason, severity, veto_window)", k)
 		}
 	}
 	if v, ok := obj["requires_approval"]; ok {
@@ -129,6 +132,13 @@ func ParseDecision(raw any, maxActions int) (Decision, error) {
 			bad("severity: want one of info, low, medium, high, critical, got %s", describe(v))
 		}
 		d.Severity = s
+	}
+	if v, ok := obj["veto_window"]; ok {
+		w, err := parseVetoWindow(v)
+		if err != nil {
+			bad("veto_window: %v", err)
+		}
+		d.VetoWindow = w
 	}
 	acts, ok := obj["actions"]
 	if !ok {
@@ -262,6 +272,25 @@ func parseAction(v any) (Action, error) {
 		return Action{}, err
 	}
 	return a, nil
+}
+
+// parseVetoWindow reads a decision's veto_window: a Go duration string, at least
+// MinVetoWindow and at most MaxVetoWindow.
+func parseVetoWindow(v any) (Duration, error) {
+	s, ok := v.(string)
+	if !ok {
+		return 0, fmt.Errorf("want a duration string such as \"90s\", got %s", typeName(v))
+	}
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("%q is not a duration such as \"90s\" or \"5m\"", s)
+	case d < MinVetoWindow:
+		return 0, fmt.Errorf("%q is shorter than %s (a human needs time to veto)", s, MinVetoWindow)
+	case d > MaxVetoWindow:
+		return 0, fmt.Errorf("%q is longer than %s (ask for requires_approval instead)", s, MaxVetoWindow)
+	}
+	return Duration(d), nil
 }
 
 func typeName(v any) string {
