@@ -49,6 +49,15 @@ const (
 	HoldExpired HoldState = "expired"
 	// HoldSuperseded: a later decision of the incident, needing no approval, ran it.
 	HoldSuperseded HoldState = "superseded"
+	// HoldVetoWindow: announced in a decision's veto window; it runs at RunsAt unless a
+	// human vetoes it (Approvals.Veto).
+	HoldVetoWindow HoldState = "veto_window"
+	// HoldVetoed: vetoed during its veto window; nothing ran.
+	HoldVetoed HoldState = "vetoed"
+	// HoldWindowEnded: its veto window ended without a veto; the action is running, or
+	// failed retryably and is retried like an approved one until RetryUntil. No human
+	// approved it: the pause switch and the breaker hold it for approval.
+	HoldWindowEnded HoldState = "window_ended"
 )
 
 // actionStatus is the incident's view of an action held in state s.
@@ -58,8 +67,12 @@ func (s HoldState) actionStatus() incidents.ActionStatus {
 		return incidents.ActionRejected
 	case HoldExpired:
 		return incidents.ActionExpired
-	case HoldApproved, HoldDone, HoldSuperseded:
+	case HoldApproved, HoldDone, HoldSuperseded, HoldWindowEnded:
 		return incidents.ActionApplied
+	case HoldVetoWindow:
+		return incidents.ActionAnnounced
+	case HoldVetoed:
+		return incidents.ActionVetoed
 	case HoldFailed:
 		return incidents.ActionFailed
 	}
@@ -85,11 +98,18 @@ type Held struct {
 	Guard      string           `json:"guard"`
 	Reason     string           `json:"reason"`
 	HeldAt     time.Time        `json:"held_at"`
-	ExpiresAt  time.Time        `json:"expires_at"`
-	State      HoldState        `json:"state"`
-	Approver   string           `json:"approver,omitempty"`
-	Comment    string           `json:"comment,omitempty"`
-	DecidedAt  time.Time        `json:"decided_at,omitzero"`
+	// ExpiresAt is the end of the approval window; for an action in a veto window, the
+	// window's end (RunsAt).
+	ExpiresAt time.Time `json:"expires_at"`
+	// VetoWindow is the decision's veto window ("1m30s") and RunsAt its end, when the
+	// action was announced in one.
+	VetoWindow string    `json:"veto_window,omitempty"`
+	RunsAt     time.Time `json:"runs_at,omitzero"`
+	State      HoldState `json:"state"`
+	// Approver is who decided: approved, rejected or vetoed it.
+	Approver  string    `json:"approver,omitempty"`
+	Comment   string    `json:"comment,omitempty"`
+	DecidedAt time.Time `json:"decided_at,omitzero"`
 	// Approvals counts the approvals (a failed action may be approved again).
 	Approvals int `json:"approvals,omitempty"`
 	// Attempts counts the runs under approval, and LastError is the last failure.
@@ -212,7 +232,7 @@ func (a *Approvals) run(ctx context.Context, h Held, rev uint64, attempts int) (
 		retrying = true
 		h.LastError, h.RetryAt = runErr.Error(), now.Add(r.backoff(h.Attempts))
 		j.ref.Status, j.ref.At = incidents.ActionFailed, now
-		j.ref.Detail = fmt.Sprintf("approved by %s; attempt %d failed, retried until %s: %s", h.Approver, h.Attempts,
+		j.ref.Detail = fmt.Sprintf("%s; attempt %d failed, retried until %s: %s", h.authority(), h.Attempts,
 			h.RetryUntil.Format(time.RFC3339), runErr.Error())
 		r.d.Log.Warn("approved action failed; retrying", zap.String("action", h.ID), zap.Int("attempts", h.Attempts),
 			zap.String("cause", string(killswitch.ReasonOf(runErr))), zap.Error(runErr))
@@ -234,7 +254,7 @@ func (a *Approvals) run(ctx context.Context, h Held, rev uint64, attempts int) (
 
 // settle stores h, the outcome of a run of an approved action read at revision rev
 // (compare-and-set: should another instance have changed it meanwhile, the outcome is
-// stored over it only while it is still approved).
+// stored over it only while it is still approved, or running after its veto window).
 func (a *Approvals) settle(ctx context.Context, h Held, rev uint64) error {
 	r := a.r
 	for range 10 {
@@ -250,7 +270,7 @@ func (a *Approvals) settle(ctx context.Context, h Held, rev uint64) error {
 			return nil
 		}
 		cur, crev, ok, err := a.get(ctx, h.ID)
-		if err != nil || !ok || cur.State != HoldApproved {
+		if err != nil || !ok || (cur.State != HoldApproved && cur.State != HoldWindowEnded) {
 			return err
 		}
 		rev = crev
@@ -295,14 +315,32 @@ func (a *Approvals) redeliver(ctx context.Context, h Held, rev uint64) (incident
 	return u.Ref, err
 }
 
-// retryDue runs the approved actions that are due, each with one Apply attempt (the
-// next one after the runner's backoff, on a later tick), at most a few at once; those
-// past their retry deadline fail instead. Nothing runs while automation is paused.
+// retryDue runs the approved actions (and those whose veto window ended) that are due,
+// each with one Apply attempt (the next one after the runner's backoff, on a later
+// tick), at most a few at once; those past their retry deadline fail instead. No
+// approved action runs while automation is paused.
 func (a *Approvals) retryDue(ctx context.Context, due []Held, revs []uint64) ([]Update, error) {
 	r := a.r
-	if _, hold, err := r.control.gate(ctx, true); err != nil || hold != "" {
+	if _, hold, err := r.control.gate(ctx, true); err != nil {
 		return nil, err
+	} else if hold != "" {
+		// Paused: approved actions wait for the resume; an action whose veto window
+		// ended runs into the pause immediately before Apply and is held for approval.
+		var keep []Held
+		var keepRevs []uint64
+		for i, h := range due {
+			if h.State == HoldWindowEnded {
+				keep, keepRevs = append(keep, h), append(keepRevs, revs[i])
+			}
+		}
+		due, revs = keep, keepRevs
 	}
+	return a.each(ctx, due, revs, a.retryOne)
+}
+
+// each runs f on every held action of hs (at its revision in revs), at most a few at
+// once, and returns the updates it made and its errors.
+func (a *Approvals) each(ctx context.Context, hs []Held, revs []uint64, f func(context.Context, Held, uint64) (Update, error)) ([]Update, error) {
 	var (
 		mu      sync.Mutex
 		updates []Update
@@ -310,12 +348,12 @@ func (a *Approvals) retryDue(ctx context.Context, due []Held, revs []uint64) ([]
 		wg      sync.WaitGroup
 		slots   = make(chan struct{}, approvedRunsAtOnce)
 	)
-	for i, h := range due {
+	for i, h := range hs {
 		wg.Add(1)
 		slots <- struct{}{}
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			u, err := a.retryOne(ctx, h, revs[i])
+			u, err := f(ctx, h, revs[i])
 			mu.Lock()
 			defer mu.Unlock()
 			if u.Ref.ID != "" {
@@ -378,8 +416,9 @@ func (a *Approvals) Reject(ctx context.Context, id, approver, comment string) (U
 
 // Expire does what the clock calls for, and returns the incidents' updates: every
 // pending (or failed) held action past its approval window is marked expired
-// (recorded), and every approved action that is due again (it failed retryably, or its
-// run was abandoned) runs once more, unless automation is paused; one past its retry
+// (recorded); every action whose veto window ended without a veto runs (once fleet-wide:
+// see endWindow); and every approved action that is due again (it failed retryably, or
+// its run was abandoned) runs once more, unless automation is paused; one past its retry
 // deadline fails. The pipeline calls it on every tick.
 func (a *Approvals) Expire(ctx context.Context) ([]Update, error) {
 	keys, err := a.r.d.Store.Keys(ctx, ApprovalsBucket)
@@ -389,8 +428,8 @@ func (a *Approvals) Expire(ctx context.Context) ([]Update, error) {
 	var updates []Update
 	now := a.r.d.Clock.Now()
 	var errs []error
-	var due []Held
-	var revs []uint64
+	var due, ended []Held
+	var revs, endedRevs []uint64
 	for _, k := range keys {
 		h, rev, ok, err := a.get(ctx, k)
 		if err != nil {
@@ -399,8 +438,10 @@ func (a *Approvals) Expire(ctx context.Context) ([]Update, error) {
 		}
 		switch {
 		case !ok:
-		case h.State == HoldApproved && !now.Before(h.RetryAt):
+		case (h.State == HoldApproved || h.State == HoldWindowEnded) && !now.Before(h.RetryAt):
 			due, revs = append(due, h), append(revs, rev)
+		case h.State == HoldVetoWindow && !now.Before(h.RunsAt):
+			ended, endedRevs = append(ended, h), append(endedRevs, rev)
 		case (h.State == HoldPending || h.State == HoldFailed) && !now.Before(h.ExpiresAt):
 			u, err := a.expire(ctx, h, rev)
 			if err != nil {
@@ -411,6 +452,11 @@ func (a *Approvals) Expire(ctx context.Context) ([]Update, error) {
 				updates = append(updates, u)
 			}
 		}
+	}
+	if len(ended) > 0 {
+		us, err := a.each(ctx, ended, endedRevs, a.endWindow)
+		updates = append(updates, us...)
+		errs = append(errs, err)
 	}
 	if len(due) > 0 {
 		us, err := a.retryDue(ctx, due, revs)
@@ -546,6 +592,10 @@ func (a *Approvals) decide(ctx context.Context, id, approver, comment string, st
 		return h, 0, u, fmt.Errorf("%w: %s expired at %s; nothing ran", ErrExpired, id, h.ExpiresAt.Format(time.RFC3339))
 	}
 	if !open {
+		if h.State == HoldVetoWindow {
+			return h, 0, Update{}, fmt.Errorf("%w: %s is in a veto window: it runs at %s unless vetoed (POST /api/actions/%s/veto)",
+				ErrDecided, id, h.RunsAt.UTC().Format(time.RFC3339), id)
+		}
 		return h, 0, Update{}, fmt.Errorf("%w: %s is %s", ErrDecided, id, h.State)
 	}
 	h.State, h.Approver, h.Comment, h.DecidedAt = state, approver, comment, now
@@ -591,6 +641,14 @@ func (a *Approvals) expire(ctx context.Context, h Held, rev uint64) (Update, err
 		return Update{}, err
 	}
 	return h.update(j.ref), nil
+}
+
+// authority says on whose word an approved (or window-ended) action runs.
+func (h Held) authority() string {
+	if h.State == HoldWindowEnded {
+		return "its veto window ended without a veto"
+	}
+	return "approved by " + h.Approver
 }
 
 // update is the incident's update for a change of h.

@@ -58,6 +58,9 @@ type Deps struct {
 	Instance string
 	// Log receives what the ledger also records, for operators (no secrets).
 	Log *zap.Logger
+	// Notifier announces actions in a veto window to humans; nil announces them only in
+	// the ledger, the incident and the API.
+	Notifier Notifier
 }
 
 // Runner is the executor loop: every action of a decision goes through target
@@ -272,8 +275,7 @@ func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, paylo
 	case held && (h.State == HoldPending || h.State == HoldFailed) && !req.Result.Decision.RequiresApproval:
 		// superseded below if the guards let it through
 	case held && h.State != HoldDone && h.State != HoldSuperseded:
-		j.ref.Status, j.ref.At, j.ref.Detail = h.State.actionStatus(), h.HeldAt, h.Reason
-		return j.ref, nil
+		return h.ref(j.ref), nil // pending, failed, rejected, expired, vetoed, or in (or past) its veto window
 	case claimed: // reconciled: finished if unfinished (pause and breaker still checked before Apply)
 		return r.execute(ctx, j, exec, "", false)
 	case held:
@@ -288,6 +290,10 @@ func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, paylo
 		return j.ref, err
 	} else if hold != "" {
 		return r.approvals.hold(ctx, j, guard, hold)
+	}
+	if w := req.Result.Decision.VetoWindow.D(); w > 0 {
+		// Announced now, run when the window ends unless vetoed (veto.go).
+		return r.approvals.announce(ctx, j, w, req.Result.Decision.Reason, h, heldRev, held)
 	}
 	if held && h.State == HoldPending {
 		if err := r.approvals.supersede(ctx, j, h, heldRev, req.Result.ID); err != nil {

@@ -58,6 +58,11 @@ const (
 	ActionFailed     ActionStatus = "failed"
 	ActionRejected   ActionStatus = "rejected"
 	ActionExpired    ActionStatus = "expired"
+	// ActionAnnounced: a decision's veto window is running; the action runs when it ends
+	// (ActionRef.RunsAt) unless a human vetoes it.
+	ActionAnnounced ActionStatus = "announced"
+	// ActionVetoed: a human vetoed the action during its veto window; nothing ran.
+	ActionVetoed ActionStatus = "vetoed"
 )
 
 // DetectionRef is what an incident keeps of each detection.
@@ -99,6 +104,8 @@ type ActionRef struct {
 	Status     ActionStatus          `json:"status"`
 	At         time.Time             `json:"at"`
 	Detail     string                `json:"detail,omitempty"`
+	// RunsAt is when an announced action runs unless vetoed: the end of its veto window.
+	RunsAt *time.Time `json:"runs_at,omitempty"`
 }
 
 // Incident groups the detections for one key (vendor, or vendor and credential) until
@@ -125,6 +132,10 @@ type Incident struct {
 	LastDetectionAt time.Time `json:"last_detection_at"`
 	// DecidedAt is when the first decision was recorded.
 	DecidedAt *time.Time `json:"decided_at,omitempty"`
+	// AnnouncedAt is when the first destructive action was announced in a veto window,
+	// and VetoWindowEndsAt when that window ends: the wait is part of the exposure window.
+	AnnouncedAt      *time.Time `json:"announced_at,omitempty"`
+	VetoWindowEndsAt *time.Time `json:"veto_window_ends_at,omitempty"`
 	// AppliedAt is when the first destructive action was applied.
 	AppliedAt *time.Time `json:"applied_at,omitempty"`
 	// ContainedAt is when the first revocation was verified.
@@ -149,7 +160,7 @@ func (in *Incident) Clone() *Incident {
 	c.Detections = slices.Clone(in.Detections)
 	c.Decisions = slices.Clone(in.Decisions)
 	c.Actions = slices.Clone(in.Actions)
-	for _, p := range []**time.Time{&c.DecidedAt, &c.AppliedAt, &c.ContainedAt, &c.ClosedAt} {
+	for _, p := range []**time.Time{&c.DecidedAt, &c.AnnouncedAt, &c.VetoWindowEndsAt, &c.AppliedAt, &c.ContainedAt, &c.ClosedAt} {
 		if *p != nil {
 			t := **p
 			*p = &t
@@ -343,7 +354,8 @@ func (b *Book) Decided(in *Incident, d DecisionRef) {
 }
 
 // ActionUpdate records the latest state of one of the incident's actions and reports
-// whether it contained the incident just now. The first applied destructive action sets
+// whether it contained the incident just now. The first destructive action announced in
+// a veto window sets AnnouncedAt and VetoWindowEndsAt. The first applied destructive action sets
 // AppliedAt; the first verified one (or planned, with PlannedContains) sets ContainedAt,
 // the exposure window, and moves the incident to contained.
 func (b *Book) ActionUpdate(in *Incident, a ActionRef) (contained bool) {
@@ -355,6 +367,10 @@ func (b *Book) ActionUpdate(in *Incident, a ActionRef) (contained bool) {
 	}
 	if !a.Type.Destructive() {
 		return false
+	}
+	if a.Status == ActionAnnounced && a.RunsAt != nil && in.AnnouncedAt == nil {
+		at, ends := a.At, *a.RunsAt
+		in.AnnouncedAt, in.VetoWindowEndsAt = &at, &ends
 	}
 	if (a.Status == ActionApplied || a.Status == ActionVerified) && in.AppliedAt == nil {
 		t := a.At
