@@ -28,6 +28,11 @@ func (b *recordingBackend) Reject(_ context.Context, id, who, _ string) error {
 	b.calls = append(b.calls, "reject "+id+" by "+who)
 	return nil
 }
+func (b *recordingBackend) Veto(_ context.Context, id, who, _ string) error {
+	b.calls = append(b.calls, "veto "+id+" by "+who)
+	return nil
+}
+func (b *recordingBackend) Pending(context.Context) (Pending, error) { return Pending{}, nil }
 func (b *recordingBackend) Pause(_ context.Context, who, _ string) error {
 	b.calls = append(b.calls, "pause by "+who)
 	return nil
@@ -46,7 +51,7 @@ func (b *recordingBackend) ResetBreaker(_ context.Context, who string) error {
 func TestRolesPerRoute(t *testing.T) {
 	st, toks := testUsers(t)
 	be := &recordingBackend{}
-	h, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be})
+	h, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be, Approvals: be})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,6 +81,7 @@ func TestRolesPerRoute(t *testing.T) {
 		"/api/incidents/{id}":       "/api/incidents/nope",
 		"/api/actions/{id}/approve": "/api/actions/held-1/approve",
 		"/api/actions/{id}/reject":  "/api/actions/held-1/reject",
+		"/api/actions/{id}/veto":    "/api/actions/held-1/veto",
 	}
 	// want is the status of a permitted call (the fake has no incident "nope").
 	want := map[string]int{"/api/incidents/{id}": 404}
@@ -135,8 +141,8 @@ func TestRolesPerRoute(t *testing.T) {
 		role users.Role
 		ok   []string
 	}{
-		{users.Viewer, []string{"GET /metrics", "GET /api/incidents", "GET /api/incidents/{id}", "GET /api/status"}},
-		{users.Approver, []string{"POST /api/actions/{id}/approve", "POST /api/actions/{id}/reject"}},
+		{users.Viewer, []string{"GET /metrics", "GET /api/incidents", "GET /api/incidents/{id}", "GET /api/status", "GET /api/approvals"}},
+		{users.Approver, []string{"POST /api/actions/{id}/approve", "POST /api/actions/{id}/reject", "POST /api/actions/{id}/veto"}},
 		{users.Admin, []string{"POST /api/pause", "POST /api/resume", "POST /api/breaker/reset"}},
 	} {
 		for _, rt := range Routes() {

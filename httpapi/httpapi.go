@@ -3,7 +3,8 @@
 // held actions, and the global pause (the kill switch for the kill switch).
 //
 // Everything but /healthz and /readyz requires a named user's bearer token, and each
-// route a role: viewer (incidents, status, metrics), approver (approve, reject), admin
+// route a role: viewer (incidents, approvals, status, metrics), approver (approve, reject,
+// veto), admin
 // (pause, resume, breaker reset). No token, or an unknown one, is answered 401; a role
 // too low, 403 naming the role needed. Who approved, rejected, paused or resumed is the
 // authenticated user, never a name from the request body: an "approver" or "who" field
@@ -136,6 +137,50 @@ type Controller interface {
 	Status(ctx context.Context) (Status, error)
 }
 
+// PendingAction is one action waiting on people, as GET /api/approvals lists it: a held
+// action waiting for an approval, or one announced in a veto window.
+type PendingAction struct {
+	ID         string `json:"id"`
+	Incident   string `json:"incident"`
+	Vendor     string `json:"vendor"`
+	Credential string `json:"credential,omitempty"`
+	Type       string `json:"type"`
+	Target     string `json:"target"`
+	// State is pending or failed (approvals: a failed one may be approved again), or
+	// veto_window.
+	State string `json:"state"`
+	// Guard is what held it (veto_window for a veto window), Reason why.
+	Guard  string `json:"guard"`
+	Reason string `json:"reason"`
+	// Since is when it was held or announced. Deadline is when an approval window closes
+	// (nothing runs after it) or when a veto window ends (the action runs then), and
+	// RemainingSeconds the time left until it, as of Pending.Now.
+	Since            time.Time `json:"since"`
+	Deadline         time.Time `json:"deadline"`
+	RemainingSeconds float64   `json:"remaining_seconds"`
+	// VetoWindow is the decision's veto window ("1m30s"), for a veto window.
+	VetoWindow string `json:"veto_window,omitempty"`
+	// LastError is why a failed approved action failed.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// Pending is what GET /api/approvals answers: the held actions waiting for an approval
+// and the running veto windows, each soonest deadline first (never null).
+type Pending struct {
+	Now         time.Time       `json:"now"`
+	Approvals   []PendingAction `json:"approvals"`
+	VetoWindows []PendingAction `json:"veto_windows"`
+}
+
+// Approvals lists the actions waiting on people and vetoes announced ones. Every veto is
+// recorded in the ledger by the implementation; who is the authenticated user's name.
+type Approvals interface {
+	// Pending lists the held actions waiting for an approval and the running veto windows.
+	Pending(ctx context.Context) (Pending, error)
+	// Veto cancels an action announced in a veto window before it runs.
+	Veto(ctx context.Context, actionID, who, comment string) error
+}
+
 // Authenticator tells who holds a bearer token (users.Store is one).
 type Authenticator interface {
 	// Authenticate returns the token's user; an error wrapping users.ErrUnauthenticated
@@ -154,6 +199,9 @@ type Config struct {
 	// Incidents and Controller back the API.
 	Incidents  IncidentReader
 	Controller Controller
+	// Approvals backs GET /api/approvals and POST /api/actions/{id}/veto; nil answers
+	// them 501.
+	Approvals Approvals
 	// Log receives request errors (never the token).
 	Log *zap.Logger
 }
@@ -177,8 +225,10 @@ func Routes() []Route {
 		{"GET", "/api/incidents", users.Viewer},
 		{"GET", "/api/incidents/{id}", users.Viewer},
 		{"GET", "/api/status", users.Viewer},
+		{"GET", "/api/approvals", users.Viewer},
 		{"POST", "/api/actions/{id}/approve", users.Approver},
 		{"POST", "/api/actions/{id}/reject", users.Approver},
+		{"POST", "/api/actions/{id}/veto", users.Approver},
 		{"POST", "/api/pause", users.Admin},
 		{"POST", "/api/resume", users.Admin},
 		{"POST", "/api/breaker/reset", users.Admin},
@@ -201,6 +251,8 @@ func New(cfg Config) (http.Handler, error) {
 		"GET /api/status":                http.HandlerFunc(s.status),
 		"POST /api/actions/{id}/approve": http.HandlerFunc(s.decide(cfg.Controller.Approve)),
 		"POST /api/actions/{id}/reject":  http.HandlerFunc(s.decide(cfg.Controller.Reject)),
+		"GET /api/approvals":             http.HandlerFunc(s.pending),
+		"POST /api/actions/{id}/veto":    http.HandlerFunc(s.decide(s.veto)),
 		"POST /api/pause":                http.HandlerFunc(s.pause),
 		"POST /api/resume":               http.HandlerFunc(s.control(cfg.Controller.Resume)),
 		"POST /api/breaker/reset":        http.HandlerFunc(s.control(cfg.Controller.ResetBreaker)),
@@ -328,6 +380,37 @@ func (s *server) listIncidents(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]any{"incidents": out, "count": len(out)})
 }
 
+// errNoApprovals answers the approvals routes when no Approvals is configured.
+var errNoApprovals = errors.New("httpapi: approvals and veto windows are not available here")
+
+// pending answers GET /api/approvals.
+func (s *server) pending(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Approvals == nil {
+		writeJSON(w, http.StatusNotImplemented, errBody(errNoApprovals.Error()))
+		return
+	}
+	p, err := s.cfg.Approvals.Pending(r.Context())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	if p.Approvals == nil {
+		p.Approvals = []PendingAction{}
+	}
+	if p.VetoWindows == nil {
+		p.VetoWindows = []PendingAction{}
+	}
+	writeJSON(w, 200, p)
+}
+
+// veto is POST /api/actions/{id}/veto behind decide (the vetoer is the authenticated user).
+func (s *server) veto(ctx context.Context, id, who, comment string) error {
+	if s.cfg.Approvals == nil {
+		return errNoApprovals
+	}
+	return s.cfg.Approvals.Veto(ctx, id, who, comment)
+}
+
 func (s *server) getIncident(w http.ResponseWriter, r *http.Request) {
 	in, err := s.cfg.Incidents.Incident(r.Context(), r.PathValue("id"))
 	if err != nil {
@@ -431,6 +514,8 @@ func (s *server) fail(w http.ResponseWriter, err error) {
 		code = http.StatusBadRequest
 	case errors.Is(err, ErrTooLarge):
 		code = http.StatusRequestEntityTooLarge
+	case errors.Is(err, errNoApprovals):
+		code = http.StatusNotImplemented
 	default:
 		s.cfg.Log.Error("api request failed", zap.Error(err))
 	}

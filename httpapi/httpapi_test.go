@@ -154,6 +154,75 @@ func TestAPI(t *testing.T) {
 	}
 }
 
+// vetoBackend answers the approvals routes: one held action and one veto window.
+type vetoBackend struct {
+	fakeBackend
+	vetoed []string
+}
+
+func (b *vetoBackend) Pending(context.Context) (Pending, error) {
+	now := time.Date(2026, 2, 5, 10, 0, 0, 0, time.UTC)
+	return Pending{Now: now, VetoWindows: []PendingAction{{ID: "act-w", State: "veto_window", Guard: "veto_window",
+		Since: now.Add(-30 * time.Second), Deadline: now.Add(time.Minute), RemainingSeconds: 60, VetoWindow: "1m30s"}}}, nil
+}
+
+func (b *vetoBackend) Veto(_ context.Context, id, who, _ string) error {
+	if id != "act-w" {
+		return fmt.Errorf("action %s: %w", id, ErrConflict)
+	}
+	b.vetoed = append(b.vetoed, id+" by "+who)
+	return nil
+}
+
+// GET /api/approvals never answers null lists, nor GET /api/incidents with none; a
+// veto is the authenticated user's (a body naming someone else is refused); without
+// an Approvals backend both routes answer 501.
+func TestApprovalsAndVetoRoutes(t *testing.T) {
+	st, toks := testUsers(t)
+	be := &vetoBackend{}
+	h, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be, Approvals: be})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name         string
+		h            http.Handler
+		method, path string
+		role         users.Role
+		body         string
+		code         int
+		want         string
+	}{
+		{"no incidents", h, "GET", "/api/incidents", users.Viewer, "", 200, `"incidents": []`},
+		{"approvals", h, "GET", "/api/approvals", users.Viewer, "", 200, `"approvals": []`},
+		{"veto windows", h, "GET", "/api/approvals", users.Viewer, "", 200, `"remaining_seconds": 60`},
+		{"veto by a viewer", h, "POST", "/api/actions/act-w/veto", users.Viewer, `{}`, 403, "needs the approver role"},
+		{"veto as someone else", h, "POST", "/api/actions/act-w/veto", users.Approver, `{"approver":"ana"}`, 400, "not the authenticated user"},
+		{"veto", h, "POST", "/api/actions/act-w/veto", users.Approver, `{"comment":"planned"}`, 200, `"act-w"`},
+		{"veto too late", h, "POST", "/api/actions/act-x/veto", users.Approver, `{}`, 409, "conflict"},
+		{"no backend: list", bare, "GET", "/api/approvals", users.Viewer, "", 501, "not available"},
+		{"no backend: veto", bare, "POST", "/api/actions/act-w/veto", users.Admin, `{}`, 501, "not available"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req := httptest.NewRequest(c.method, c.path, strings.NewReader(c.body))
+			req.Header.Set("Authorization", "Bearer "+toks[c.role])
+			w := httptest.NewRecorder()
+			c.h.ServeHTTP(w, req)
+			if w.Code != c.code || !strings.Contains(w.Body.String(), c.want) {
+				t.Fatalf("%d %s; want %d containing %q", w.Code, w.Body, c.code, c.want)
+			}
+		})
+	}
+	if len(be.vetoed) != 1 || be.vetoed[0] != "act-w by approver" {
+		t.Fatalf("vetoes %v", be.vetoed)
+	}
+}
+
 // adminHandler returns the API on be and an admin's token.
 func adminHandler(t *testing.T, be *fakeBackend) (http.Handler, string) {
 	t.Helper()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/killswitch-dev/killswitch/actions"
@@ -25,7 +26,7 @@ func (s *Service) startHTTP() error {
 	}
 	h, err := httpapi.New(httpapi.Config{
 		Users: apiUsers, Gatherer: s.metrics.Registry, Incidents: s.incidents, Controller: controller{s},
-		Ready: s.readiness, Log: s.log.Named("http"),
+		Approvals: controller{s}, Ready: s.readiness, Log: s.log.Named("http"),
 	})
 	if err != nil {
 		return err
@@ -124,6 +125,47 @@ func (c controller) Reject(ctx context.Context, id, approver, comment string) er
 		c.s.pipe.Responder().ActionUpdate(ctx, u)
 	}
 	return apiErr(err)
+}
+
+// Veto cancels an action announced in a veto window (recorded in the ledger with who).
+func (c controller) Veto(ctx context.Context, id, who, comment string) error {
+	u, err := c.s.runner.Approvals().Veto(ctx, id, who, comment)
+	if u.Ref.ID != "" {
+		c.s.pipe.Responder().ActionUpdate(ctx, u)
+	}
+	return apiErr(err)
+}
+
+// Pending lists the held actions waiting for an approval (pending, or failed and
+// approvable again) and the running veto windows, soonest deadline first.
+func (c controller) Pending(ctx context.Context) (httpapi.Pending, error) {
+	held, err := c.s.runner.Approvals().List(ctx)
+	if err != nil {
+		return httpapi.Pending{}, err
+	}
+	now := c.s.o.Clock.Now()
+	out := httpapi.Pending{Now: now, Approvals: []httpapi.PendingAction{}, VetoWindows: []httpapi.PendingAction{}}
+	for _, h := range held {
+		p := httpapi.PendingAction{ID: h.ID, Incident: h.Incident, Vendor: h.Vendor, Credential: h.Credential,
+			Type: string(h.Action.Type), Target: h.Target, State: string(h.State), Guard: h.Guard, Reason: h.Reason,
+			Since: h.HeldAt, Deadline: h.ExpiresAt, LastError: h.LastError}
+		switch h.State {
+		case actions.HoldPending, actions.HoldFailed:
+			if !now.Before(h.ExpiresAt) {
+				continue // expired: the next tick records it
+			}
+			p.RemainingSeconds = h.ExpiresAt.Sub(now).Seconds()
+			out.Approvals = append(out.Approvals, p)
+		case actions.HoldVetoWindow:
+			p.Deadline, p.VetoWindow = h.RunsAt, h.VetoWindow
+			p.RemainingSeconds = max(0, h.RunsAt.Sub(now).Seconds())
+			out.VetoWindows = append(out.VetoWindows, p)
+		}
+	}
+	soonest := func(a, b httpapi.PendingAction) int { return a.Deadline.Compare(b.Deadline) }
+	slices.SortFunc(out.Approvals, soonest)
+	slices.SortFunc(out.VetoWindows, soonest)
+	return out, nil
 }
 
 func (c controller) Pause(ctx context.Context, who, reason string) error {

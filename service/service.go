@@ -216,6 +216,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	if s.runner, err = actions.New(cfg.Actions, actions.Deps{
 		Store: store, Ledger: s.ledger, Executors: execs, Inventory: cfg.Vendors, Clock: o.Clock,
 		Fingerprint: actions.NewFingerprinter(key), Instance: s.instance, Log: s.log.Named("actions"),
+		Notifier: s.pager, // veto windows are announced where notify actions publish
 	}); err != nil {
 		return nil, err
 	}
