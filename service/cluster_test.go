@@ -38,7 +38,7 @@ type clusterRig struct {
 	ackedOne atomic.Int64 // … of which while a node was stopped
 }
 
-func newClusterRig(t *testing.T) *clusterRig {
+func newClusterRig(t testing.TB) *clusterRig {
 	t.Helper()
 	dir := t.TempDir()
 	auth, sensorCreds := testharness.NATSAuth(t, dir)

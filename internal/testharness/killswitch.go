@@ -180,6 +180,14 @@ func (k *Killswitch) Start(tb testing.TB) {
 	}
 }
 
+// PID is the process's ID (0 when it is not running).
+func (k *Killswitch) PID() int {
+	if k.cmd == nil || k.cmd.Process == nil {
+		return 0
+	}
+	return k.cmd.Process.Pid
+}
+
 // Kill9 kills the process with SIGKILL (nothing runs on its way out) and waits for it.
 func (k *Killswitch) Kill9() {
 	if k.cmd == nil {

@@ -135,6 +135,7 @@ type Members struct {
 	seen    map[string]seenBeat // member → last heartbeat change seen here
 	members []string            // the first group's membership, as last read
 	owned   []int
+	ownedC  chan []int // owned sets for handOver (the latest only)
 }
 
 type seenBeat struct {
@@ -176,7 +177,8 @@ func NewMembers(ctx context.Context, cfg MembersConfig) (*Members, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: the consumer groups' bucket: %w", ErrMembership, err)
 	}
-	return &Members{cfg: cfg, kv: kv, groups: groups, started: cfg.Clock.Now(), seen: make(map[string]seenBeat)}, nil
+	return &Members{cfg: cfg, kv: kv, groups: groups, started: cfg.Clock.Now(), seen: make(map[string]seenBeat),
+		ownedC: make(chan []int, 1)}, nil
 }
 
 // Join heartbeats once and adds the instance to every group.
@@ -193,7 +195,7 @@ func (m *Members) Join(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: read the membership: %w", ErrMembership, err)
 	}
-	m.sawMembership(ctx, e)
+	m.sawMembership(e)
 	m.cfg.Log.Info("joined the cluster", zap.String("member", m.cfg.Member))
 	return nil
 }
@@ -239,6 +241,22 @@ func (m *Members) Run(ctx context.Context) error {
 		return fmt.Errorf("%w: watch the membership: %w", ErrMembership, err)
 	}
 	defer func() { _ = conf.Stop() }()
+	// Heartbeats and the partition hand-over each run on their own: a slow OnOwn (a
+	// checkpoint, a reload) must never delay a heartbeat, or the others would evict
+	// this instance while it is alive.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		m.heartbeat(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		m.handOver(ctx)
+	}()
 	t := time.NewTicker(m.cfg.HeartbeatEvery)
 	defer t.Stop()
 	for {
@@ -257,13 +275,41 @@ func (m *Members) Run(ctx context.Context) error {
 				return fmt.Errorf("%w: the membership watch ended", ErrMembership)
 			}
 			if e != nil {
-				m.sawMembership(ctx, e)
+				m.sawMembership(e)
 			}
 		case <-t.C:
-			if err := m.beat(ctx); err != nil && ctx.Err() == nil {
-				m.cfg.Log.Warn("heartbeat failed (retried)", zap.Error(err))
-			}
 			m.check(ctx)
+		}
+	}
+}
+
+// heartbeat writes the instance's heartbeat every HeartbeatEvery until ctx is done.
+func (m *Members) heartbeat(ctx context.Context) {
+	t := time.NewTicker(m.cfg.HeartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := m.beat(ctx); err != nil && ctx.Err() == nil {
+			m.cfg.Log.Warn("heartbeat failed (retried)", zap.Error(err))
+		}
+	}
+}
+
+// handOver calls OnOwn with the latest partitions owned, one call at a time, until ctx
+// is done; changes that arrive during a call are folded into the next one.
+func (m *Members) handOver(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case owned := <-m.ownedC:
+			if m.cfg.OnOwn != nil {
+				m.cfg.OnOwn(ctx, owned)
+			}
 		}
 	}
 }
@@ -293,7 +339,7 @@ func (m *Members) sawBeat(e jetstream.KeyValueEntry) {
 	m.seen[name] = seenBeat{rev: e.Revision(), at: m.cfg.Clock.Now(), http: hb.HTTP}
 }
 
-func (m *Members) sawMembership(ctx context.Context, e jetstream.KeyValueEntry) {
+func (m *Members) sawMembership(e jetstream.KeyValueEntry) {
 	var c pcgroups.ElasticConsumerGroupConfig
 	if e.Operation() == jetstream.KeyValuePut {
 		if err := json.Unmarshal(e.Value(), &c); err != nil {
@@ -309,9 +355,11 @@ func (m *Members) sawMembership(ctx context.Context, e jetstream.KeyValueEntry) 
 	m.mu.Unlock()
 	if changed {
 		m.cfg.Log.Info("partitions owned", zap.Ints("partitions", owned), zap.Strings("members", c.Members))
-		if m.cfg.OnOwn != nil {
-			m.cfg.OnOwn(ctx, owned)
+		select { // the latest set replaces one not handed over yet
+		case <-m.ownedC:
+		default:
 		}
+		m.ownedC <- owned
 	}
 }
 
@@ -383,9 +431,17 @@ func (m *Members) evict(ctx context.Context, name string, silentFor time.Duratio
 		}
 	}
 	defer func() { _ = m.kv.Delete(context.WithoutCancel(ctx), key) }()
-	m.mu.Lock()
-	survivors := slices.DeleteFunc(slices.Clone(m.members), func(n string) bool { return n == name })
-	m.mu.Unlock()
+	// Another survivor may have evicted it just before: read the membership again.
+	e, err := m.groups.Get(ctx, m.cfg.Groups[0].key())
+	if err != nil {
+		m.cfg.Log.Warn("eviction: membership unreadable (retried)", zap.String("member", name), zap.Error(err))
+		return
+	}
+	var c pcgroups.ElasticConsumerGroupConfig
+	if err := json.Unmarshal(e.Value(), &c); err != nil || !slices.Contains(c.Members, name) {
+		return
+	}
+	survivors := slices.DeleteFunc(slices.Clone(c.Members), func(n string) bool { return n == name })
 	for _, g := range m.cfg.Groups {
 		// Every member consumer goes, not just the dead one's: a survivor recreating its
 		// consumer with the new filters while another still holds the old ones is
