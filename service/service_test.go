@@ -52,6 +52,8 @@ type options struct {
 	dataDir string
 	execs   actions.Registry
 	tick    time.Duration
+	// playbooks are the playbooks to load; nil is the shipped library.
+	playbooks []playbooks.Source
 }
 
 func start(t testing.TB, o options) *running {
@@ -69,9 +71,12 @@ func start(t testing.TB, o options) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan struct{})
+	if o.playbooks == nil {
+		o.playbooks = []playbooks.Source{playbooks.Shipped()}
+	}
 	go func() {
 		r.done <- service.Run(ctx, service.Options{
-			Config: cfg, Playbooks: []playbooks.Source{playbooks.Shipped()}, VaultExecutors: o.execs,
+			Config: cfg, Playbooks: o.playbooks, VaultExecutors: o.execs,
 			APIToken: apiToken, Log: logger(t), CheckpointEvery: time.Hour, TickEvery: o.tick, EvalTimeout: evalTimeout(t),
 			Ready: func(h, n string) { r.http, r.nats = h, n; close(ready) },
 		})
