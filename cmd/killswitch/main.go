@@ -1,5 +1,7 @@
 // Command killswitch is the one binary: run, replay, demo, generate, playbook
-// {test,eval,check}, vault {policy,check,restore-policy}, ledger verify, users {add,list,remove} and version. It is thin: it parses flags, builds the pipeline from the
+// {test,eval,check}, vault {policy,check,restore-policy}, ledger verify, users {add,list,remove}, version,
+// and the on-call commands that talk to a running service's API: incidents, approvals,
+// approve, reject, veto, pause, resume and status. It is thin: it parses flags, builds the pipeline from the
 // packages and runs it.
 package main
 
@@ -40,6 +42,14 @@ func commands() map[string]command {
 			return 0
 		}},
 		"healthcheck": {"ask the service's /readyz once: exit 0 if ready (container health checks)", runHealthcheck},
+		"incidents":   {"list incidents, or show one (the API)", runIncidents},
+		"approvals":   {"list the actions waiting for an approval and the running veto windows (the API)", runApprovals},
+		"approve":     {"approve a held action: it runs once (the API)", runDecide("approve", "approved", "Runs a held action, once")},
+		"reject":      {"reject a held action: it never runs (the API)", runDecide("reject", "rejected", "Drops a held action; nothing runs")},
+		"veto":        {"veto an action in its veto window: it never runs (the API)", runDecide("veto", "vetoed", "Cancels an action announced in a veto window, before it runs")},
+		"pause":       {"pause automation fleet-wide: destructive actions are held (the API)", runPause},
+		"resume":      {"resume automation (the API)", runResume},
+		"status":      {"mode, pause, breaker, ledger, storm and what waits on people (the API)", runStatus},
 	}
 }
 

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/config"
+)
+
+// The exit codes of the commands that talk to the API (incidents, approvals, approve,
+// reject, veto, pause, resume, status).
+const (
+	exitOK        = 0 // done
+	exitFailed    = 1 // the API could not be reached, or failed (5xx), or answered nonsense
+	exitUsage     = 2 // a usage error
+	exitAuth      = 3 // 401 (no or a wrong token) or 403 (the user's role is too low)
+	exitNotFound  = 4 // 404: no such incident or action
+	exitConflict  = 5 // 409 or 410: already decided, window ended, approval window closed
+	defaultAPIURL = "http://127.0.0.1:8080"
+)
+
+// apiFlagsUsage documents the flags and exit codes every API command shares.
+const apiFlagsUsage = `
+Flags shared by the commands that talk to the API:
+  --api URL          the service's API (default ` + defaultAPIURL + `, or $KILLSWITCH_API)
+  --token-file FILE  read the bearer token from FILE (default: $` + config.EnvAPIToken + `)
+  --json             print the API's JSON, for scripts
+  --timeout DUR      give up after this long (default 10s)
+
+Exit codes: 0 done; 1 the API is unreachable or failed; 2 usage error; 3 not
+authenticated (401) or forbidden by your role (403); 4 not found (404); 5 conflict:
+already decided, veto window over, approval window closed (409, 410).`
+
+// apiFlags are the flags every API command takes.
+type apiFlags struct {
+	api, tokenFile string
+	asJSON         bool
+	timeout        time.Duration
+}
+
+// register adds the shared flags to fs.
+func (f *apiFlags) register(fs *flag.FlagSet) {
+	def := os.Getenv("KILLSWITCH_API")
+	if def == "" {
+		def = defaultAPIURL
+	}
+	fs.StringVar(&f.api, "api", def, "the service's API base URL")
+	fs.StringVar(&f.tokenFile, "token-file", "", "read the bearer token from this file (default $"+config.EnvAPIToken+")")
+	fs.BoolVar(&f.asJSON, "json", false, "print JSON")
+	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "give up after this long")
+}
+
+// client builds the API client from the flags and the environment.
+func (f *apiFlags) client() (*apiClient, error) {
+	u, err := url.Parse(f.api)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("--api %q: give an http:// or https:// URL", f.api)
+	}
+	if f.timeout <= 0 {
+		return nil, errors.New("--timeout must be positive")
+	}
+	tok := os.Getenv(config.EnvAPIToken)
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	return &apiClient{base: strings.TrimRight(u.String(), "/"), token: tok, timeout: f.timeout,
+		http: &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment}}}, nil
+}
+
+// apiClient calls the service's HTTP API with a bearer token.
+type apiClient struct {
+	base, token string
+	timeout     time.Duration
+	http        *http.Client
+}
+
+// apiError is an answer other than 2xx, explained in one line.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+// exitCode maps an error of the client to the documented exit code.
+func exitCode(err error) int {
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		return exitFailed
+	}
+	switch ae.status {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return exitAuth
+	case http.StatusNotFound:
+		return exitNotFound
+	case http.StatusConflict, http.StatusGone:
+		return exitConflict
+	}
+	return exitFailed
+}
+
+// do sends method path with body (JSON, when not nil) and decodes a 2xx answer into out
+// (when not nil); raw, when not nil, receives the answer's bytes.
+func (c *apiClient) do(ctx context.Context, method, path string, body, out any, raw *[]byte) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the API at %s (is `killswitch run` listening there? see --api): %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return c.explain(resp.StatusCode, b)
+	}
+	if raw != nil {
+		*raw = b
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: the answer is not what this killswitch understands: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// explain turns an error answer into one line that says what to do.
+func (c *apiClient) explain(status int, body []byte) error {
+	var e struct {
+		Error string `json:"error"`
+	}
+	_ = json.Unmarshal(body, &e)
+	msg := strings.Join(strings.Fields(e.Error), " ")
+	if msg == "" {
+		msg = http.StatusText(status)
+	}
+	switch status {
+	case http.StatusUnauthorized:
+		if c.token == "" {
+			msg = "not authenticated: no token (set $" + config.EnvAPIToken + " or --token-file; `killswitch users add NAME --role viewer|approver|admin` prints one)"
+		} else {
+			msg = "not authenticated: the service does not know this token (a removed user, or a rotated token)"
+		}
+	case http.StatusForbidden:
+		msg = "forbidden by your role: " + strings.TrimPrefix(msg, "forbidden: ")
+	case http.StatusNotFound:
+		msg = "not found: " + strings.TrimPrefix(msg, "not found: ")
+	case http.StatusConflict:
+		msg = "too late or already done: " + strings.TrimPrefix(msg, "conflict: ")
+	case http.StatusGone:
+		msg = "too late: " + strings.TrimPrefix(msg, "expired: ")
+	default:
+		msg = fmt.Sprintf("the API answered %d: %s", status, msg)
+	}
+	return &apiError{status: status, msg: msg}
+}
+
+// flagSet is flag.FlagSet, named for the callbacks of apiCommand.
+type flagSet = flag.FlagSet
+
+// apiCommand parses an API command's flags (the shared ones, plus what extra adds) and
+// positional arguments: want is how many (-1: any). A usage error has been printed
+// when ok is false; code is then the exit code.
+func apiCommand(name, usage string, args []string, want int, stderr io.Writer, extra func(*flagSet)) (f apiFlags, pos []string, c *apiClient, code int, ok bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, usage+"\n"+apiFlagsUsage) }
+	f.register(fs)
+	if extra != nil {
+		extra(fs)
+	}
+	pos, err := parseInterspersed(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return f, nil, nil, exitOK, false
+	}
+	if err != nil {
+		return f, nil, nil, exitUsage, false
+	}
+	if want >= 0 && len(pos) != want {
+		fmt.Fprintf(stderr, "killswitch %s: want %d argument(s), got %d\n%s\n", name, want, len(pos), usage)
+		return f, nil, nil, exitUsage, false
+	}
+	c, err = f.client()
+	if err != nil {
+		fmt.Fprintf(stderr, "killswitch %s: %v\n", name, err)
+		return f, nil, nil, exitUsage, false
+	}
+	return f, pos, c, exitOK, true
+}
+
+// fail prints err for command name in one line and returns its exit code.
+func fail(stderr io.Writer, name string, err error) int {
+	fmt.Fprintf(stderr, "killswitch %s: %v\n", name, err)
+	return exitCode(err)
+}
+
+// printJSON writes the API's answer as it came, for scripts.
+func printJSON(w io.Writer, raw []byte) {
+	w.Write(bytes.TrimSpace(raw))
+	fmt.Fprintln(w)
+}
+
+// ago renders a duration for people: "1m30s", rounded to the second.
+func ago(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	return d.Round(time.Second).String()
+}

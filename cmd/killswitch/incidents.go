@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/killswitch-dev/killswitch/incidents"
+)
+
+const incidentsUsage = `usage:
+  killswitch incidents [list] [--state open|contained|closed] [--vendor V] [--limit N] [flags]
+  killswitch incidents show ID [flags]
+
+list prints the incidents, newest first (GET /api/incidents); show prints one incident:
+its milestones, exposure window, detections, decisions and actions (GET /api/incidents/ID).
+Needs the viewer role.`
+
+// runIncidents implements `killswitch incidents [list|show ID]`.
+func runIncidents(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	sub := "list"
+	if len(args) > 0 && (args[0] == "list" || args[0] == "show") {
+		sub, args = args[0], args[1:]
+	}
+	if sub == "show" {
+		f, pos, c, code, ok := apiCommand("incidents show", incidentsUsage, args, 1, stderr, nil)
+		if !ok {
+			return code
+		}
+		var in incidents.Incident
+		var raw []byte
+		if err := c.do(ctx, "GET", "/api/incidents/"+url.PathEscape(pos[0]), nil, &in, &raw); err != nil {
+			return fail(stderr, "incidents show", err)
+		}
+		if f.asJSON {
+			printJSON(stdout, raw)
+			return exitOK
+		}
+		showIncident(stdout, &in)
+		return exitOK
+	}
+	var state, vendor string
+	var limit int
+	f, _, c, code, ok := apiCommand("incidents", incidentsUsage, args, 0, stderr, func(fs *flagSet) {
+		fs.StringVar(&state, "state", "", "only incidents in this state: open, contained or closed")
+		fs.StringVar(&vendor, "vendor", "", "only this vendor's incidents")
+		fs.IntVar(&limit, "limit", 100, "at most this many (1-1000)")
+	})
+	if !ok {
+		return code
+	}
+	q := url.Values{"limit": {fmt.Sprint(limit)}}
+	if state != "" {
+		q.Set("state", state)
+	}
+	if vendor != "" {
+		q.Set("vendor", vendor)
+	}
+	var out struct {
+		Incidents []incidents.Incident `json:"incidents"`
+	}
+	var raw []byte
+	if err := c.do(ctx, "GET", "/api/incidents?"+q.Encode(), nil, &out, &raw); err != nil {
+		return fail(stderr, "incidents", err)
+	}
+	if f.asJSON {
+		printJSON(stdout, raw)
+		return exitOK
+	}
+	if len(out.Incidents) == 0 {
+		fmt.Fprintln(stdout, "no incidents")
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tVENDOR\tCREDENTIAL\tSTATE\tSEVERITY\tDETECTED\tEXPOSURE\tACTIONS")
+	for _, in := range out.Incidents {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", in.ID, in.Vendor, dash(in.Credential), in.State, in.Severity,
+			in.DetectedAt.UTC().Format(time.RFC3339), exposure(&in), actionSummary(in.Actions))
+	}
+	tw.Flush()
+	return exitOK
+}
+
+// showIncident prints one incident for people.
+func showIncident(w io.Writer, in *incidents.Incident) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	at := func(t *time.Time) string {
+		if t == nil {
+			return "-"
+		}
+		return t.UTC().Format(time.RFC3339Nano)
+	}
+	row("incident", in.ID)
+	row("vendor", in.Vendor+" "+dash(in.Credential))
+	row("state", string(in.State)+" ("+string(in.Severity)+")")
+	row("first anomalous", in.FirstAnomalousAt.UTC().Format(time.RFC3339Nano))
+	row("detected", in.DetectedAt.UTC().Format(time.RFC3339Nano))
+	row("decided", at(in.DecidedAt))
+	if in.AnnouncedAt != nil {
+		row("announced", at(in.AnnouncedAt)+" (veto window ends "+at(in.VetoWindowEndsAt)+")")
+	}
+	row("applied", at(in.AppliedAt))
+	row("contained", at(in.ContainedAt))
+	row("exposure window", exposure(in))
+	row("detections", fmt.Sprintf("%d (%s)", in.DetectionCount, joinKinds(in)))
+	tw.Flush()
+	if len(in.Actions) > 0 {
+		fmt.Fprintln(w, "\nactions:")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  ID\tTYPE\tTARGET\tSTATUS\tAT\tDETAIL")
+		for _, a := range in.Actions {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Type, a.Target, a.Status, a.At.UTC().Format(time.RFC3339), oneLine(a.Detail, 100))
+		}
+		tw.Flush()
+	}
+	if len(in.Decisions) > 0 {
+		fmt.Fprintln(w, "\ndecisions:")
+		for _, d := range in.Decisions {
+			fmt.Fprintf(w, "  %s  %s  %s\n", d.At.UTC().Format(time.RFC3339), d.ID, oneLine(d.Reason, 120))
+		}
+	}
+}
+
+func exposure(in *incidents.Incident) string {
+	if in.ExposureWindowSeconds == nil {
+		return "-"
+	}
+	return ago(time.Duration(*in.ExposureWindowSeconds * float64(time.Second)))
+}
+
+func actionSummary(as []incidents.ActionRef) string {
+	if len(as) == 0 {
+		return "-"
+	}
+	var parts []string
+	for _, a := range as {
+		if a.Type.Destructive() {
+			parts = append(parts, string(a.Status))
+		}
+	}
+	if len(parts) == 0 {
+		return fmt.Sprintf("%d notify", len(as))
+	}
+	return strings.Join(parts, ",")
+}
+
+func joinKinds(in *incidents.Incident) string {
+	var ks []string
+	for _, k := range in.Detectors {
+		ks = append(ks, string(k))
+	}
+	return strings.Join(ks, ", ")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// oneLine squeezes s onto one line of at most n bytes.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		s = s[:n-3] + "..."
+	}
+	return s
+}
