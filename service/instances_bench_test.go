@@ -52,7 +52,7 @@ func BenchmarkInstances(b *testing.B) {
 					b.Fatal(err)
 				}
 				futures = append(futures, fut)
-				if len(futures) == 4096 {
+				if len(futures) == 2000 { // under the client's 4000 outstanding
 					waitAcks(b, futures)
 					futures = futures[:0]
 				}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -190,6 +191,14 @@ func TestInstancesShareTheFleet(t *testing.T) {
 		// detection (responder): both of the dead owner's partitions moved.
 		waitFor(t, vendor+"'s incident", func() bool { return len(f.incidentsOf(t, via, vendor)) > 0 })
 		failover = append(failover, time.Since(killed))
+		if slow := failover[len(failover)-1]; slow > 3*time.Second {
+			// Show what the membership and the consumer groups did meanwhile.
+			for _, n := range all {
+				if n != victim {
+					t.Logf("trial %d took %s; %s's cluster log:\n%s", trial+1, slow.Round(time.Millisecond), n, clusterLines(f.ks[n].Log(), 40))
+				}
+			}
+		}
 		waitFor(t, vendor+"'s token revoked", func() bool { return !f.vault.alive(t, vendor) })
 		exposure = append(exposure, time.Since(killed))
 		rest := slices.DeleteFunc(slices.Clone(all), func(n string) bool { return n == victim })
@@ -242,4 +251,16 @@ func pct(ds []time.Duration, p int) time.Duration {
 	slices.Sort(s)
 	i := max(0, (p*len(s)+99)/100-1)
 	return s[min(i, len(s)-1)].Round(time.Millisecond)
+}
+
+// clusterLines returns the last n lines of log about the membership and the consumer
+// groups (the cluster logger, and pcgroups' own warnings).
+func clusterLines(log string, n int) string {
+	var keep []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, `"logger":"cluster"`) || strings.Contains(l, "consumer for member") || strings.Contains(l, "Warning") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep[max(0, len(keep)-n):], "\n")
 }
