@@ -13,6 +13,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/killswitch-dev/killswitch"
@@ -86,6 +88,51 @@ type Config struct {
 	Holidays []int
 	// HolidayFactor is the traffic level on a holiday. Default 0.3.
 	HolidayFactor float64
+	// FleetShifts are lasting steps of the whole fleet's normal traffic: from each
+	// shift's instant on, every vendor's level is multiplied by its Factor (a network
+	// change, a new sensor placement, a billing change at a provider). Attacks are not
+	// affected. Without shifts the recordings are unchanged.
+	FleetShifts []FleetShift
+}
+
+// FleetShift is a lasting, fleet-wide step of the normal traffic level.
+type FleetShift struct {
+	// At is when the step happens, counted from Start (rounded down to the minute).
+	At time.Duration
+	// Factor multiplies every vendor's normal level from At on (> 0).
+	Factor float64
+}
+
+// ParseFleetShift parses DAY:HOUR:FACTOR (day counted from 0, hour 0–23, factor > 0),
+// the form `killswitch generate --fleet-shift` takes.
+func ParseFleetShift(s string) (FleetShift, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 {
+		return FleetShift{}, fmt.Errorf("fleet shift %q: want DAY:HOUR:FACTOR", s)
+	}
+	day, err1 := strconv.Atoi(parts[0])
+	hour, err2 := strconv.Atoi(parts[1])
+	factor, err3 := strconv.ParseFloat(parts[2], 64)
+	switch {
+	case err1 != nil || day < 0:
+		return FleetShift{}, fmt.Errorf("fleet shift %q: day %q: want a day number from 0", s, parts[0])
+	case err2 != nil || hour < 0 || hour > 23:
+		return FleetShift{}, fmt.Errorf("fleet shift %q: hour %q: want 0 to 23", s, parts[1])
+	case err3 != nil || !(factor > 0) || math.IsInf(factor, 0):
+		return FleetShift{}, fmt.Errorf("fleet shift %q: factor %q: want a number above 0", s, parts[2])
+	}
+	return FleetShift{At: time.Duration(day)*24*time.Hour + time.Duration(hour)*time.Hour, Factor: factor}, nil
+}
+
+// shiftAt returns the product of the factors of the fleet shifts at or before minute m.
+func (c *Config) shiftAt(m int) float64 {
+	f := 1.0
+	for _, s := range c.FleetShifts {
+		if time.Duration(m)*time.Minute >= s.At.Truncate(time.Minute) && s.Factor > 0 {
+			f *= s.Factor
+		}
+	}
+	return f
 }
 
 func (c *Config) defaults() {
@@ -297,6 +344,7 @@ func (s *Scenario) Events(emit func(*telemetry.Event) bool) {
 				dip = cfg.HolidayFactor
 			}
 		}
+		shift := cfg.shiftAt(m)
 		batch = batch[:0]
 		add := func(st *stream, dst string, bytes float64, n int) {
 			if n <= 0 || bytes <= 0 {
@@ -320,7 +368,7 @@ func (s *Scenario) Events(emit func(*telemetry.Event) bool) {
 				}
 				continue
 			}
-			l := st.level(t) * st.scale * dip
+			l := st.level(t) * st.scale * dip * shift
 			n := poisson(r, cfg.EventsPerMinute*l)
 			add(st, st.dsts[r.IntN(len(st.dsts))], cfg.BytesPerMinute*l*float64(n)/math.Max(cfg.EventsPerMinute*l, 1e-9), n)
 		}

@@ -150,3 +150,58 @@ func TestHolidays(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetShift: from a fleet shift on, every vendor's normal traffic is multiplied by
+// its factor; before it, and without shifts, nothing changes.
+func TestFleetShift(t *testing.T) {
+	perVendorDay := func(cfg Config) map[string][]float64 {
+		out := map[string][]float64{}
+		sc := New(cfg)
+		sc.Events(func(ev *telemetry.Event) bool {
+			if out[ev.Vendor] == nil {
+				out[ev.Vendor] = make([]float64, cfg.Days)
+			}
+			out[ev.Vendor][int(ev.Time.Sub(sc.Start())/(24*time.Hour))] += float64(ev.Bytes)
+			return true
+		})
+		return out
+	}
+	base := Config{Seed: 7, Days: 3, Vendors: 3, Attacks: -1}
+	plain := perVendorDay(base)
+	shifted := base
+	shifted.FleetShifts = []FleetShift{{At: 24 * time.Hour, Factor: 3}}
+	got := perVendorDay(shifted)
+	for vendor, days := range plain {
+		cases := []struct {
+			day    int
+			lo, hi float64
+		}{{0, 1, 1}, {1, 2.5, 3.5}, {2, 2.5, 3.5}}
+		for _, tc := range cases {
+			if r := got[vendor][tc.day] / days[tc.day]; r < tc.lo || r > tc.hi {
+				t.Errorf("%s day %d: %.2f× the volume without the shift, want %.2f–%.2f", vendor, tc.day, r, tc.lo, tc.hi)
+			}
+		}
+	}
+}
+
+func TestParseFleetShift(t *testing.T) {
+	cases := []struct {
+		in   string
+		want FleetShift
+		err  bool
+	}{
+		{in: "3:9:2.5", want: FleetShift{At: 81 * time.Hour, Factor: 2.5}},
+		{in: "0:0:0.5", want: FleetShift{At: 0, Factor: 0.5}},
+		{in: "3:24:2", err: true},
+		{in: "-1:0:2", err: true},
+		{in: "3:9:0", err: true},
+		{in: "3:9", err: true},
+		{in: "3:9:x", err: true},
+	}
+	for _, tc := range cases {
+		got, err := ParseFleetShift(tc.in)
+		if (err != nil) != tc.err || (!tc.err && got != tc.want) {
+			t.Errorf("ParseFleetShift(%q) = %+v, %v; want %+v (error %v)", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}

@@ -58,6 +58,16 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return nil
 	})
 	fs.Float64Var(&cfg.HolidayFactor, "holiday-factor", 0.3, "traffic level on a holiday")
+	fs.Func("fleet-shift", "DAY:HOUR:FACTOR: from that hour on, every vendor's normal traffic is multiplied by FACTOR (a network change); repeat or comma-separate for more", func(v string) error {
+		for f := range strings.SplitSeq(v, ",") {
+			s, err := scenario.ParseFleetShift(strings.TrimSpace(f))
+			if err != nil {
+				return err
+			}
+			cfg.FleetShifts = append(cfg.FleetShifts, s)
+		}
+		return nil
+	})
 	fs.BoolVar(&cfg.ForgedTimes, "forged-times", false, "also inject, a day before each attack, 3 events with forged times (2099, 1971) meant to blind the detectors")
 	nopts.RegisterFlags(fs, "")
 	if err := fs.Parse(args); err != nil {
