@@ -83,6 +83,20 @@
 //     than twice its longest recent gap at that hour). An alert, severity medium, never
 //     grounds for revocation. The episode ends with the next event.
 //
+// # Fleet-wide shifts
+//
+// When most vendors move together in the same interval (a Monday, an outage ending, a
+// network change) that is the environment, not one exfiltration per vendor. On every
+// Tick the vendors with a mature baseline are measured against their models; when most
+// of them moved the same way, one FleetShift is recorded (Engine.FleetShifts,
+// Sharded.FleetShifts, Fleet) and, while a rise lasts, spike and sustained judge every
+// key net of the common factor: the median vendor's move, never lifting a key's lines
+// above FleetHeadroom times the most it has ever sent in one bucket. Caps, new
+// destinations, dormant and expected-idle credentials are never discounted. A Sharded
+// engine gathers every shard's moves at Tick and hands one decision to all shards, so
+// the same recording ticked at the same times gives the same shifts and detections
+// with any number of shards; nothing of it runs per event (see fleet.go).
+//
 // Spike, sustained and new-destination detectors learn for LearningPeriod (default 24h)
 // of observed history before they may fire (spike and sustained: that many learned
 // buckets). Detection IDs are deterministic (DetectionID, DetectionIDFor):
@@ -90,12 +104,13 @@
 //
 // # State
 //
-// Per-key state is a fixed-size, pointer-free struct of 224 bytes kept in a chunked
+// Per-key state is a fixed-size, pointer-free struct of 256 bytes kept in a chunked
 // slab; keys are found through an open-addressing table of 32-bit slots and credential
 // names live in a byte arena, so a key costs about 250 bytes in all (see
 // BenchmarkEngineKeys100k). Destination memory is a bounded set of 30-bit fingerprints
 // per vendor (at most 16 KiB); sensors are bounded per engine. Snapshot and Restore
 // write and read the whole state in a versioned, checksummed binary format (see
-// snapshot.go; version 2 carries the observed histories and the clock guard, version 1
-// is still read), so a restart keeps every baseline.
+// snapshot.go; version 4 carries the fleet-wide shift, version 3 the sustained guard
+// and the day type, version 2 the observed histories and the clock guard; versions 1
+// to 3 are still read), so a restart keeps every baseline.
 package detectors

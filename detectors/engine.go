@@ -102,6 +102,13 @@ type Engine struct {
 	candT int64
 	candN uint32
 
+	// fleet is the fleet-wide shift in effect (see fleet.go); fleetOwner: this engine
+	// decides it at Tick (a standalone engine; a Sharded engine decides for its shards).
+	fleet        fleetState
+	fleetOwner   bool
+	fleetOwn     fleetDecider
+	fleetScratch []float64
+
 	c counters
 }
 
@@ -190,7 +197,7 @@ func newEngine(cfg Config, o options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
-		set: set, sensorAlerts: !o.shardSensors, base: o.params, maxKeys: o.maxKeys,
+		set: set, sensorAlerts: !o.shardSensors, fleetOwner: !o.shardSensors, base: o.params, maxKeys: o.maxKeys,
 		vcfg: make(map[string]*vendorConfig, len(cfg.Vendors)), vendorIdx: make(map[string]uint32),
 	}
 	e.unit = "bytes/" + shortDuration(set.interval)
@@ -443,14 +450,18 @@ func (e *Engine) clockAccepts(v *vendorState, t int64) bool {
 	return false
 }
 
-// Tick runs the processing-time checks (silence) at now. Call it periodically with the
-// injected clock's time; replay can call it with event time. The latest time given to
-// Tick is also the clock guard's reference (see Settings.MaxClockJump).
+// Tick runs the processing-time checks (silence) at now and measures the fleet for a
+// fleet-wide shift (see FleetShift). Call it periodically with the injected clock's
+// time; replay can call it with event time. The latest time given to Tick is also the
+// clock guard's reference (see Settings.MaxClockJump).
 func (e *Engine) Tick(now time.Time, emit func(Detection)) {
 	if n := now.UnixNano(); n > e.now {
 		e.now = n
 	}
 	e.checkSilence(now.UnixNano(), emit)
+	if e.fleetOwner {
+		e.fleetTick(now.UnixNano())
+	}
 }
 
 // bucketOf returns the bucket index of event time t (ns).

@@ -266,6 +266,7 @@ type modelEval struct {
 	sresWeek       float64
 	day            float64 // the day type's offset
 	z              float64 // the CUSUM step before the slack
+	zraw, zscale   float64 // the step before clamping, and its divisor
 	seasonalOn     bool
 	weeklyOn       bool
 	cusUp, cusDown float64 // provisional CUSUM statistics including this observation
@@ -299,10 +300,13 @@ func (m *Model) eval(p *ModelParams, x float64, s Slot) modelEval {
 	e.vol = float64(m.vol) + p.VolAlpha*(math.Abs(e.inn)-float64(m.vol))
 	var z float64
 	if e.seasonalOn {
-		z = e.sres / (float64(m.smad) + e.eps)
+		e.zscale = float64(m.smad) + e.eps
+		z = e.sres / e.zscale
 	} else {
-		z = (x - slow - e.day) / (mad + e.eps)
+		e.zscale = mad + e.eps
+		z = (x - slow - e.day) / e.zscale
 	}
+	e.zraw = z
 	z = math.Max(-p.CusumClamp, math.Min(p.CusumClamp, z))
 	e.z = z
 	e.cusUp = math.Max(0, float64(m.cusUp)+z-p.CusumSlack)
@@ -378,12 +382,14 @@ func (m *Model) Score(p *ModelParams, x float64, s Slot) Score {
 // Update learns x observed in slot s. Scoring and learning are separate so that the
 // engine can score a bucket's running sum on every event and learn the bucket once,
 // when it closes.
-func (m *Model) Update(p *ModelParams, x float64, s Slot) { m.update(p, x, s, false) }
+func (m *Model) Update(p *ModelParams, x float64, s Slot) { m.update(p, x, s, false, 0) }
 
-// update learns x observed in slot s. With holdUp, the observation adds nothing to the
-// upward CUSUM (it counts as at most the baseline): the engine's guard for a volume
-// the key has already sent at this hour on a comparable day.
-func (m *Model) update(p *ModelParams, x float64, s Slot, holdUp bool) {
+// update learns x observed in slot s. The upward CUSUM counts x − disc (disc ≥ 0: a
+// fleet-wide rise the engine discounts), the baselines and envelopes learn x itself.
+// With holdUp, the observation adds nothing to the upward CUSUM (it counts as at most
+// the baseline): the engine's guard for a volume the key has already sent at this hour
+// on a comparable day.
+func (m *Model) update(p *ModelParams, x float64, s Slot, holdUp bool, disc float64) {
 	if math.IsNaN(x) || math.IsInf(x, 0) {
 		return
 	}
@@ -397,6 +403,10 @@ func (m *Model) update(p *ModelParams, x float64, s Slot, holdUp bool) {
 		return
 	}
 	e := m.eval(p, x, s)
+	if disc > 0 {
+		e.z = math.Max(-p.CusumClamp, math.Min(p.CusumClamp, e.zraw-disc/e.zscale))
+		e.cusUp = math.Max(0, float64(m.cusUp)+e.z-p.CusumSlack)
+	}
 	if holdUp {
 		e.cusUp = math.Max(0, float64(m.cusUp)+math.Min(e.z, 0)-p.CusumSlack)
 	}

@@ -50,8 +50,13 @@ func (s *Sharded) Reshape(ctx context.Context, keep func(vendor string) bool, ad
 			return err
 		}
 	}
+	// the fleet-wide shift stays the engine's own: it is decided over the vendors it has
+	s.tickMu.Lock()
+	st := s.fleet.state
+	s.tickMu.Unlock()
 	for i, e := range engines {
 		e.c = own[i]
+		e.fleet = st
 		e.finishRestore()
 	}
 	return s.swap(ctx, engines)

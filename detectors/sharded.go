@@ -68,6 +68,8 @@ type Sharded struct {
 	tickMu sync.Mutex       // serialises ticks
 	silent map[string]int64 // sensors in a silence episode → last event time then
 	report TickReport       // what the last tick found (guarded by tickMu)
+	fleet  fleetDecider     // the fleet-wide shift, decided on every tick (guarded by tickMu)
+	moves  []float64        // scratch (guarded by tickMu)
 
 	mu     sync.RWMutex // held for reading while enqueueing; Close takes it for writing
 	closed bool
@@ -82,6 +84,7 @@ const (
 	msgTick
 	msgSnapshot
 	msgSwap
+	msgFleet
 )
 
 type shardMsg struct {
@@ -95,6 +98,7 @@ type shardMsg struct {
 	buf  *bytes.Buffer            // msgSnapshot
 	keep func(vendor string) bool // msgSnapshot: the vendors written (nil: all)
 	view *tickView                // msgTick: the shard's sensors and latest event time
+	flt  fleetState               // msgFleet: the fleet state to apply
 	done func(error)              // msgEvent
 	tr   *tracker                 // every other kind
 	out  chan<- shardSnapshotDone // msgSnapshot
@@ -138,7 +142,8 @@ func (t *tracker) finish(err error) {
 // tickView is what one shard reports on a tick.
 type tickView struct {
 	sensors []sensorState
-	latest  int64 // largest event time processed (ns); 0 before the first event
+	latest  int64     // largest event time processed (ns); 0 before the first event
+	moves   []float64 // the moves of the shard's vendors (see Engine.fleetMoves)
 }
 
 // TickReport is what the last tick found, for the telemetry health the playbooks see.
@@ -311,6 +316,9 @@ func (s *Sharded) TickAt(ctx context.Context, now time.Time) error {
 		return err
 	}
 	known, err := s.sensorSilence(ctx, now, views)
+	if ferr := s.fleetTick(ctx, now, views); err == nil {
+		err = ferr
+	}
 	rep := TickReport{At: now, Sensors: known}
 	if len(s.silent) > 0 {
 		rep.SilentSensors = slices.Sorted(maps.Keys(s.silent))
@@ -322,6 +330,40 @@ func (s *Sharded) TickAt(ctx context.Context, now time.Time) error {
 	}
 	s.report = rep
 	return err
+}
+
+// fleetTick decides the fleet-wide shift from the moves every shard measured and hands
+// a changed state to every shard. Called with tickMu held.
+func (s *Sharded) fleetTick(ctx context.Context, now time.Time, views []tickView) error {
+	s.moves = s.moves[:0]
+	for _, v := range views {
+		s.moves = append(s.moves, v.moves...)
+	}
+	e := s.eval
+	b := e.bucketOf(now.UnixNano() - 1)
+	if !s.fleet.decide(s.moves, now.UnixNano(), b, e.bucketStart(b)) {
+		return nil
+	}
+	st := s.fleet.state
+	return s.broadcast(ctx, func(i int, tr *tracker) shardMsg {
+		return shardMsg{kind: msgFleet, ctx: ctx, flt: st, tr: tr}
+	})
+}
+
+// FleetShifts returns the fleet-wide shifts observed (the latest 256), oldest first. It
+// is safe for concurrent use.
+func (s *Sharded) FleetShifts() []FleetShift {
+	s.tickMu.Lock()
+	defer s.tickMu.Unlock()
+	return slices.Clone(s.fleet.log)
+}
+
+// Fleet returns the fleet-wide shift state as of the last tick. It is safe for
+// concurrent use.
+func (s *Sharded) Fleet() FleetStatus {
+	s.tickMu.Lock()
+	defer s.tickMu.Unlock()
+	return s.fleet.status()
 }
 
 // LastTick returns what the last tick found (the zero TickReport before the first).
@@ -512,6 +554,10 @@ func (sh *shard) handle(m shardMsg) {
 		sh.pending = nil
 		finish(nil)
 		return
+	case msgFleet:
+		sh.eng.applyFleet(m.flt)
+		finish(nil)
+		return
 	}
 	if err := sh.flush(ctx); err != nil {
 		finish(err)
@@ -538,6 +584,7 @@ func (sh *shard) handle(m shardMsg) {
 			if sh.eng.seen {
 				m.view.latest = sh.eng.maxT
 			}
+			m.view.moves = sh.eng.fleetMoves(m.now.UnixNano(), nil)
 		}
 	}
 	err := sh.err
@@ -601,10 +648,33 @@ func (s *Sharded) Restore(ctx context.Context, r io.Reader) error {
 	if err := decodeSharded(r, engines, route); err != nil {
 		return err
 	}
+	st := restoredFleet(engines)
 	for _, e := range engines {
 		e.finishRestore()
 	}
-	return s.swap(ctx, engines)
+	if err := s.swap(ctx, engines); err != nil {
+		return err
+	}
+	s.tickMu.Lock()
+	s.fleet.restored(st, s.eval.bucketStart(st.since))
+	s.tickMu.Unlock()
+	return nil
+}
+
+// restoredFleet gives every engine the fleet state of the snapshot (the parts of a
+// Sharded snapshot carry the same; an engine that received no part has none) and
+// returns it.
+func restoredFleet(engines []*Engine) fleetState {
+	var st fleetState
+	for _, e := range engines {
+		if e.fleet.shifts > st.shifts || (e.fleet.shifts == st.shifts && e.fleet.dir != 0) {
+			st = e.fleet
+		}
+	}
+	for _, e := range engines {
+		e.fleet = st
+	}
+	return st
 }
 
 // emptyEngines returns one engine per shard with the shards' configuration and no state.

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Snapshot format, version 3 (all integers little-endian):
+// Snapshot format, version 4 (all integers little-endian):
 //
 //	magic "KSDS" | version u16 | reserved u16 | body | CRC-32C (Castagnoli) u32
 //
@@ -32,6 +32,9 @@ import (
 // model's day type (see encodeKeyV3). Version 1 and 2 keys are migrated with the guard
 // envelope taken from the hour envelope and no weekend learned yet.
 //
+// Version 4 adds the fleet-wide shift in effect and the number observed (see
+// encodeFleet), after the counters. Older snapshots are read with no shift on.
+//
 // A Sharded snapshot is
 //
 //	magic "KSSH" | version u16 | reserved u16 | shards u32 | (length u64 | engine snapshot)… | CRC-32C u32
@@ -40,7 +43,7 @@ import (
 // routed to their new shard by the same hash used for events.
 
 const (
-	snapshotVersion = 3
+	snapshotVersion = 4
 	// minSnapshotVersion is the oldest version Restore reads (and migrates).
 	minSnapshotVersion = 1
 	// MaxSnapshotBytes bounds the size of a snapshot Restore accepts (16 GiB).
@@ -286,6 +289,7 @@ func (e *Engine) encodeBody(enc *encoder, keep func(vendor string) bool) {
 	for _, c := range e.c.detections {
 		enc.u64(c)
 	}
+	encodeFleet(enc, &e.fleet)
 	enc.u32(uint32(len(e.sensors)))
 	for i := range e.sensors {
 		enc.str(e.sensors[i].name)
@@ -421,6 +425,7 @@ func (e *Engine) Restore(r io.Reader) error {
 	if d.err != nil {
 		return d.err
 	}
+	fresh.fleetOwn.restored(fresh.fleet, fresh.bucketStart(fresh.fleet.since))
 	fresh.finishRestore()
 	*e = *fresh
 	return nil
@@ -429,7 +434,7 @@ func (e *Engine) Restore(r io.Reader) error {
 // emptyCopy returns an engine with e's configuration and no state.
 func (e *Engine) emptyCopy() (*Engine, error) {
 	return &Engine{
-		set: e.set, sensorAlerts: e.sensorAlerts, unit: e.unit, unitBytes: e.unitBytes, hourBytes: e.hourBytes, base: e.base, maxKeys: e.maxKeys,
+		set: e.set, sensorAlerts: e.sensorAlerts, fleetOwner: e.fleetOwner, unit: e.unit, unitBytes: e.unitBytes, hourBytes: e.hourBytes, base: e.base, maxKeys: e.maxKeys,
 		vcfg: e.vcfg, defaultVC: e.defaultVC, vendorIdx: make(map[string]uint32),
 	}, nil
 }
@@ -461,10 +466,14 @@ func (e *Engine) decodeBody(d *decoder, route func(vendor string) *Engine, globa
 	for i := range c.detections {
 		c.detections[i] = d.u64()
 	}
+	fl := decodeFleet(d)
 	if d.err != nil {
 		return
 	}
 	e.mergeGlobal(seen, maxT, next, g, c, global)
+	if global || fl.shifts > e.fleet.shifts {
+		e.fleet = fl
+	}
 	ns := d.count(4+minActivitySize, maxSensors)
 	for range ns {
 		name := d.str(maxCredentialLen)

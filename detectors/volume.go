@@ -79,7 +79,8 @@ func (e *Engine) checkCurrent(v *vendorState, k *keyState, t int64, emit func(De
 // reached by an out-of-order event) directly against the model.
 func (e *Engine) checkBucket(v *vendorState, k *keyState, b uint32, bytes, t int64, off uint32, emit func(Detection)) {
 	p := &v.cfg.params
-	x, slot := e.volumeX(bytes), e.slotOfBucket(b)
+	slot := e.slotOfBucket(b)
+	x := e.volumeX(bytes) - e.fleetLift(k, k.hourLine(v, slot.Hour)) // net of a fleet-wide rise
 	sc := k.model.Score(p, x, slot)
 	if e.spikeFires(v, k, sc, x, bytes, slot) && !k.has(flagSpike) {
 		e.fireSpike(v, k, b, bytes, t, off, emit)
@@ -147,9 +148,12 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
 	p := &v.cfg.params
 	x := e.volumeX(bytes)
 	slot := e.slotOfBucket(b)
-	sc := k.model.Score(p, x, slot)
-	spiked := e.spikeFires(v, k, sc, x, bytes, slot)
-	seen := x <= k.seenLine(slot)
+	// During a fleet-wide rise the detectors judge the volume net of the common factor
+	// (bounded, see fleetLift); the model and the envelopes learn the volume itself.
+	disc := e.fleetLift(k, k.hourLine(v, slot.Hour))
+	sc := k.model.Score(p, x-disc, slot)
+	spiked := e.spikeFires(v, k, sc, x-disc, bytes, slot)
+	seen := x-disc <= k.seenLine(slot)
 	if k.has(flagSpike) || k.has(flagSust) {
 		ep := k.spikeEpisode()
 		ep.observe(spiked, p.Quiet)
@@ -159,7 +163,7 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
 		k.setSustEpisode(ep)
 	}
 	before := k.model.cusUp
-	k.model.update(p, x, slot, seen)
+	k.model.update(p, x, slot, seen, disc)
 	switch {
 	case k.model.cusUp <= 0:
 		k.cusBytes = 0
@@ -250,10 +254,15 @@ func (e *Engine) triggers(v *vendorState, k *keyState) {
 	if !v.cfg.disabled.has(KindSpike) && !math.IsInf(spike, 1) { // +Inf while learning
 		line := k.hourLine(v, slot.Hour)
 		spike = math.Min(math.Max(spike, line), line+2*v.cfg.hourMargin)
+		spike += e.fleetLift(k, spike)
 		k.spikeTrig = float32(math.Max(e.volumeBytes(spike), float64(e.set.minBytes)))
 	}
 	if !v.cfg.disabled.has(KindSustained) {
-		k.sustTrig = float32(math.Max(e.volumeBytes(math.Max(sust, k.seenLine(slot))), 1))
+		sust = math.Max(sust, k.seenLine(slot))
+		if !math.IsInf(sust, 1) {
+			sust += e.fleetLift(k, sust)
+		}
+		k.sustTrig = float32(math.Max(e.volumeBytes(sust), 1))
 	}
 	// float32 rounding must never move a line below the model's own 0.5 point
 	if k.spikeTrig != inf {
