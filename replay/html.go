@@ -36,6 +36,8 @@ type pageView struct {
 	Containment string
 	// Unmapped lists the unmapped credentials the plan revokes (vendor/credential).
 	Unmapped []string
+	// FleetShifts lists the fleet-wide shifts observed.
+	FleetShifts []FleetShift
 }
 
 type incidentView struct {
@@ -52,6 +54,14 @@ type incidentView struct {
 	Trail     []trailRow
 }
 
+// untilOf returns *s, or "" for nil.
+func untilOf(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
 type trailRow struct {
 	At, What, Detail string
 }
@@ -61,7 +71,7 @@ func (r *Report) view() pageView {
 		Events: commas(r.Events), From: short(r.FirstEvent), To: short(r.LastEvent), Summary: r.Summary,
 		Median: "—", Worst: "—", Stopped: bytesHuman(float64(r.Summary.BytesStopped)),
 		Exposed: bytesHuman(float64(r.Summary.BytesExposed)), Flips: r.Flips, HasBaseline: r.Flips != nil,
-		Containment: "verified revocation", Unmapped: r.unmapped,
+		Containment: "verified revocation", Unmapped: r.unmapped, FleetShifts: r.FleetShifts,
 	}
 	if r.planned {
 		v.Containment = "planned revocation"
@@ -288,7 +298,7 @@ func commas(n int64) string {
 	return b.String()
 }
 
-var pageTemplate = template.Must(template.New("report").Funcs(template.FuncMap{"short": short}).Parse(`<!DOCTYPE html>
+var pageTemplate = template.Must(template.New("report").Funcs(template.FuncMap{"short": short, "until": untilOf}).Parse(`<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -339,7 +349,14 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
 <div class="card"><div class="k">Events replayed</div><div class="v">{{.Events}}</div><div class="muted">through detectors, playbooks and guard rails</div></div>{{if .Unmapped}}
 <div class="card"><div class="k">Unmapped credentials</div><div class="v">{{.Summary.UnmappedCredentials}}</div><div class="muted">not in the inventory, targeted in the plan only; {{.Summary.ContainedUnmapped}} incident(s) contained through them</div></div>{{end}}
 </div>{{if .Unmapped}}
-<p class="muted">Unmapped: these credentials were seen in the telemetry but are not in the inventory. The plan treats each as a Vault token so the playbooks decide what they would do; add them to the inventory to revoke them for real: {{range $i, $c := .Unmapped}}{{if $i}}, {{end}}{{$c}}{{end}}.</p>{{end}}
+<p class="muted">Unmapped: these credentials were seen in the telemetry but are not in the inventory. The plan treats each as a Vault token so the playbooks decide what they would do; add them to the inventory to revoke them for real: {{range $i, $c := .Unmapped}}{{if $i}}, {{end}}{{$c}}{{end}}.</p>{{end}}{{if .FleetShifts}}
+<h2>Fleet-wide shifts ({{len .FleetShifts}})</h2>
+<p class="muted">Most vendors moved together: the environment (a Monday, an outage ending, a network change), one observation rather than one incident per vendor. While a rise lasts, spike and sustained judge each vendor net of the common factor (never beyond the median vendor's move, nor above 4× the most a key has ever sent in one bucket); caps, new destinations and dormant credentials are never discounted.</p>
+<table>
+<thead><tr><th>From</th><th>Until</th><th class="num">Vendors moved</th><th class="num">Factor</th><th>Volume detectors</th></tr></thead>
+<tbody>
+{{range .FleetShifts}}<tr><td>{{short .At}}</td><td>{{if .Until}}{{short (until .Until)}}{{else}}end of replay{{end}}</td><td class="num">{{.VendorsMoved}} of {{.VendorsTotal}}</td><td class="num">×{{.Factor}}</td><td>{{if .Discounted}}discounted{{else}}not discounted (a dip){{end}}</td></tr>
+{{end}}</tbody></table>{{end}}
 {{if .Incidents}}
 <table>
 <thead><tr><th>#</th><th>Vendor / credential</th><th>Detectors</th><th>Detected</th><th>Exposure window</th><th class="num">Before</th><th class="num">Stopped</th><th>Status</th></tr></thead>

@@ -374,6 +374,7 @@ func (r *runner) finish(ctx context.Context) (*Report, error) {
 			rep.Flips = []Flip{}
 		}
 	}
+	rep.FleetShifts = fleetShifts(r.p.Engine().FleetShifts())
 	rep.Summary = summarize(rep)
 	if r.unmapped != nil {
 		r.unmapped.mark(rep, all)
@@ -384,6 +385,20 @@ func (r *runner) finish(ctx context.Context) (*Report, error) {
 }
 
 func ts(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// fleetShifts converts the detectors' fleet-wide shift observations for the report.
+func fleetShifts(obs []detectors.FleetShift) []FleetShift {
+	out := make([]FleetShift, 0, len(obs))
+	for _, o := range obs {
+		f := FleetShift{At: ts(o.At), VendorsMoved: o.VendorsMoved, VendorsTotal: o.VendorsTotal, Factor: o.Factor, Discounted: o.Discounted}
+		if !o.Until.IsZero() {
+			u := ts(o.Until)
+			f.Until = &u
+		}
+		out = append(out, f)
+	}
+	return out
+}
 
 func round3(f float64) float64 { return math.Round(f*1000) / 1000 }
 

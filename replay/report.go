@@ -24,6 +24,9 @@ type Report struct {
 	Incidents  []Incident `json:"incidents"`
 	// Summary is the headline numbers.
 	Summary Summary `json:"summary"`
+	// FleetShifts lists the fleet-wide shifts the detectors observed (most vendors
+	// moving together: one observation, not one incident per vendor), oldest first.
+	FleetShifts []FleetShift `json:"fleet_shifts"`
 	// Flips lists the decisions that differ between the baseline and the candidate
 	// playbooks (only with a baseline).
 	Flips []Flip `json:"flips,omitempty"`
@@ -79,6 +82,27 @@ type Summary struct {
 	// ContainedUnmapped counts the contained incidents whose containment rests only on
 	// actions on unmapped credentials: contained once those are in the inventory.
 	ContainedUnmapped int `json:"contained_unmapped"`
+	// FleetShifts counts the fleet-wide shifts observed (listed in fleet_shifts).
+	FleetShifts int `json:"fleet_shifts"`
+}
+
+// FleetShift is one fleet-wide shift the detectors observed: most vendors with a
+// mature baseline moved together, by the common factor (the median vendor's volume
+// ratio to its expected volume). While a rise lasts the spike and sustained detectors
+// discount it (bounded); caps, new destinations and dormant credentials never do.
+type FleetShift struct {
+	// At is the start of the bucket in which the shift was first seen; Until is when it
+	// was seen to end (absent if it lasted to the end of the replay).
+	At    string  `json:"at"`
+	Until *string `json:"until,omitempty"`
+	// VendorsMoved of VendorsTotal measured vendors moved with it when it was first seen.
+	VendorsMoved int `json:"vendors_moved"`
+	VendorsTotal int `json:"vendors_total"`
+	// Factor is the common factor: above 1 for a rise, below 1 for a dip (its extreme
+	// while it lasted).
+	Factor float64 `json:"factor"`
+	// Discounted says whether the volume detectors discounted it (rises only).
+	Discounted bool `json:"discounted"`
 }
 
 // Flip is a decision that differs between two playbook sets on the same input.
@@ -102,7 +126,7 @@ type detail struct {
 }
 
 func summarize(r *Report) Summary {
-	s := Summary{Incidents: len(r.Incidents)}
+	s := Summary{Incidents: len(r.Incidents), FleetShifts: len(r.FleetShifts)}
 	var windows []float64
 	for _, in := range r.Incidents {
 		if in.ExposureWindowSeconds != nil {
