@@ -71,6 +71,26 @@ type Status struct {
 	// Cluster is set when several instances share the fleet: who answered, and the
 	// members with the partitions each owns.
 	Cluster *ClusterStatus `json:"cluster,omitempty"`
+	// Fleet is the detectors' view of fleet-wide shifts.
+	Fleet *FleetStatus `json:"fleet,omitempty"`
+}
+
+// FleetStatus is the detectors' fleet-wide shift state as GET /api/status shows it: most
+// vendors moving together is one observation, not one incident per vendor.
+type FleetStatus struct {
+	// Shifts counts the fleet-wide shifts observed.
+	Shifts uint64 `json:"shifts"`
+	// Shifting is true while a shift is on; the fields below describe it.
+	Shifting bool `json:"shifting"`
+	// Since is the start of the interval in which it was first seen.
+	Since time.Time `json:"since,omitzero"`
+	// Factor is the common factor (above 1 a rise, below 1 a dip).
+	Factor float64 `json:"factor,omitempty"`
+	// VendorsMoved of VendorsTotal measured vendors moved with it when first seen.
+	VendorsMoved int `json:"vendors_moved,omitempty"`
+	VendorsTotal int `json:"vendors_total,omitempty"`
+	// Discount is the factor the spike and sustained detectors discount now (1: none).
+	Discount float64 `json:"discount"`
 }
 
 // ClusterStatus is the membership as GET /api/status reports it.

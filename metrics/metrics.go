@@ -131,3 +131,16 @@ func (m *Metrics) WatchDetectors(reasons map[string]func() uint64) {
 		}, func() float64 { return float64(read()) }))
 	}
 }
+
+// WatchFleet registers the detectors' fleet-wide shifts, read through read at scrape
+// time: killswitch_fleet_shifts_total, the shifts observed (most vendors moving
+// together: one observation, not one incident per vendor), and
+// killswitch_fleet_shift_factor, the common factor of the shift on now (1 when none).
+func (m *Metrics) WatchFleet(read func() (shifts uint64, factor float64)) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "killswitch_fleet_shifts_total",
+		Help: "Fleet-wide shifts observed: most vendors moving together (a Monday, an outage ending, a network change), one observation instead of one incident per vendor."},
+		func() float64 { n, _ := read(); return float64(n) }))
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "killswitch_fleet_shift_factor",
+		Help: "The common factor of the fleet-wide shift on now (the median vendor's volume over its expected volume); 1 when none."},
+		func() float64 { _, f := read(); return f }))
+}

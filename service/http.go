@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/config"
+	"github.com/killswitch-dev/killswitch/console"
 	"github.com/killswitch-dev/killswitch/httpapi"
 	"github.com/killswitch-dev/killswitch/users"
 	"go.uber.org/zap"
@@ -31,11 +33,28 @@ func (s *Service) startHTTP() error {
 	if err != nil {
 		return err
 	}
+	ui, err := s.newConsole(apiUsers)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle(console.Prefix, ui) // the live console; everything else is the API
+	mux.Handle("/", h)
 	s.httpLn, err = net.Listen("tcp", s.cfg.Service.HTTP.Listen)
 	if err != nil {
+		ui.Close()
 		return fmt.Errorf("service: http listen: %w", err)
 	}
-	s.httpSrv = httpapi.NewServer(h)
+	s.httpSrv = httpapi.NewServer(mux)
+	s.httpSrv.RegisterOnShutdown(ui.Close) // its live streams would hold the shutdown
+	eng := s.pipe.Engine()
+	s.metrics.WatchFleet(func() (uint64, float64) {
+		f := eng.Fleet()
+		if !f.On {
+			return f.Shifts, 1
+		}
+		return f.Shifts, f.Current.Factor
+	})
 	return nil
 }
 
@@ -235,6 +254,12 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 		for _, m := range ms {
 			out.Cluster.Members = append(out.Cluster.Members, httpapi.ClusterMember(m))
 		}
+	}
+	f := c.s.pipe.Engine().Fleet()
+	out.Fleet = &httpapi.FleetStatus{Shifts: f.Shifts, Shifting: f.On, Discount: f.Discount}
+	if f.On {
+		out.Fleet.Since, out.Fleet.Factor = f.Current.At, f.Current.Factor
+		out.Fleet.VendorsMoved, out.Fleet.VendorsTotal = f.Current.VendorsMoved, f.Current.VendorsTotal
 	}
 	if c.s.o.VaultExecutors == nil {
 		out.DryRunReason = c.s.o.DryRunReason
