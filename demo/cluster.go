@@ -105,20 +105,8 @@ func RunCluster(ctx context.Context, o Options) error {
 		names = append(names, name)
 		p.line("%s: killswitch run, pid %d, API http://%s", name, in.cmd.Process.Pid, in.http)
 	}
-	owners, err := waitOwners(ctx, fleet[names[0]], names, 30*time.Second)
-	if err != nil {
+	if _, err := waitOwners(ctx, fleet[names[0]], names, 30*time.Second); err != nil {
 		return err
-	}
-	p.step("%d instances share %d vendor partitions:", len(names), demoPartitions)
-	for _, n := range names {
-		var ps []string
-		for part, owner := range owners {
-			if owner == n {
-				ps = append(ps, fmt.Sprint(part))
-			}
-		}
-		slices.Sort(ps)
-		p.line("%s owns partitions %s", n, strings.Join(ps, ", "))
 	}
 
 	nc, err := nats.Connect(nc3.URL(), nats.UserCredentials(embeddednats.CredsFile(data, embeddednats.RoleService)),
@@ -154,7 +142,23 @@ func RunCluster(ctx context.Context, o Options) error {
 		return err
 	}
 
-	// 6. The attack, and its vendor's owner killed as it starts.
+	// 6. The attack, and its vendor's owner killed as it starts (the owners read now:
+	// the partitions may have moved since the instances joined).
+	owners, err := waitOwners(ctx, fleet[names[0]], names, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	p.step("%d instances share %d vendor partitions:", len(names), demoPartitions)
+	for _, n := range names {
+		var ps []string
+		for part, owner := range owners {
+			if owner == n {
+				ps = append(ps, fmt.Sprint(part))
+			}
+		}
+		slices.Sort(ps)
+		p.line("%s owns partitions %s", n, strings.Join(ps, ", "))
+	}
 	part := cluster.Of(victim.vendor, demoPartitions)
 	owner := owners[part]
 	survivor := names[0]
@@ -372,8 +376,9 @@ func mapValues(m map[int]string) []string {
 func waitTakeover(ctx context.Context, via *instance, part int, dead string, limit time.Duration) (time.Time, string, error) {
 	deadline := time.Now().Add(limit)
 	for {
-		if st, err := via.status(ctx); err == nil {
-			if o := owners(st)[part]; o != "" && o != dead {
+		if st, err := via.status(ctx); err == nil && st.Cluster != nil {
+			gone := !slices.ContainsFunc(st.Cluster.Members, func(m httpapi.ClusterMember) bool { return m.Member == dead })
+			if o := owners(st)[part]; o != "" && o != dead && gone {
 				return time.Now(), o, nil
 			}
 		}

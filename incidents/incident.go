@@ -267,6 +267,13 @@ func (b *Book) Restore(in *Incident) {
 	}
 }
 
+// Replace makes in its key's current incident, whatever the Book held for the key
+// (another instance's incident won the key; see pipeline.Arbiter).
+func (b *Book) Replace(in *Incident) { b.open[in.Key()] = in }
+
+// Forget drops key's current incident from the Book (not from storage).
+func (b *Book) Forget(key detectors.Key) { delete(b.open, key) }
+
 // Observe adds d to the current incident of its key, opening a new one when there is
 // none or the current one has been quiet for the cooldown (which is then closed and
 // returned in Observation.Closed). A detection already in the incident (a redelivery)

@@ -68,6 +68,10 @@ type ResponderConfig struct {
 	Health func() playbooks.Health
 	// Events receives detections, incidents, decisions and action states; may be nil.
 	Events EventSink
+	// Arbiter, when several instances respond (a cluster), decides which incident is a
+	// key's current one when a detection would open a new one; nil in one process, where
+	// the Book alone decides.
+	Arbiter Arbiter
 	// Storm is the storm guard (G7): LocalStorms in one process, cluster.Storm across the
 	// instances of a cluster; nil disables it (replay shows every incident).
 	Storm StormCounter
@@ -107,6 +111,15 @@ type vendorState struct {
 
 	qmu     sync.Mutex
 	pending []actions.Update // updates waiting for the vendor's turn
+}
+
+// Arbiter decides across instances which incident is the current one of a key, so that
+// two instances handling one vendor during a partition move never open two incidents
+// (hence two claims) for it.
+type Arbiter interface {
+	// Claim makes in (just opened) its key's current incident, unless another open or
+	// contained incident holds the key: then it returns that one, as stored.
+	Claim(ctx context.Context, in *incidents.Incident) (*incidents.Incident, error)
 }
 
 // StormCounter counts escalations across vendors and says when a storm starts or
@@ -243,6 +256,27 @@ func (r *Responder) Handle(ctx context.Context, d detectors.Detection) (err erro
 	record(ledger.TypeDetection, d.ID, "", now, d)
 	r.emit(ctx, "detection", d.Vendor, d)
 	obs := v.book.Observe(d)
+	if obs.Escalation == incidents.EscalationNew && r.cfg.Arbiter != nil {
+		holder, err := r.cfg.Arbiter.Claim(ctx, obs.Incident)
+		if err != nil {
+			// The detection is handed back and handled again: forget the incident it
+			// opened here (the one its cooldown closed stays closed, and is stored so).
+			v.book.Forget(d.Key)
+			if obs.Closed != nil {
+				err = errors.Join(err, r.closed(ctx, obs.Closed, now))
+			}
+			return fmt.Errorf("pipeline: claim the incident of %s: %w", d.Key, err)
+		}
+		if holder.ID != obs.Incident.ID {
+			// Another instance opened the key's incident: this detection joins it.
+			r.cfg.Log.Info("the key's incident was opened by another instance; joining it",
+				zap.String("incident", holder.ID), zap.String("detection", d.ID))
+			v.book.Replace(holder)
+			closed := obs.Closed
+			obs = v.book.Observe(d)
+			obs.Closed = closed
+		}
+	}
 	inc := obs.Incident
 	if obs.Closed != nil {
 		if err := r.closed(ctx, obs.Closed, now); err != nil {

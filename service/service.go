@@ -226,7 +226,9 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 	}
 	clustered := sc.Cluster.Enabled
 	var storms pipeline.StormCounter = pipeline.LocalStorms{Guard: incidents.NewStormGuard(cfg.Incidents.Storm)}
+	var arbiter pipeline.Arbiter // one process: the responder's Book decides alone
 	if clustered {
+		arbiter = s.incidents
 		if s.storms, err = cluster.NewStorm(ctx, s.js, replicas, cfg.Incidents.Storm, s.log.Named("storm")); err != nil {
 			return nil, err
 		}
@@ -237,7 +239,7 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		Responder: pipeline.ResponderConfig{
 			Incidents: cfg.Incidents, Decider: s.pb, Actor: s.runner, Ledger: s.ledger, Store: s.incidents,
 			Inventory: cfg.Vendors, Events: pipejs.NATSEvents{NC: s.nc}, Log: s.log.Named("responder"),
-			Storm: storms, OnStorm: s.storm, Pager: s.pager,
+			Storm: storms, OnStorm: s.storm, Pager: s.pager, Arbiter: arbiter,
 		},
 		Approvals: s.runner.Approvals(), Counters: s.counters,
 		Checkpoints: checkpoints, CheckpointEvery: o.CheckpointEvery,

@@ -4,9 +4,12 @@ package natskv
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/incidents"
@@ -71,6 +74,9 @@ func (s *Store) Incidents(ctx context.Context) ([]*incidents.Incident, error) {
 	defer lister.Stop()
 	out := []*incidents.Incident{}
 	for k := range lister.Keys() {
+		if strings.HasPrefix(k, currentPrefix) {
+			continue // a key's current incident pointer (Claim)
+		}
 		in, err := s.Incident(ctx, k)
 		if errors.Is(err, incidents.ErrNotFound) {
 			continue // deleted meanwhile
@@ -82,4 +88,53 @@ func (s *Store) Incidents(ctx context.Context) ([]*incidents.Incident, error) {
 	}
 	incidents.SortNewestFirst(out)
 	return out, nil
+}
+
+// currentPrefix prefixes the pointers to the keys' current incidents:
+// current.<hash of vendor and credential> → incident ID.
+const currentPrefix = "current."
+
+// ErrNotStoredYet is returned by Claim when the key's current incident is claimed but
+// not stored yet (its instance is storing it): retry.
+var ErrNotStoredYet = errors.New("incidents: the key's current incident is not stored yet")
+
+// Claim makes in its key's current incident, unless another open or contained
+// incident holds the key: then it returns that one. The pointer is changed by
+// compare-and-set only, so of two instances opening an incident for one key, one wins
+// and the other joins it. It implements pipeline.Arbiter.
+func (s *Store) Claim(ctx context.Context, in *incidents.Incident) (*incidents.Incident, error) {
+	sum := sha256.Sum256([]byte(in.Vendor + "\x00" + in.Credential))
+	key := currentPrefix + hex.EncodeToString(sum[:16])
+	for range 8 {
+		if _, err := s.kv.Create(ctx, key, []byte(in.ID)); err == nil {
+			return in, nil
+		} else if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, killswitch.Retryable(killswitch.ReasonUnavailable, fmt.Errorf("incidents: claim %s: %w", in.ID, err))
+		}
+		e, err := s.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, killswitch.Retryable(killswitch.ReasonUnavailable, fmt.Errorf("incidents: claim %s: %w", in.ID, err))
+		}
+		holder := string(e.Value())
+		if holder == in.ID {
+			return in, nil
+		}
+		cur, err := s.Incident(ctx, holder)
+		switch {
+		case errors.Is(err, incidents.ErrNotFound):
+			return nil, killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("%w: %s holds %s/%s", ErrNotStoredYet, holder, in.Vendor, in.Credential))
+		case err != nil && !killswitch.IsPermanent(err):
+			return nil, err
+		case err == nil && cur.State != incidents.StateClosed:
+			return cur, nil
+		}
+		// The holder is closed (or unreadable): take the key over, if nobody did meanwhile.
+		if _, err := s.kv.Update(ctx, key, []byte(in.ID), e.Revision()); err == nil {
+			return in, nil
+		}
+	}
+	return nil, killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("incidents: claim %s: the key's current incident keeps changing", in.ID))
 }
