@@ -362,6 +362,9 @@ func (t *timeline) first(at time.Time) {
 	t.mu.Unlock()
 }
 
+// start is when the attack's first event was sent.
+func (t *timeline) start() time.Time { t.mu.Lock(); defer t.mu.Unlock(); return t.t0 }
+
 func (t *timeline) sent(b int64) { t.mu.Lock(); t.sentBytes += b; t.mu.Unlock() }
 
 func (t *timeline) bytesSent() int64 { t.mu.Lock(); defer t.mu.Unlock(); return t.sentBytes }
