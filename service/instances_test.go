@@ -34,8 +34,8 @@ func newFleet(t testing.TB, instances, partitions int, vendors []string) *fleet 
 	f := &fleet{vault: newVaultRig(t, vendors...), r: newClusterRig(t), partitions: partitions, ks: map[string]*testharness.Killswitch{}}
 	// Each trial escalates one more vendor: more than the storm guard's 10 in 5 minutes,
 	// counted across the instances, would hold the later trials' revocations.
-	cfg := capConfig(f.vault.inv) + "incidents: {storm: {vendors: 1000}}\n" + fmt.Sprintf("service:\n  nats: {url: %q, replicas: 3}\n  cluster: {enabled: true, partitions: %d}\n",
-		f.r.c.URL(), partitions)
+	cfg := capConfig(f.vault.inv) + "incidents: {storm: {vendors: 1000}}\n" + fmt.Sprintf("service:\n  nats: {url: %q, replicas: 3}\n  cluster: {enabled: true, partitions: %d, dead_after: %s}\n",
+		f.r.c.URL(), partitions, deadAfter())
 	for i := range instances {
 		name := fmt.Sprintf("ks%d", i+1)
 		k := testharness.NewKillswitch(t, cfg, "VAULT_ADDR="+f.vault.v.Addr, "VAULT_TOKEN="+f.vault.scope,
@@ -45,6 +45,17 @@ func newFleet(t testing.TB, instances, partitions int, vendors []string) *fleet 
 		f.ks[name] = k
 	}
 	return f
+}
+
+// deadAfter is the fleet's service.cluster.dead_after: the product's default (1s) when
+// the failover is measured (KILLSWITCH_FAILOVER_TRIALS), 3s otherwise — the test run
+// executes this package under the race detector beside other packages, with the NATS
+// cluster in the test process, and a second of stall is not a death there.
+func deadAfter() string {
+	if os.Getenv("KILLSWITCH_FAILOVER_TRIALS") != "" {
+		return "1s"
+	}
+	return "3s"
 }
 
 // status asks instance name for /api/status.

@@ -85,11 +85,12 @@ func TestSoak(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		arng := rand.New(rand.NewPCG(seed, 2)) // the chaos loop has its own
 		for i, v := range vendors {
 			select {
 			case <-stop:
 				return
-			case <-time.After(time.Duration(float64(length) / float64(attacks) * (0.5 + rng.Float64()))):
+			case <-time.After(time.Duration(float64(length) / float64(attacks) * (0.5 + arng.Float64()))):
 			}
 			e := crossing(v, v+"-api")
 			f.r.publish(t, e)

@@ -413,6 +413,18 @@ func (m *Members) check(ctx context.Context) {
 
 // evict removes a dead member from every group, if this instance wins the claim.
 func (m *Members) evict(ctx context.Context, name string, silentFor time.Duration) {
+	// The watch may lag behind (a loaded instance): read the heartbeat itself first.
+	if e, err := m.kv.Get(ctx, name); err == nil {
+		m.mu.Lock()
+		s, seen := m.seen[name]
+		m.mu.Unlock()
+		if !seen || e.Revision() != s.rev {
+			m.sawBeat(e) // it did beat: alive
+			return
+		}
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return // unknown: judged again at the next check
+	}
 	claim, _ := json.Marshal(map[string]any{"by": m.cfg.Member, "at": m.cfg.Clock.Now()})
 	key := evictPrefix + name
 	if _, err := m.kv.Create(ctx, key, claim); err != nil {
