@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/killswitch-dev/killswitch/config"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // The exit codes of the commands that talk to the API (incidents, approvals, approve,
@@ -29,13 +30,8 @@ const (
 	defaultAPIURL = "http://127.0.0.1:8080"
 )
 
-// apiFlagsUsage documents the flags and exit codes every API command shares.
-const apiFlagsUsage = `
-Flags shared by the commands that talk to the API:
-  --api URL          the service's API (default ` + defaultAPIURL + `, or $KILLSWITCH_API)
-  --token-file FILE  read the bearer token from FILE (default: $` + config.EnvAPIToken + `)
-  --json             print the API's JSON, for scripts
-  --timeout DUR      give up after this long (default 10s)
+// apiExitCodes documents the exit codes every API command shares.
+const apiExitCodes = `The token: $` + config.EnvAPIToken + `, or --token-file (killswitch users add prints one).
 
 Exit codes: 0 done; 1 the API is unreachable or failed; 2 usage error; 3 not
 authenticated (401) or forbidden by your role (403); 4 not found (404); 5 conflict:
@@ -49,15 +45,52 @@ type apiFlags struct {
 }
 
 // register adds the shared flags to fs.
-func (f *apiFlags) register(fs *flag.FlagSet) {
-	def := os.Getenv("KILLSWITCH_API")
+func (f *apiFlags) register(fs *pflag.FlagSet, getenv func(string) string) {
+	def := getenv(envAPI)
 	if def == "" {
 		def = defaultAPIURL
 	}
-	fs.StringVar(&f.api, "api", def, "the service's API base URL")
+	fs.StringVar(&f.api, "api", def, "the service's API base URL; $"+envAPI+" when set, else "+defaultAPIURL)
 	fs.StringVar(&f.tokenFile, "token-file", "", "read the bearer token from this file (default $"+config.EnvAPIToken+")")
-	fs.BoolVar(&f.asJSON, "json", false, "print JSON")
+	fs.BoolVar(&f.asJSON, "json", false, "print the API's JSON, for scripts")
 	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "give up after this long")
+}
+
+// apiCmd builds a command that talks to the API: the shared flags, positional
+// arguments checked by args, the client built from the flags (a bad --api is a usage
+// error), then run.
+func apiCmd(getenv func(string) string, use, short, long string, args cobra.PositionalArgs,
+	run func(ctx context.Context, f *apiFlags, c *apiClient, args []string, stdout, stderr io.Writer) int) *cobra.Command {
+	var f apiFlags
+	c := &cobra.Command{
+		Use: use, Short: short, Long: longHelp(long, apiExitCodes), Args: args,
+		RunE: exits(func(ctx context.Context, c *cobra.Command, args []string) int {
+			client, err := f.client()
+			if err != nil {
+				fmt.Fprintf(c.ErrOrStderr(), "%s: %v\n", c.CommandPath(), err)
+				return exitUsage
+			}
+			return run(ctx, &f, client, args, c.OutOrStdout(), c.ErrOrStderr())
+		}),
+	}
+	f.register(c.Flags(), getenv)
+	return c
+}
+
+// newOnCallCmds are the commands that talk to a running service's API.
+func newOnCallCmds(getenv func(string) string) []*cobra.Command {
+	return []*cobra.Command{
+		newIncidentsCmd(getenv),
+		apiCmd(getenv, "approvals [flags]", "list the actions waiting for an approval and the running veto windows",
+			approvalsHelp, cobra.NoArgs, runApprovals),
+		newDecideCmd(getenv, "approve", "approved", "approve a held action: it runs once", "Runs a held action, once"),
+		newDecideCmd(getenv, "reject", "rejected", "reject a held action: it never runs", "Drops a held action; nothing runs"),
+		newDecideCmd(getenv, "veto", "vetoed", "veto an action in its veto window: it never runs", "Cancels an action announced in a veto window, before it runs"),
+		newPauseCmd(getenv),
+		apiCmd(getenv, "resume [flags]", "resume automation", pauseHelp, cobra.NoArgs, runResume),
+		apiCmd(getenv, "status [flags]", "mode, pause, breaker, ledger, storm and what waits on people",
+			statusHelp, cobra.NoArgs, runStatus),
+	}
 }
 
 // client builds the API client from the flags and the environment.
@@ -188,39 +221,6 @@ func (c *apiClient) explain(status int, body []byte) error {
 		msg = fmt.Sprintf("the API answered %d: %s", status, msg)
 	}
 	return &apiError{status: status, msg: msg}
-}
-
-// flagSet is flag.FlagSet, named for the callbacks of apiCommand.
-type flagSet = flag.FlagSet
-
-// apiCommand parses an API command's flags (the shared ones, plus what extra adds) and
-// positional arguments: want is how many (-1: any). A usage error has been printed
-// when ok is false; code is then the exit code.
-func apiCommand(name, usage string, args []string, want int, stderr io.Writer, extra func(*flagSet)) (f apiFlags, pos []string, c *apiClient, code int, ok bool) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintln(stderr, usage+"\n"+apiFlagsUsage) }
-	f.register(fs)
-	if extra != nil {
-		extra(fs)
-	}
-	pos, err := parseInterspersed(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return f, nil, nil, exitOK, false
-	}
-	if err != nil {
-		return f, nil, nil, exitUsage, false
-	}
-	if want >= 0 && len(pos) != want {
-		fmt.Fprintf(stderr, "killswitch %s: want %d argument(s), got %d\n%s\n", name, want, len(pos), usage)
-		return f, nil, nil, exitUsage, false
-	}
-	c, err = f.client()
-	if err != nil {
-		fmt.Fprintf(stderr, "killswitch %s: %v\n", name, err)
-		return f, nil, nil, exitUsage, false
-	}
-	return f, pos, c, exitOK, true
 }
 
 // fail prints err for command name in one line and returns its exit code.

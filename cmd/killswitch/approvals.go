@@ -10,18 +10,12 @@ import (
 	"github.com/killswitch-dev/killswitch/httpapi"
 )
 
-const approvalsUsage = `usage: killswitch approvals [flags]
-
-Lists what waits on people (GET /api/approvals): held actions waiting for an approval
+const approvalsHelp = `Lists what waits on people (GET /api/approvals): held actions waiting for an approval
 (approve ID or reject ID before the deadline, or nothing runs) and running veto windows
 (the action runs at the deadline unless someone runs veto ID). Needs the viewer role.`
 
 // runApprovals implements `killswitch approvals`.
-func runApprovals(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	f, _, c, code, ok := apiCommand("approvals", approvalsUsage, args, 0, stderr, nil)
-	if !ok {
-		return code
-	}
+func runApprovals(ctx context.Context, f *apiFlags, c *apiClient, _ []string, stdout, stderr io.Writer) int {
 	var p httpapi.Pending
 	var raw []byte
 	if err := c.do(ctx, "GET", "/api/approvals", nil, &p, &raw); err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -15,71 +14,69 @@ import (
 	"github.com/killswitch-dev/killswitch/config"
 	"github.com/killswitch-dev/killswitch/internal/embeddednats"
 	"github.com/killswitch-dev/killswitch/internal/natsconn"
+	"github.com/spf13/cobra"
 )
 
-const credsUsage = `usage: killswitch creds <command> [flags]
-
-NATS identities (decentralized JWT auth; nsc-compatible .creds files). ` + "`killswitch run`" + ` creates
+const credsHelp = `NATS identities (decentralized JWT auth; nsc-compatible .creds files). ` + "`killswitch run`" + ` creates
 the keys and the service, operator and automation credentials in <data dir>/creds on its first start.
-
-  killswitch creds sensor NAME [--vendor V]… [--prefix egress] [--expires DUR] [--data-dir DIR] [--out FILE [--keep-existing]]
-        mint a sensor credential: publish telemetry only (egress.> or egress.<V> for each --vendor),
-        JetStream acks on the inbox prefix ` + embeddednats.SensorInboxPrefix + `. Works while the service runs.
-  killswitch creds nats-config [--data-dir DIR] [--out FILE]
-        print the authorization (trusted operator, accounts) to install in an external nats-server,
-        and write the service, operator and automation credentials if missing
-  killswitch creds revoke NAME|USER_PUBLIC_KEY [--data-dir DIR]
-        revoke a credential; takes effect at the embedded server's next start, or once the output
-        of nats-config is installed again and the external server reloaded
-  killswitch creds list [--data-dir DIR]
-        list the credentials issued (names, roles, public keys; no secret)
 
 DIR: --data-dir, $` + config.EnvDataDir + ` or ./killswitch-data. A .creds file is a secret: hand it over
 as you would a password; it is written 0600 (stdout if --out is not given).`
 
-// runCreds implements `killswitch creds`.
-func runCreds(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, credsUsage)
-		return 2
+// credsOptions are the flags of the creds commands.
+type credsOptions struct {
+	dataDir, out, prefix string
+	vendors              []string
+	expires              time.Duration
+	keep                 bool
+}
+
+// newCredsCmd is `killswitch creds {sensor,nats-config,revoke,list}`.
+func newCredsCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "creds",
+		Short: "mint a sensor's NATS credentials, print an external NATS server's authorization, revoke",
+		Long:  credsHelp,
 	}
-	cmd := args[0]
-	fs := flag.NewFlagSet("creds "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintln(stderr, credsUsage) }
-	dataDir := fs.String("data-dir", "", "the service's data directory")
-	out := fs.String("out", "", "write to this file (0600) instead of stdout")
-	var vendors stringList
-	prefix, expires, keep := new(string), new(time.Duration), new(bool)
-	switch cmd {
-	case "sensor":
-		fs.Var(&vendors, "vendor", "bind the sensor to this vendor's subject (repeatable); default every vendor")
-		prefix = fs.String("prefix", embeddednats.DefaultTelemetryPrefix, "telemetry subject prefix")
-		expires = fs.Duration("expires", 0, "the credential stops working after this long (default never)")
-		keep = fs.Bool("keep-existing", false, "with --out: if the file exists, keep it and succeed (for deployments)")
-	case "nats-config", "revoke", "list":
-	default:
-		fmt.Fprintln(stderr, credsUsage)
-		return 2
+	sub := func(name, use, short, long string, args cobra.PositionalArgs) (*cobra.Command, *credsOptions) {
+		var o credsOptions
+		s := &cobra.Command{
+			Use: use, Short: short, Long: longHelp(long, "Exit status: 0 done; 1 failed; 2 usage error."), Args: args,
+			RunE: exits(func(_ context.Context, c *cobra.Command, args []string) int {
+				return runCreds(name, &o, args, c.OutOrStdout(), c.ErrOrStderr())
+			}),
+		}
+		s.Flags().StringVar(&o.dataDir, "data-dir", "", "the service's data directory (default: $"+config.EnvDataDir+", else ./killswitch-data)")
+		_ = s.MarkFlagDirname("data-dir")
+		return s, &o
 	}
-	// Flags may follow the positional name: parse, take the name, parse the rest.
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
-	}
+	sensor, so := sub("sensor", "sensor NAME [--vendor V]… [flags]", "mint a sensor credential: publish telemetry only",
+		`Mints a sensor credential: publish telemetry only (egress.> or egress.<V> for each --vendor),
+JetStream acks on the inbox prefix `+embeddednats.SensorInboxPrefix+`. Works while the service runs.`, wantArgs(1))
+	sensor.Flags().StringArrayVar(&so.vendors, "vendor", nil, "bind the sensor to this vendor's subject (repeatable); default every vendor")
+	sensor.Flags().StringVar(&so.prefix, "prefix", embeddednats.DefaultTelemetryPrefix, "telemetry subject prefix")
+	sensor.Flags().DurationVar(&so.expires, "expires", 0, "the credential stops working after this long (default never)")
+	sensor.Flags().StringVar(&so.out, "out", "", "write to this file (0600) instead of stdout")
+	sensor.Flags().BoolVar(&so.keep, "keep-existing", false, "with --out: if the file exists, keep it and succeed (for deployments)")
+	natsConfig, no := sub("nats-config", "nats-config [flags]", "print the authorization to install in an external nats-server",
+		`Prints the authorization (trusted operator, accounts) to install in an external nats-server,
+and writes the service, operator and automation credentials if missing.`, cobra.NoArgs)
+	natsConfig.Flags().StringVar(&no.out, "out", "", "write to this file instead of stdout")
+	revoke, _ := sub("revoke", "revoke NAME|USER_PUBLIC_KEY [flags]", "revoke a credential",
+		`Revokes a credential; takes effect at the embedded server's next start, or once the output
+of nats-config is installed again and the external server reloaded.`, wantArgs(1))
+	list, _ := sub("list", "list [flags]", "list the credentials issued (names, roles, public keys; no secret)",
+		`Lists the credentials issued (names, roles, public keys; no secret).`, cobra.NoArgs)
+	c.AddCommand(sensor, natsConfig, revoke, list)
+	return c
+}
+
+// runCreds implements the creds commands.
+func runCreds(cmd string, o *credsOptions, args []string, stdout, stderr io.Writer) int {
+	dataDir, out, vendors, prefix, expires, keep := &o.dataDir, &o.out, o.vendors, &o.prefix, &o.expires, &o.keep
 	var name string
-	if cmd == "sensor" || cmd == "revoke" {
-		if fs.NArg() == 0 {
-			fmt.Fprintf(stderr, "killswitch creds %s: give a NAME\n", cmd)
-			return 2
-		}
-		name = fs.Arg(0)
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return 2
-		}
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "killswitch creds %s: unexpected arguments %v\n", cmd, fs.Args())
-		return 2
+	if len(args) > 0 {
+		name = args[0]
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "killswitch creds %s: %v\n", cmd, err)

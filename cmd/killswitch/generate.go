@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,30 +16,48 @@ import (
 	"github.com/killswitch-dev/killswitch/scenario"
 	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 )
 
-// runGenerate implements `killswitch generate`: realistic labelled telemetry, to a file
-// or published to NATS.
-func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: killswitch generate [--out FILE.ndjson[.gz] | --nats URL] [flags]\n\n"+
-			"Generates days of egress telemetry for many vendors with daily and weekly seasonality,\n"+
-			"nightly batches and noise, with labelled attacks injected; deterministic by --seed.")
-		fs.PrintDefaults()
+// generateOptions are the flags of `killswitch generate`.
+type generateOptions struct {
+	cfg                                scenario.Config
+	nats                               natsconn.Options
+	out, labels, cfgOut, start, stream string
+	speed                              float64
+}
+
+func newGenerateCmd(getenv func(string) string) *cobra.Command {
+	var o generateOptions
+	c := &cobra.Command{
+		Use:   "generate --out FILE.ndjson[.gz] | --nats URL [flags]",
+		Short: "generate labelled telemetry to a file or NATS",
+		Long: longHelp(`Generates days of egress telemetry for many vendors with daily and weekly seasonality,
+nightly batches and noise, with labelled attacks injected; deterministic by --seed.`,
+			`Writes NDJSON to --out, or publishes to NATS: to --nats, or to $KILLSWITCH_NATS_URL when
+--out is not given.`,
+			`Exit status: 0 generated; 1 failed; 2 usage error.`),
+		Args: cobra.NoArgs,
+		RunE: exits(func(ctx context.Context, c *cobra.Command, _ []string) int {
+			if o.out != "" && c.Flags().Changed("nats") {
+				fmt.Fprintln(c.ErrOrStderr(), "killswitch generate: give exactly one of --out and --nats")
+				return 2
+			}
+			if o.out != "" {
+				o.nats.URL = "" // an environment's default NATS is not used with --out
+			}
+			return runGenerate(ctx, &o, c.OutOrStdout(), c.ErrOrStderr())
+		}),
 	}
-	var (
-		cfg    scenario.Config
-		nopts  natsconn.Options
-		out    = fs.String("out", "", "write NDJSON to this file (gzip when it ends in .gz; - for stdout)")
-		labels = fs.String("labels", "", "write the labelled attacks as JSON to this file")
-		cfgOut = fs.String("config-out", "", "write a configuration with the scenario's vendor inventory to this file")
-		start  = fs.String("start", "", `first instant, RFC 3339, or "now" to end the scenario now (default 2026-02-02T00:00:00Z)`)
-		speed  = fs.Float64("speed", 0, "with --nats: publish at N times real time (0: as fast as possible)")
-		stream = fs.String("stream", "EGRESS", "with --nats: the telemetry stream to create if missing")
-	)
+	fs := c.Flags()
+	cfg := &o.cfg
+	fs.StringVar(&o.out, "out", "", "write NDJSON to this file (gzip when it ends in .gz; - for stdout)")
+	fs.StringVar(&o.labels, "labels", "", "write the labelled attacks as JSON to this file")
+	fs.StringVar(&o.cfgOut, "config-out", "", "write a configuration with the scenario's vendor inventory to this file")
+	fs.StringVar(&o.start, "start", "", `first instant, RFC 3339, or "now" to end the scenario now (default 2026-02-02T00:00:00Z)`)
+	fs.Float64Var(&o.speed, "speed", 0, "with --nats: publish at N times real time (0: as fast as possible)")
+	fs.StringVar(&o.stream, "stream", "EGRESS", "with --nats: the telemetry stream, created if missing (the stream replay --stream reads)")
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "random seed")
 	fs.IntVar(&cfg.Days, "days", 14, "days of telemetry")
 	fs.IntVar(&cfg.Vendors, "vendors", 8, "number of vendors")
@@ -69,10 +86,15 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return nil
 	})
 	fs.BoolVar(&cfg.ForgedTimes, "forged-times", false, "also inject, a day before each attack, 3 events with forged times (2099, 1971) meant to blind the detectors")
-	nopts.RegisterFlags(fs, "")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
+	registerNATSFlags(fs, &o.nats, getenv, "", "none: give --out or --nats")
+	return c
+}
+
+// runGenerate implements `killswitch generate`: realistic labelled telemetry, to a file
+// or published to NATS.
+func runGenerate(ctx context.Context, o *generateOptions, stdout, stderr io.Writer) int {
+	cfg, nopts := o.cfg, o.nats
+	out, labels, cfgOut, start, speed, stream := &o.out, &o.labels, &o.cfgOut, &o.start, &o.speed, &o.stream
 	if (*out == "") == (nopts.URL == "") {
 		fmt.Fprintln(stderr, "killswitch generate: give exactly one of --out and --nats")
 		return 2

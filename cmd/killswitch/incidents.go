@@ -10,49 +10,60 @@ import (
 	"time"
 
 	"github.com/killswitch-dev/killswitch/incidents"
+	"github.com/spf13/cobra"
 )
 
-const incidentsUsage = `usage:
-  killswitch incidents [list] [--state open|contained|closed] [--vendor V] [--limit N] [flags]
-  killswitch incidents show ID [flags]
-
-list prints the incidents, newest first (GET /api/incidents); show prints one incident:
+const incidentsHelp = `list prints the incidents, newest first (GET /api/incidents); show prints one incident:
 its milestones, exposure window, detections, decisions and actions (GET /api/incidents/ID).
 Needs the viewer role.`
 
-// runIncidents implements `killswitch incidents [list|show ID]`.
-func runIncidents(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	sub := "list"
-	if len(args) > 0 && (args[0] == "list" || args[0] == "show") {
-		sub, args = args[0], args[1:]
+// incidentsFilter are the flags of `killswitch incidents [list]`.
+type incidentsFilter struct {
+	state, vendor string
+	limit         int
+}
+
+// newIncidentsCmd is `killswitch incidents [list|show ID]`: incidents alone lists.
+func newIncidentsCmd(getenv func(string) string) *cobra.Command {
+	listCmd := func(use string) *cobra.Command {
+		var q incidentsFilter
+		c := apiCmd(getenv, use, "list incidents, or show one", incidentsHelp, cobra.NoArgs,
+			func(ctx context.Context, f *apiFlags, c *apiClient, _ []string, stdout, stderr io.Writer) int {
+				return listIncidents(ctx, f, c, &q, stdout, stderr)
+			})
+		c.Flags().StringVar(&q.state, "state", "", "only incidents in this state: open, contained or closed")
+		c.Flags().StringVar(&q.vendor, "vendor", "", "only this vendor's incidents")
+		c.Flags().IntVar(&q.limit, "limit", 100, "at most this many (1-1000)")
+		completeValues(c, "state", "open", "contained", "closed")
+		return c
 	}
-	if sub == "show" {
-		f, pos, c, code, ok := apiCommand("incidents show", incidentsUsage, args, 1, stderr, nil)
-		if !ok {
-			return code
-		}
-		var in incidents.Incident
-		var raw []byte
-		if err := c.do(ctx, "GET", "/api/incidents/"+url.PathEscape(pos[0]), nil, &in, &raw); err != nil {
-			return fail(stderr, "incidents show", err)
-		}
-		if f.asJSON {
-			printJSON(stdout, raw)
-			return exitOK
-		}
-		showIncident(stdout, &in)
+	c := listCmd("incidents [list] [--state open|contained|closed] [--vendor V] [--limit N] [flags]")
+	list := listCmd("list [--state open|contained|closed] [--vendor V] [--limit N] [flags]")
+	list.Short = "list incidents, newest first"
+	show := apiCmd(getenv, "show ID [flags]", "show one incident: milestones, exposure window, detections, decisions, actions",
+		incidentsHelp, wantArgs(1), showIncidentCmd)
+	c.AddCommand(list, show)
+	return c
+}
+
+// showIncidentCmd implements `killswitch incidents show ID`.
+func showIncidentCmd(ctx context.Context, f *apiFlags, c *apiClient, pos []string, stdout, stderr io.Writer) int {
+	var in incidents.Incident
+	var raw []byte
+	if err := c.do(ctx, "GET", "/api/incidents/"+url.PathEscape(pos[0]), nil, &in, &raw); err != nil {
+		return fail(stderr, "incidents show", err)
+	}
+	if f.asJSON {
+		printJSON(stdout, raw)
 		return exitOK
 	}
-	var state, vendor string
-	var limit int
-	f, _, c, code, ok := apiCommand("incidents", incidentsUsage, args, 0, stderr, func(fs *flagSet) {
-		fs.StringVar(&state, "state", "", "only incidents in this state: open, contained or closed")
-		fs.StringVar(&vendor, "vendor", "", "only this vendor's incidents")
-		fs.IntVar(&limit, "limit", 100, "at most this many (1-1000)")
-	})
-	if !ok {
-		return code
-	}
+	showIncident(stdout, &in)
+	return exitOK
+}
+
+// listIncidents implements `killswitch incidents [list]`.
+func listIncidents(ctx context.Context, f *apiFlags, c *apiClient, filter *incidentsFilter, stdout, stderr io.Writer) int {
+	state, vendor, limit := filter.state, filter.vendor, filter.limit
 	q := url.Values{"limit": {fmt.Sprint(limit)}}
 	if state != "" {
 		q.Set("state", state)

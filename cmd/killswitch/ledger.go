@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,45 +16,85 @@ import (
 	"github.com/killswitch-dev/killswitch/ledger"
 	ledgerjs "github.com/killswitch-dev/killswitch/ledger/jetstream"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 )
 
-const ledgerUsage = `usage:
-  killswitch ledger verify [--nats URL] [--stream NAME] [--checkpoints NAME]
-                           [--key-file FILE | --data-dir DIR | --no-key] [--json]
-  killswitch ledger seal   --by NAME [--reason TEXT] [--nats URL] [--stream NAME]
-                           [--checkpoints NAME] [--key-file FILE | --data-dir DIR]
+// ledgerOptions are the flags of `killswitch ledger verify` and `killswitch ledger seal`.
+type ledgerOptions struct {
+	nats                                      natsconn.Options
+	stream, checkpoints, keyFile, dataDir, by string
+	reason                                    string
+	timeout                                   time.Duration
+	noKey, asJSON                             bool
+}
 
-The MAC key is read from --key-file, else $` + ledger.EnvKey + `, else DIR/` + ledger.KeyFile + `
+const ledgerKeyHelp = `The MAC key is read from --key-file, else $` + ledger.EnvKey + `, else DIR/` + ledger.KeyFile + `
 (DIR: --data-dir, $` + config.EnvDataDir + ` or ./killswitch-data).`
 
-// runLedger implements `killswitch ledger verify` and `killswitch ledger seal`.
-func runLedger(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "verify" && args[0] != "seal") {
-		fmt.Fprintln(stderr, ledgerUsage)
-		return 2
+// newLedgerCmd is `killswitch ledger {verify,seal}`.
+func newLedgerCmd(getenv func(string) string) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "ledger",
+		Short: "verify the hash-chained audit ledger; seal its breaks",
+		Long:  longHelp("The ledger is the append-only, hash-chained, MAC'd audit log in JetStream.", ledgerKeyHelp),
 	}
-	cmd := args[0]
-	fs := flag.NewFlagSet("ledger "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var nopts natsconn.Options
-	nopts.RegisterFlags(fs, "nats://127.0.0.1:4222")
-	stream := fs.String("stream", "KILLSWITCH_LEDGER", "ledger stream name")
-	checkpoints := fs.String("checkpoints", "KILLSWITCH_LEDGER_CHECKPOINTS", "checkpoint stream name")
-	keyFile := fs.String("key-file", "", "the ledger's MAC key file (hex, base64 or raw)")
-	dataDir := fs.String("data-dir", "", "the service's data directory, holding "+ledger.KeyFile)
-	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long")
+	c.AddCommand(newLedgerSubCmd("verify", getenv), newLedgerSubCmd("seal", getenv))
+	return c
+}
+
+// newLedgerSubCmd builds `ledger verify` or `ledger seal`.
+func newLedgerSubCmd(cmd string, getenv func(string) string) *cobra.Command {
+	var o ledgerOptions
+	c := &cobra.Command{
+		Args: cobra.NoArgs,
+		RunE: exits(func(ctx context.Context, c *cobra.Command, _ []string) int {
+			return runLedger(ctx, cmd, &o, c.OutOrStdout(), c.ErrOrStderr())
+		}),
+	}
+	if cmd == "verify" {
+		c.Use, c.Short = "verify [flags]", "check the ledger's chain, MACs and checkpoints"
+		c.Long = longHelp(`Reads the whole ledger and checks every record's hash, link and MAC, and the checkpoints.
+The first line of the report is the verdict ("ok: N records, chain intact, head H"),
+then every break, sealed or not.`, ledgerKeyHelp,
+			`Exit status: 0 the chain is intact (every break sealed); 1 an unsealed break, or the ledger
+could not be read; 2 usage error.`)
+	} else {
+		c.Use, c.Short = "seal --by NAME [--reason TEXT] [flags]", "seal the ledger's breaks after looking at them: a new epoch"
+		c.Long = longHelp(`Appends a seal record that acknowledges the ledger's unsealed breaks (after someone looked
+at them: killswitch ledger verify) and starts a new epoch; later verifications report the
+breaks as sealed. Seals with the service's identity.`, ledgerKeyHelp,
+			`Exit status: 0 sealed, or nothing to seal; 1 failed; 2 usage error.`)
+	}
+	fs := c.Flags()
+	registerNATSFlags(fs, &o.nats, getenv, defaultNATSURL, defaultNATSURL+", where killswitch run's embedded server listens")
+	fs.StringVar(&o.stream, "ledger-stream", "KILLSWITCH_LEDGER", "ledger stream name")
+	deprecatedAlias(fs, "stream", "ledger-stream")
+	fs.StringVar(&o.checkpoints, "checkpoints", "KILLSWITCH_LEDGER_CHECKPOINTS", "checkpoint stream name")
+	fs.StringVar(&o.keyFile, "key-file", "", "the ledger's MAC key file (hex, base64 or raw)")
+	fs.StringVar(&o.dataDir, "data-dir", "", "the service's data directory, holding "+ledger.KeyFile+" and the NATS credentials")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up after this long")
+	if cmd == "verify" {
+		fs.BoolVar(&o.noKey, "no-key", false, "check hashes and links only: MACs and checkpoints are NOT checked")
+		fs.BoolVar(&o.asJSON, "json", false, "print the report as JSON")
+	} else {
+		fs.StringVar(&o.by, "by", "", "who seals (required)")
+		fs.StringVar(&o.reason, "reason", "", "why, for the record")
+	}
+	_ = c.MarkFlagDirname("data-dir")
+	return c
+}
+
+// runLedger implements `killswitch ledger verify` and `killswitch ledger seal`.
+func runLedger(ctx context.Context, cmd string, o *ledgerOptions, stdout, stderr io.Writer) int {
+	nopts := o.nats
+	stream, checkpoints, keyFile, dataDir, timeout := &o.stream, &o.checkpoints, &o.keyFile, &o.dataDir, &o.timeout
 	var noKey, asJSON *bool
 	var by, reason *string
 	if cmd == "verify" {
-		noKey = fs.Bool("no-key", false, "check hashes and links only: MACs and checkpoints are NOT checked")
-		asJSON = fs.Bool("json", false, "print the report as JSON")
+		noKey, asJSON = &o.noKey, &o.asJSON
 	} else {
-		by = fs.String("by", "", "who seals (required)")
-		reason = fs.String("reason", "", "why, for the record")
-	}
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+		by, reason = &o.by, &o.reason
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "killswitch ledger %s: %v\n", cmd, err)

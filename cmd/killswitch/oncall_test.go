@@ -238,8 +238,8 @@ func TestOnCallCommands(t *testing.T) {
 		t.Fatalf("unreachable API: %d %s", code, errOut)
 	}
 	for _, cmd := range []string{"incidents", "approvals", "approve", "reject", "veto", "pause", "resume", "status"} {
-		if code, _, errOut := dispatch3(ctx, cmd, "--help"); code != 0 || !strings.Contains(errOut, "Exit codes") {
-			t.Errorf("%s --help: exit %d\n%s", cmd, code, errOut)
+		if code, out, _ := dispatch3(ctx, cmd, "--help"); code != 0 || !strings.Contains(out, "Exit codes") {
+			t.Errorf("%s --help: exit %d\n%s", cmd, code, out)
 		}
 	}
 }

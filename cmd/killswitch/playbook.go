@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,58 +14,25 @@ import (
 	"github.com/killswitch-dev/killswitch/config"
 	"github.com/killswitch-dev/killswitch/detectors"
 	"github.com/killswitch-dev/killswitch/playbooks"
+	"github.com/spf13/cobra"
 )
 
-const playbookUsage = `usage:
-  killswitch playbook test  [--shipped] [--run REGEX] [--min-coverage PCT] [--json] [DIR ...]
-  killswitch playbook eval  --input FILE [--config FILE] [--trace] [--shipped] [DIR ...]
-  killswitch playbook check [--shipped] [--json] [DIR ...]
-  killswitch playbook export DIR
-
-Without DIR the shipped library is used; with DIRs only those, plus the shipped library
+// newPlaybookCmd is `killswitch playbook {test,eval,check,export}`.
+func newPlaybookCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "playbook",
+		Short: "test, evaluate and check the Rego playbooks; export the shipped library",
+		Long: longHelp(`Without DIR the shipped library is used; with DIRs only those, plus the shipped library
 when --shipped is given. export writes the shipped library (playbooks, tests and example
-inputs) to DIR for stock OPA tools: opa test DIR MY-DIR, opa fmt, opa check --strict.
-exit status: 0 ok; 1 a test failed, the playbooks do not compile, a check failed or the
+inputs) to DIR for stock OPA tools: opa test DIR MY-DIR, opa fmt, opa check --strict.`,
+			playbookExitCodes),
+	}
+	c.AddCommand(newPlaybookTestCmd(), newPlaybookEvalCmd(), newPlaybookCheckCmd(), newPlaybookExportCmd())
+	return c
+}
+
+const playbookExitCodes = `Exit status: 0 ok; 1 a test failed, the playbooks do not compile, a check failed or the
 decision escalated; 2 bad usage or input.`
-
-// runPlaybook implements `killswitch playbook {test,eval,check,export}`.
-func runPlaybook(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, playbookUsage)
-		return 2
-	}
-	switch args[0] {
-	case "test":
-		return playbookTest(ctx, args[1:], stdout, stderr)
-	case "eval":
-		return playbookEval(ctx, args[1:], stdout, stderr)
-	case "check":
-		return playbookCheck(ctx, args[1:], stdout, stderr)
-	case "export":
-		return playbookExport(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprintln(stdout, playbookUsage)
-		return 0
-	}
-	fmt.Fprintf(stderr, "killswitch playbook: unknown subcommand %q\n%s\n", args[0], playbookUsage)
-	return 2
-}
-
-// parseInterspersed parses flags that may come before or after the positional arguments.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
 
 // playbookSources turns DIR arguments into sources.
 func playbookSources(dirs []string, shipped bool) ([]playbooks.Source, error) {
@@ -99,18 +65,37 @@ func printCompileError(w io.Writer, cmd string, err error) {
 	fmt.Fprintf(w, "killswitch %s: %v\n", cmd, err)
 }
 
-func playbookTest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("playbook test", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	shipped := fs.Bool("shipped", false, "also load the shipped library when DIRs are given")
-	run := fs.String("run", "", "run only the tests whose name matches this regular expression")
-	minCov := fs.Float64("min-coverage", 0, "fail when the coverage of the playbooks is below this percentage")
-	asJSON := fs.Bool("json", false, "print the report as JSON")
-	timeout := fs.Duration("timeout", 5*time.Second, "deadline of each test")
-	dirs, err := parseInterspersed(fs, args)
-	if err != nil {
-		return 2
+// playbookTestOptions are the flags of `killswitch playbook test`.
+type playbookTestOptions struct {
+	shipped, asJSON bool
+	run             string
+	minCov          float64
+	timeout         time.Duration
+}
+
+func newPlaybookTestCmd() *cobra.Command {
+	var o playbookTestOptions
+	c := &cobra.Command{
+		Use:   "test [DIR…] [flags]",
+		Short: "run the playbooks' _test.rego files (OPA's tester, with coverage)",
+		Long: longHelp(`Runs the _test.rego files of DIRs (default: the shipped library) with OPA's tester and
+reports the coverage of the playbooks.`, playbookExitCodes),
+		RunE: exits(func(ctx context.Context, c *cobra.Command, dirs []string) int {
+			return playbookTest(ctx, &o, dirs, c.OutOrStdout(), c.ErrOrStderr())
+		}),
 	}
+	fs := c.Flags()
+	fs.BoolVar(&o.shipped, "shipped", false, "also load the shipped library when DIRs are given")
+	fs.StringVar(&o.run, "run", "", "run only the tests whose name matches this regular expression")
+	fs.Float64Var(&o.minCov, "min-coverage", 0, "fail when the coverage of the playbooks is below this percentage")
+	fs.BoolVar(&o.asJSON, "json", false, "print the report as JSON")
+	fs.DurationVar(&o.timeout, "test-timeout", 5*time.Second, "deadline of each test")
+	deprecatedAlias(fs, "timeout", "test-timeout")
+	return c
+}
+
+func playbookTest(ctx context.Context, o *playbookTestOptions, dirs []string, stdout, stderr io.Writer) int {
+	shipped, run, minCov, asJSON, timeout := &o.shipped, &o.run, &o.minCov, &o.asJSON, &o.timeout
 	srcs, err := playbookSources(dirs, *shipped)
 	if err != nil {
 		fmt.Fprintln(stderr, "killswitch playbook test:", err)
@@ -190,21 +175,43 @@ func lineRanges(lines []int) string {
 	return strings.Join(parts, ", ")
 }
 
-func playbookEval(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("playbook eval", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	inputPath := fs.String("input", "", "input document, or a bare detection, as JSON (- for stdin)")
-	configPath := fs.String("config", "", "configuration file whose vendor inventory completes a bare detection")
-	trace := fs.Bool("trace", false, "write OPA's evaluation trace to stderr")
-	shipped := fs.Bool("shipped", false, "also load the shipped library when DIRs are given")
-	timeout := fs.Duration("timeout", playbooks.DefaultTimeout, "evaluation deadline")
-	remaining := fs.Int("budget-remaining", 10, "revocation budget left, for a bare detection")
-	limit := fs.Int("budget-limit", 10, "revocation budget per window, for a bare detection")
-	window := fs.Duration("budget-window", time.Hour, "revocation budget window, for a bare detection")
-	dirs, err := parseInterspersed(fs, args)
-	if err != nil {
-		return 2
+// playbookEvalOptions are the flags of `killswitch playbook eval`.
+type playbookEvalOptions struct {
+	inputPath, configPath string
+	trace, shipped        bool
+	timeout, window       time.Duration
+	remaining, limit      int
+}
+
+func newPlaybookEvalCmd() *cobra.Command {
+	var o playbookEvalOptions
+	c := &cobra.Command{
+		Use:   "eval --input FILE [DIR…] [flags]",
+		Short: "evaluate the playbooks on one input and print the decision",
+		Long: longHelp(`Evaluates the playbooks of DIRs (default: the shipped library) on an input document, or on a
+bare detection completed from the configuration's vendor inventory, and prints the result
+(the decision, the playbooks that matched, an escalation) as JSON.`, playbookExitCodes),
+		RunE: exits(func(ctx context.Context, c *cobra.Command, dirs []string) int {
+			return playbookEval(ctx, &o, dirs, c.OutOrStdout(), c.ErrOrStderr())
+		}),
 	}
+	fs := c.Flags()
+	fs.StringVar(&o.inputPath, "input", "", "input document, or a bare detection, as JSON (- for stdin)")
+	fs.StringVar(&o.configPath, "config", "", "configuration file whose vendor inventory completes a bare detection")
+	fs.BoolVar(&o.trace, "trace", false, "write OPA's evaluation trace to stderr")
+	fs.BoolVar(&o.shipped, "shipped", false, "also load the shipped library when DIRs are given")
+	fs.DurationVar(&o.timeout, "eval-timeout", playbooks.DefaultTimeout, "evaluation deadline (the service's default; past it a decision escalates)")
+	deprecatedAlias(fs, "timeout", "eval-timeout")
+	fs.IntVar(&o.remaining, "budget-remaining", 10, "revocation budget left, for a bare detection")
+	fs.IntVar(&o.limit, "budget-limit", 10, "revocation budget per window, for a bare detection")
+	fs.DurationVar(&o.window, "budget-window", time.Hour, "revocation budget window, for a bare detection")
+	return c
+}
+
+func playbookEval(ctx context.Context, o *playbookEvalOptions, dirs []string, stdout, stderr io.Writer) int {
+	var err error
+	inputPath, configPath, trace, shipped, timeout := &o.inputPath, &o.configPath, &o.trace, &o.shipped, &o.timeout
+	remaining, limit, window := &o.remaining, &o.limit, &o.window
 	if *inputPath == "" {
 		fmt.Fprintln(stderr, "killswitch playbook eval: --input is required")
 		return 2
@@ -290,16 +297,34 @@ func readEvalInput(raw []byte, configPath string, budget playbooks.Budget) (play
 	return in, nil
 }
 
-func playbookCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("playbook check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	shipped := fs.Bool("shipped", false, "also load the shipped library when DIRs are given")
-	asJSON := fs.Bool("json", false, "print the report as JSON")
-	timeout := fs.Duration("timeout", playbooks.DefaultTimeout, "evaluation deadline (the service's default; past it a decision escalates)")
-	dirs, err := parseInterspersed(fs, args)
-	if err != nil {
-		return 2
+// playbookCheckOptions are the flags of `killswitch playbook check`.
+type playbookCheckOptions struct {
+	shipped, asJSON bool
+	timeout         time.Duration
+}
+
+func newPlaybookCheckCmd() *cobra.Command {
+	var o playbookCheckOptions
+	c := &cobra.Command{
+		Use:   "check [DIR…] [flags]",
+		Short: "compile the playbooks strictly and check the decisions on the example inputs",
+		Long: longHelp(`Compiles the playbooks of DIRs (default: the shipped library) as the service does (strict),
+lists them with their modes, and evaluates every example input (inputs/NAME/data.json),
+checking the decision against its expectations.`, playbookExitCodes),
+		RunE: exits(func(ctx context.Context, c *cobra.Command, dirs []string) int {
+			return playbookCheck(ctx, &o, dirs, c.OutOrStdout(), c.ErrOrStderr())
+		}),
 	}
+	fs := c.Flags()
+	fs.BoolVar(&o.shipped, "shipped", false, "also load the shipped library when DIRs are given")
+	fs.BoolVar(&o.asJSON, "json", false, "print the report as JSON")
+	fs.DurationVar(&o.timeout, "eval-timeout", playbooks.DefaultTimeout, "evaluation deadline (the service's default; past it a decision escalates)")
+	deprecatedAlias(fs, "timeout", "eval-timeout")
+	return c
+}
+
+func playbookCheck(ctx context.Context, o *playbookCheckOptions, dirs []string, stdout, stderr io.Writer) int {
+	shipped, asJSON, timeout := &o.shipped, &o.asJSON, &o.timeout
 	srcs, err := playbookSources(dirs, *shipped)
 	if err != nil {
 		fmt.Fprintln(stderr, "killswitch playbook check:", err)
@@ -347,13 +372,19 @@ func playbookCheck(ctx context.Context, args []string, stdout, stderr io.Writer)
 
 // playbookExport writes the shipped library to a directory, never over an existing file,
 // so that stock OPA tools can load it next to the analyst's own playbooks.
-func playbookExport(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("playbook export", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	dirs, err := parseInterspersed(fs, args)
-	if err != nil {
-		return 2
+func newPlaybookExportCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "export DIR",
+		Short: "write the shipped library to a new directory, for stock OPA tools",
+		Long: longHelp(`Writes the shipped library (playbooks, tests and example inputs) to DIR, never over an
+existing file, for stock OPA tools: opa test DIR MY-DIR, opa fmt, opa check --strict.`, playbookExitCodes),
+		RunE: exits(func(_ context.Context, c *cobra.Command, dirs []string) int {
+			return playbookExport(dirs, c.OutOrStdout(), c.ErrOrStderr())
+		}),
 	}
+}
+
+func playbookExport(dirs []string, stdout, stderr io.Writer) int {
 	if len(dirs) != 1 {
 		fmt.Fprintln(stderr, "killswitch playbook export: give one directory to write the shipped library to")
 		return 2

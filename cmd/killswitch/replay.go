@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/killswitch-dev/killswitch/internal/embeddednats"
@@ -17,65 +15,89 @@ import (
 	"github.com/killswitch-dev/killswitch/telemetry"
 	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 )
-
-const replayUsage = `usage: killswitch replay --telemetry FILE [--telemetry FILE…] | --stream NAME [--since T] [--until T]
-                         [--config FILE] [--playbooks DIR] [--baseline-playbooks DIR] [--vault ADDR]
-                         [--json OUT.json] [--report OUT.html] [--speed N] [--format json|vpc|ocsf|zeek]
-
-Replays recorded telemetry through the same detectors, incidents, playbooks and guard
-rails as the service, on a virtual clock that follows event time. Without --vault,
-actions are planned (with their exact targets), not applied, and the credentials seen in
-the telemetry that the inventory does not list are revocable in the plan, marked
-unmapped (add them to the inventory to revoke them for real; --unmapped=false to plan
-only what the inventory lists).
-`
 
 // replayEvalTimeout is the playbooks' evaluation deadline in a replay.
 const replayEvalTimeout = 5 * time.Second
 
-// stringList is a repeatable string flag.
-type stringList []string
+// replayOptions are the flags of `killswitch replay`: a contract (DESIGN.md), kept
+// exactly as they were.
+type replayOptions struct {
+	files, pbDirs, basePB                                   []string
+	configPath, vaultAddr, jsonOut, htmlOut, format, stream string
+	since, until                                            string
+	shipped, quiet, unmapped                                bool
+	speed                                                   float64
+	nats                                                    natsconn.Options
+}
 
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+func newReplayCmd(getenv func(string) string) *cobra.Command {
+	var o replayOptions
+	c := &cobra.Command{
+		Use:   "replay --telemetry FILE [--telemetry FILE…] | --stream NAME [--since T] [--until T] [flags]",
+		Short: "replay recorded telemetry through the pipeline and report",
+		Long: longHelp(`Replays recorded telemetry through the same detectors, incidents, playbooks and guard
+rails as the service, on a virtual clock that follows event time. Without --vault,
+actions are planned (with their exact targets), not applied, and the credentials seen in
+the telemetry that the inventory does not list are revocable in the plan, marked
+unmapped (add them to the inventory to revoke them for real; --unmapped=false to plan
+only what the inventory lists).`,
+			`The JSON report (--json) is a stable contract for other tools (DESIGN.md).`,
+			`Exit status: 0 replayed (and the reports written); 1 the replay failed (a missing file,
+playbooks that do not compile…); 2 usage error.`),
+		Example: `  killswitch replay --telemetry week.ndjson.gz --config killswitch.yaml --json out.json --report out.html
+  killswitch replay --stream EGRESS --since 2026-02-05T10:00:00Z --until 2026-02-05T12:00:00Z --json -`,
+		Args: cobra.NoArgs,
+		RunE: exits(func(ctx context.Context, c *cobra.Command, _ []string) int {
+			return runReplay(ctx, c, &o, c.OutOrStdout(), c.ErrOrStderr())
+		}),
+	}
+	fs := c.Flags()
+	fs.SortFlags = false
+	fs.StringArrayVar(&o.files, "telemetry", nil, "NDJSON or NDJSON.gz telemetry file (repeatable; - for stdin)")
+	fs.StringVar(&o.stream, "stream", "", "replay this JetStream stream instead of files")
+	fs.StringVar(&o.since, "since", "", "with --stream: first instant (RFC 3339, stream time)")
+	fs.StringVar(&o.until, "until", "", "with --stream: last instant (RFC 3339, stream time)")
+	fs.StringVar(&o.configPath, "config", "", "configuration file (vendor inventory, detector and guard settings)")
+	fs.StringArrayVar(&o.pbDirs, "playbooks", nil, "playbook directory (repeatable; default: the shipped library)")
+	fs.BoolVar(&o.shipped, "shipped", false, "also load the shipped library with --playbooks")
+	fs.StringArrayVar(&o.basePB, "baseline-playbooks", nil, "compare against this playbook directory (repeatable): lists every decision that flips")
+	fs.StringVar(&o.vaultAddr, "vault", "", "apply actions against this Vault (token from VAULT_TOKEN); default: plan only")
+	fs.StringVar(&o.jsonOut, "json", "", "write the JSON report here (- for stdout)")
+	fs.StringVar(&o.htmlOut, "report", "", "write the HTML report here")
+	fs.Float64Var(&o.speed, "speed", 0, "replay at N times real time (0: as fast as possible)")
+	fs.StringVar(&o.format, "format", "json", "telemetry format: json, vpc, ocsf, zeek")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	fs.BoolVar(&o.unmapped, "unmapped", true, "without --vault: plan revocations of the credentials seen in the telemetry but not in the inventory, marked unmapped")
+	registerNATSFlags(fs, &o.nats, getenv, defaultNATSURL, defaultNATSURL+" (used with --stream)")
+	_ = c.MarkFlagDirname("playbooks")
+	_ = c.MarkFlagDirname("baseline-playbooks")
+	completeValues(c, "format", "json", "vpc", "ocsf", "zeek")
+	return c
+}
 
 // runReplay implements `killswitch replay`.
-func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, replayUsage, "\nflags:\n"); fs.PrintDefaults() }
+func runReplay(ctx context.Context, c *cobra.Command, ro *replayOptions, stdout, stderr io.Writer) int {
 	var (
-		files, pbDirs, basePB stringList
-		nopts                 natsconn.Options
+		files, pbDirs, basePB = ro.files, ro.pbDirs, ro.basePB
+		nopts                 = ro.nats
+		configPath, shipped   = &ro.configPath, &ro.shipped
+		vaultAddr, jsonOut    = &ro.vaultAddr, &ro.jsonOut
+		htmlOut, speed        = &ro.htmlOut, &ro.speed
+		format, stream        = &ro.format, &ro.stream
+		since, until          = &ro.since, &ro.until
+		quiet, unmapped       = &ro.quiet, &ro.unmapped
 	)
-	fs.Var(&files, "telemetry", "NDJSON or NDJSON.gz telemetry file (repeatable; - for stdin)")
-	fs.Var(&pbDirs, "playbooks", "playbook directory (repeatable; default: the shipped library)")
-	fs.Var(&basePB, "baseline-playbooks", "compare against this playbook directory (repeatable): lists every decision that flips")
-	configPath := fs.String("config", "", "configuration file (vendor inventory, detector and guard settings)")
-	shipped := fs.Bool("shipped", false, "also load the shipped library with --playbooks")
-	vaultAddr := fs.String("vault", "", "apply actions against this Vault (token from VAULT_TOKEN); default: plan only")
-	jsonOut := fs.String("json", "", "write the JSON report here (- for stdout)")
-	htmlOut := fs.String("report", "", "write the HTML report here")
-	speed := fs.Float64("speed", 0, "replay at N times real time (0: as fast as possible)")
-	format := fs.String("format", "json", "telemetry format: json, vpc, ocsf, zeek")
-	stream := fs.String("stream", "", "replay this JetStream stream instead of files")
-	since := fs.String("since", "", "with --stream: first instant (RFC 3339, stream time)")
-	until := fs.String("until", "", "with --stream: last instant (RFC 3339, stream time)")
-	quiet := fs.Bool("quiet", false, "no progress bar")
-	unmapped := fs.Bool("unmapped", true, "without --vault: plan revocations of the credentials seen in the telemetry but not in the inventory, marked unmapped")
-	nopts.RegisterFlags(fs, "nats://127.0.0.1:4222")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "killswitch replay: "+format+"\n", a...)
 		return 1
 	}
 	if (len(files) == 0) == (*stream == "") {
 		fmt.Fprint(stderr, "killswitch replay: give --telemetry FILE or --stream NAME\n\n")
-		fs.Usage()
+		c.SetOut(stderr)
+		_ = c.Usage()
 		return 2
 	}
 	cfg, err := loadConfig(*configPath)

@@ -11,18 +11,12 @@ import (
 	"github.com/killswitch-dev/killswitch/httpapi"
 )
 
-const statusUsage = `usage: killswitch status [flags]
-
-Prints the service's state (GET /api/status): mode (and why dry-run), pause, breaker,
+const statusHelp = `Prints the service's state (GET /api/status): mode (and why dry-run), pause, breaker,
 ledger integrity, a detection storm's hold, the Vault token's scope, the cluster's
 members; and how many actions wait on people (GET /api/approvals). Needs the viewer role.`
 
 // runStatus implements `killswitch status`.
-func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	f, _, c, code, ok := apiCommand("status", statusUsage, args, 0, stderr, nil)
-	if !ok {
-		return code
-	}
+func runStatus(ctx context.Context, f *apiFlags, c *apiClient, _ []string, stdout, stderr io.Writer) int {
 	var st httpapi.Status
 	var raw []byte
 	if err := c.do(ctx, "GET", "/api/status", nil, &st, &raw); err != nil {

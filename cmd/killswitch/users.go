@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,53 +12,59 @@ import (
 
 	"github.com/killswitch-dev/killswitch/config"
 	"github.com/killswitch-dev/killswitch/users"
+	"github.com/spf13/cobra"
 )
 
-const usersUsage = `usage:
-  killswitch users add NAME --role viewer|approver|admin [--data-dir DIR]
-  killswitch users add NAME --rotate [--data-dir DIR]     a new token for NAME; the old one dies
-  killswitch users list [--json] [--data-dir DIR]
-  killswitch users remove NAME [--data-dir DIR]
-
-The HTTP API's users, in DIR/` + users.FileName + ` (DIR: --data-dir, $` + config.EnvDataDir + ` or
+const usersHelp = `The HTTP API's users, in DIR/` + users.FileName + ` (DIR: --data-dir, $` + config.EnvDataDir + ` or
 ./killswitch-data). add prints the new token once, on stdout: only its hash is kept. A
 running service re-reads the file on its next request: no restart.
 
 Roles: viewer (incidents, status, metrics), approver (viewer + approve, reject),
 admin (approver + pause, resume, breaker reset).`
 
+// usersOptions are the flags of the users commands.
+type usersOptions struct {
+	dataDir, role  string
+	rotate, asJSON bool
+}
+
+// newUsersCmd is `killswitch users {add,list,remove}`.
+func newUsersCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "users",
+		Short: "add, list and remove the HTTP API's users (viewer, approver, admin)",
+		Long:  usersHelp,
+	}
+	sub := func(name, use, short, long string, args cobra.PositionalArgs) (*cobra.Command, *usersOptions) {
+		var o usersOptions
+		s := &cobra.Command{
+			Use: use, Short: short, Long: longHelp(long, usersHelp, "Exit status: 0 done; 1 failed; 2 usage error."), Args: args,
+			RunE: exits(func(ctx context.Context, c *cobra.Command, args []string) int {
+				return runUsers(ctx, name, &o, args, c.OutOrStdout(), c.ErrOrStderr())
+			}),
+		}
+		s.Flags().StringVar(&o.dataDir, "data-dir", "", "the service's data directory (default: $"+config.EnvDataDir+", else ./killswitch-data)")
+		_ = s.MarkFlagDirname("data-dir")
+		return s, &o
+	}
+	add, ao := sub("add", "add NAME --role viewer|approver|admin | add NAME --rotate", "add a user (its token is printed once), or give it a new token",
+		`Adds the user NAME with a role and prints its new token once; with --rotate, gives an
+existing user a new token (the old one dies).`, wantArgs(1))
+	add.Flags().StringVar(&ao.role, "role", "", "viewer, approver or admin")
+	add.Flags().BoolVar(&ao.rotate, "rotate", false, "give an existing user a new token")
+	completeValues(add, "role", "viewer", "approver", "admin")
+	list, lo := sub("list", "list [--json]", "list the users (no secret, not even the hash)",
+		`Lists the users: names, roles, token ids and dates.`, wantArgs(0))
+	list.Flags().BoolVar(&lo.asJSON, "json", false, "print JSON")
+	remove, _ := sub("remove", "remove NAME", "remove a user: its token stops working on the next request",
+		`Removes the user NAME (never the last admin).`, wantArgs(1))
+	c.AddCommand(add, list, remove)
+	return c
+}
+
 // runUsers implements `killswitch users add|list|remove`.
-func runUsers(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "add" && args[0] != "list" && args[0] != "remove") {
-		fmt.Fprintln(stderr, usersUsage)
-		return 2
-	}
-	cmd := args[0]
-	fs := flag.NewFlagSet("users "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintln(stderr, usersUsage) }
-	dataDir := fs.String("data-dir", "", "the service's data directory")
-	var role *string
-	var rotate, asJSON *bool
-	switch cmd {
-	case "add":
-		role = fs.String("role", "", "viewer, approver or admin")
-		rotate = fs.Bool("rotate", false, "give an existing user a new token")
-	case "list":
-		asJSON = fs.Bool("json", false, "print JSON")
-	}
-	pos, err := parseInterspersed(fs, args[1:])
-	if err != nil {
-		return 2
-	}
-	wantArgs := 1
-	if cmd == "list" {
-		wantArgs = 0
-	}
-	if len(pos) != wantArgs {
-		fmt.Fprintf(stderr, "killswitch users %s: want %d argument(s), got %d\n%s\n", cmd, wantArgs, len(pos), usersUsage)
-		return 2
-	}
+func runUsers(ctx context.Context, cmd string, o *usersOptions, pos []string, stdout, stderr io.Writer) int {
+	dataDir := &o.dataDir
 	if *dataDir == "" {
 		*dataDir = os.Getenv(config.EnvDataDir)
 	}
@@ -73,7 +78,7 @@ func runUsers(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	switch cmd {
 	case "add":
-		return usersAdd(ctx, store, pos[0], *role, *rotate, stdout, stderr)
+		return usersAdd(ctx, store, pos[0], o.role, o.rotate, stdout, stderr)
 	case "list":
 		list, err := store.List(ctx)
 		if errors.Is(err, users.ErrUnavailable) && errors.Is(err, os.ErrNotExist) {
@@ -83,7 +88,7 @@ func runUsers(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		if err != nil {
 			return fail(err)
 		}
-		printUsers(stdout, list, *asJSON)
+		printUsers(stdout, list, o.asJSON)
 		return 0
 	default: // remove
 		if err := store.Remove(ctx, pos[0]); err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"github.com/killswitch-dev/killswitch/ledger"
 	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/killswitch-dev/killswitch/replay"
+	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 )
 
@@ -125,74 +125,118 @@ func demoExecutors(log *zap.Logger) func(context.Context, *api.Client, killswitc
 	}
 }
 
-// runVault implements `killswitch vault {policy,check,restore-policy}`.
-func runVault(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	usage := "usage: killswitch vault policy --config FILE | check --config FILE | restore-policy NAME"
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, usage)
+// newVaultCmd is `killswitch vault {policy,check,restore-policy}`.
+func newVaultCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "vault",
+		Short: "print the least-privilege Vault policy, check a token, restore a quarantined policy",
+		Long: longHelp(`Vault is where Killswitch revokes. Its token should hold exactly the policy generated for
+the inventory (vault policy), and nothing more (vault check).`,
+			`The Vault address and token come from service.vault of --config, or $VAULT_ADDR and $VAULT_TOKEN.`),
+	}
+	sub := func(use, short, long string, args cobra.PositionalArgs, run func(ctx context.Context, cfgPath string, args []string, stdout, stderr io.Writer) int) *cobra.Command {
+		var cfgPath string
+		s := &cobra.Command{
+			Use: use, Short: short, Long: longHelp(long, "Exit status: 0 done; 1 failed; 2 usage error."), Args: args,
+			RunE: exits(func(ctx context.Context, c *cobra.Command, args []string) int {
+				return run(ctx, cfgPath, args, c.OutOrStdout(), c.ErrOrStderr())
+			}),
+		}
+		s.Flags().StringVar(&cfgPath, "config", "", "configuration file (vendor inventory and service.vault)")
+		return s
+	}
+	c.AddCommand(
+		sub("policy --config FILE", "print the least-privilege Vault policy for the inventory",
+			`Prints the Vault policy (HCL) that allows exactly what the inventory's actions need: give
+Killswitch a token holding only it.
+  killswitch vault policy --config killswitch.yaml | vault policy write killswitch -`,
+			cobra.NoArgs, vaultPolicyCmd),
+		sub("check [--config FILE]", "check that the Vault token can do what the inventory needs, and nothing more",
+			`Asks Vault what the configured token can do: it must hold every capability the configured
+actions need, and not be a root token or one that can do more than vault policy grants.`,
+			cobra.NoArgs, vaultCheckCmd),
+		sub("restore-policy NAME [--config FILE]", "restore a policy that an action quarantined",
+			`Restores the Vault policy NAME that a quarantine action replaced with a deny-all policy.`,
+			wantArgs(1), vaultRestoreCmd),
+	)
+	return c
+}
+
+// vaultConfig loads the configuration and applies the environment (VAULT_ADDR…).
+func vaultConfig(cfgPath string) (*config.Config, error) {
+	cfg, err := loadConfig(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Service.ApplyEnv(os.Getenv)
+	return cfg, nil
+}
+
+// vaultConnect connects to the configured Vault.
+func vaultConnect(ctx context.Context, cfg *config.Config) (*api.Client, error) {
+	if cfg.Service.Vault.Addr == "" {
+		return nil, fmt.Errorf("no Vault configured: set VAULT_ADDR (and VAULT_TOKEN) or service.vault")
+	}
+	return vault.Connect(ctx, cfg.Service.Vault, os.Getenv, zap.NewNop())
+}
+
+// vaultPolicyCmd implements `killswitch vault policy`.
+func vaultPolicyCmd(_ context.Context, cfgPath string, _ []string, stdout, stderr io.Writer) int {
+	if cfgPath == "" {
+		fmt.Fprintln(stderr, "killswitch vault policy: --config is required: the policy names the inventory's exact credentials "+
+			"(actions/vault/killswitch-policy.hcl is an example generated for actions/vault/testdata/example-inventory.yaml)")
 		return 2
 	}
-	fs := flag.NewFlagSet("vault "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "configuration file (vendor inventory and service.vault)")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
-	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := vaultConfig(cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, "killswitch vault:", err)
 		return 1
 	}
-	cfg.Service.ApplyEnv(os.Getenv)
-	connect := func() (*api.Client, error) {
-		if cfg.Service.Vault.Addr == "" {
-			return nil, fmt.Errorf("no Vault configured: set VAULT_ADDR (and VAULT_TOKEN) or service.vault")
-		}
-		return vault.Connect(ctx, cfg.Service.Vault, os.Getenv, zap.NewNop())
+	policy, err := vault.PolicyFor(cfg.Vendors)
+	if err != nil {
+		fmt.Fprintln(stderr, "killswitch vault policy:", err)
+		return 1
 	}
-	switch args[0] {
-	case "policy":
-		if *cfgPath == "" {
-			fmt.Fprintln(stderr, "killswitch vault policy: --config is required: the policy names the inventory's exact credentials "+
-				"(actions/vault/killswitch-policy.hcl is an example generated for actions/vault/testdata/example-inventory.yaml)")
-			return 2
-		}
-		policy, err := vault.PolicyFor(cfg.Vendors)
-		if err != nil {
-			fmt.Fprintln(stderr, "killswitch vault policy:", err)
-			return 1
-		}
-		fmt.Fprint(stdout, policy)
-		return 0
-	case "check":
-		client, err := connect()
-		if err == nil {
-			_, err = checkToken(ctx, client, cfg.Vendors, tokenRules{configPath: *cfgPath}, newConsoleLogger(stderr))
-		}
-		if err != nil {
-			fmt.Fprintln(stderr, "killswitch vault check:", err)
-			return 1
-		}
-		fmt.Fprintln(stdout, "the Vault token holds every capability the configured actions need, and nothing more")
-		return 0
-	case "restore-policy":
-		if fs.NArg() != 1 {
-			fmt.Fprintln(stderr, usage)
-			return 2
-		}
-		client, err := connect()
-		if err == nil {
-			err = vault.Restore(ctx, client, fs.Arg(0))
-		}
-		if err != nil {
-			fmt.Fprintln(stderr, "killswitch vault restore-policy:", err)
-			return 1
-		}
-		fmt.Fprintf(stdout, "policy %s restored\n", fs.Arg(0))
-		return 0
+	fmt.Fprint(stdout, policy)
+	return 0
+}
+
+// vaultCheckCmd implements `killswitch vault check`.
+func vaultCheckCmd(ctx context.Context, cfgPath string, _ []string, stdout, stderr io.Writer) int {
+	cfg, err := vaultConfig(cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, "killswitch vault:", err)
+		return 1
 	}
-	fmt.Fprintln(stderr, usage)
-	return 2
+	client, err := vaultConnect(ctx, cfg)
+	if err == nil {
+		_, err = checkToken(ctx, client, cfg.Vendors, tokenRules{configPath: cfgPath}, newConsoleLogger(stderr))
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "killswitch vault check:", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, "the Vault token holds every capability the configured actions need, and nothing more")
+	return 0
+}
+
+// vaultRestoreCmd implements `killswitch vault restore-policy NAME`.
+func vaultRestoreCmd(ctx context.Context, cfgPath string, args []string, stdout, stderr io.Writer) int {
+	cfg, err := vaultConfig(cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, "killswitch vault:", err)
+		return 1
+	}
+	client, err := vaultConnect(ctx, cfg)
+	if err == nil {
+		err = vault.Restore(ctx, client, args[0])
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "killswitch vault restore-policy:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "policy %s restored\n", args[0])
+	return 0
 }
 
 // newConsoleLogger logs warnings for humans on w.
