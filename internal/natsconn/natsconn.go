@@ -9,7 +9,6 @@ package natsconn
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"math"
 	"os"
@@ -40,17 +39,6 @@ type Options struct {
 	// file's permissions allow (a single "<prefix>.>" subscription starting with
 	// _INBOX), else _INBOX.
 	InboxPrefix string
-}
-
-// RegisterFlags adds --nats, --nats-creds, --nats-nkey, --nats-tls-ca, --nats-tls-cert
-// and --nats-tls-key to fs, with def as the default URL.
-func (o *Options) RegisterFlags(fs *flag.FlagSet, def string) {
-	fs.StringVar(&o.URL, "nats", def, "NATS server URL")
-	fs.StringVar(&o.CredsFile, "nats-creds", "", "NATS credentials file")
-	fs.StringVar(&o.NKeyFile, "nats-nkey", "", "NATS nkey seed file")
-	fs.StringVar(&o.TLSCA, "nats-tls-ca", "", "CA bundle to verify the NATS server")
-	fs.StringVar(&o.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
-	fs.StringVar(&o.TLSKey, "nats-tls-key", "", "client key for NATS")
 }
 
 // Connect dials NATS and keeps reconnecting forever, logging disconnects and reconnects.
