@@ -482,6 +482,9 @@ func (s *Service) connectNATS() error {
 	// streams and buckets (probes change nothing).
 	if err := natsconn.Check(context.Background(), nc, []string{"killswitch.ledger", "killswitch.ledger_checkpoints",
 		"$KV." + actions.ClaimsBucket + "._check", "$KV." + incnatskv.Bucket + "._check"}, 0); err != nil {
+		if errors.Is(err, natsconn.ErrNoAnswer) {
+			return fmt.Errorf("service: NATS did not answer the start-up checks of the identity (JetStream unavailable for now?): %w", err)
+		}
 		return fmt.Errorf("service: the NATS identity (%s) cannot run Killswitch: %w (for an external server: install the "+
 			"authorization of `killswitch creds nats-config` and give service.nats.creds_file)", orNone(creds), err)
 	}

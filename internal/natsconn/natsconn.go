@@ -145,29 +145,47 @@ func InboxPrefix(credsFile string) (string, error) {
 // ErrNotPermitted says that the connection's identity may not do something it needs.
 var ErrNotPermitted = errors.New("not permitted")
 
+// ErrNoAnswer says that the server did not answer Check's probes (and reported no
+// permissions violation): JetStream may be unavailable for now. It is retryable.
+var ErrNoAnswer = errors.New("no answer from the server")
+
+// checkAttempts bounds the probes of one subject that go unanswered.
+const checkAttempts = 5
+
 // Check tells whether the connection's identity may use the JetStream API and publish
 // to each of the stream-backed subjects given, without changing anything: each probe
 // is a request carrying a Nats-Expected-Last-Sequence no stream can have, which
 // JetStream refuses (nothing is stored) and a missing stream leaves without
-// responders; a message the server does not let through gets no answer at all, so a
-// probe that times out is not permitted. timeout bounds each probe (default 2s).
+// responders; a message the server does not let through gets no answer, and the server
+// reports a permissions violation. A probe without an answer and without a violation
+// (JetStream busy, a node restarting) is sent again, up to checkAttempts times, and then
+// reported as ErrNoAnswer, never as not permitted. timeout bounds each probe (default 2s).
 func Check(ctx context.Context, nc *nats.Conn, subjects []string, timeout time.Duration) error {
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
 	probe := func(subj string, m *nats.Msg) error {
-		rctx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		_, err := nc.RequestMsgWithContext(rctx, m)
-		switch {
-		case err == nil, errors.Is(err, nats.ErrNoResponders):
-			return nil
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-			return fmt.Errorf("%w (no answer within %s)", ErrNotPermitted, timeout)
+		for range checkAttempts {
+			before := nc.LastError()
+			rctx, cancel := context.WithTimeout(ctx, timeout)
+			_, err := nc.RequestMsgWithContext(rctx, m)
+			cancel()
+			switch {
+			case err == nil, errors.Is(err, nats.ErrNoResponders):
+				return nil
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+				if le := nc.LastError(); le != before && errors.Is(le, nats.ErrPermissionViolation) {
+					return fmt.Errorf("%w: %v", ErrNotPermitted, le)
+				}
+				continue
+			default:
+				return fmt.Errorf("natsconn: probe %s: %w", subj, err)
+			}
 		}
-		return fmt.Errorf("natsconn: probe %s: %w", subj, err)
+		return fmt.Errorf("%w: %d probes of %s went unanswered (%s each), with no permissions violation reported",
+			ErrNoAnswer, checkAttempts, subj, timeout)
 	}
 	if err := probe("$JS.API.INFO", nats.NewMsg("$JS.API.INFO")); err != nil {
 		return fmt.Errorf("the JetStream API ($JS.API.>, replies on %s.>): %w; or JetStream is not enabled for this account",
