@@ -172,17 +172,26 @@ func (p *Pipeline) Tick(ctx context.Context, now time.Time) error {
 			errs = append(errs, fmt.Errorf("pipeline: incident expiry: %w", err))
 		}
 	}
-	if p.cfg.Approvals != nil {
-		updates, err := p.cfg.Approvals.Expire(ctx)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("pipeline: approval expiry: %w", err))
-		}
-		for _, u := range updates {
-			p.responder.ActionUpdate(ctx, u)
-		}
-	}
+	errs = append(errs, p.TickApprovals(ctx))
 	p.refreshHealth(now)
 	return errors.Join(errs...)
+}
+
+// TickApprovals does the approvals' part of Tick alone: held actions past their
+// approval window expire, actions whose veto window ended run, approved actions due
+// again are retried. The service calls it every second, so a veto window ends on time.
+func (p *Pipeline) TickApprovals(ctx context.Context) error {
+	if p.cfg.Approvals == nil {
+		return nil
+	}
+	updates, err := p.cfg.Approvals.Expire(ctx)
+	for _, u := range updates {
+		p.responder.ActionUpdate(ctx, u)
+	}
+	if err != nil {
+		return fmt.Errorf("pipeline: approval expiry: %w", err)
+	}
+	return nil
 }
 
 func minTime(a, b time.Time) time.Time {

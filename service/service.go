@@ -620,11 +620,20 @@ func (s *Service) mirrorControl(ctx context.Context) error {
 func (s *Service) housekeeping(ctx context.Context) error {
 	t := time.NewTicker(s.o.TickEvery)
 	defer t.Stop()
+	// Veto windows end on time (within a second), not at the next full tick.
+	approvals := time.NewTicker(min(time.Second, s.o.TickEvery))
+	defer approvals.Stop()
 	var lastDead map[telemetry.Reason]uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-approvals.C:
+			if err := s.pipe.TickApprovals(ctx); err != nil && ctx.Err() == nil {
+				s.metrics.TickFailures.Inc()
+				s.log.Warn("approvals check failed (retried)", zap.Error(err))
+			}
+			continue
 		case <-t.C:
 		}
 		if err := s.pipe.Tick(ctx, s.o.Clock.Now()); err != nil && ctx.Err() == nil {
