@@ -22,7 +22,6 @@ import (
 	"github.com/killswitch-dev/killswitch/internal/embeddednats"
 	"github.com/killswitch-dev/killswitch/pipeline/cluster"
 	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"gopkg.in/yaml.v3"
 )
@@ -109,31 +108,17 @@ func RunCluster(ctx context.Context, o Options) error {
 		return err
 	}
 
-	nc, err := nats.Connect(nc3.URL(), nats.UserCredentials(embeddednats.CredsFile(data, embeddednats.RoleService)),
-		nats.CustomInboxPrefix(embeddednats.ServiceInboxPrefix), nats.MaxReconnects(-1))
+	nc, tl, pub, err := watchService(nc3.URL(), data, p)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	tl := newTimeline(p)
-	sub, err := nc.Subscribe("killswitch.events.>", tl.event)
-	if err != nil {
-		return err
-	}
-	defer sub.Unsubscribe()
-	pub, err := telnats.NewPublisher(nc, telnats.PublisherOptions{})
-	if err != nil {
-		return err
-	}
 
 	// 5. History to learn from.
-	p.step("Streaming %d days of recorded egress telemetry so the detectors learn each credential's habits…", o.HistoryDays)
-	began := time.Now()
-	n, err := vs.sc.Publish(ctx, pub, nil)
+	n, err := streamHistory(ctx, p, vs.sc, pub, o.HistoryDays)
 	if err != nil {
-		return fmt.Errorf("demo: history: %w", err)
+		return err
 	}
-	p.line("%d events in %s", n, time.Since(began).Round(time.Millisecond))
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
@@ -191,7 +176,7 @@ func RunCluster(ctx context.Context, o Options) error {
 	select {
 	case <-tl.contained:
 	case <-time.After(o.Timeout):
-		return fmt.Errorf("%w within %s", ErrNotContained, o.Timeout)
+		return fmt.Errorf("%w within %s; what the instances reported:\n%s", ErrNotContained, o.Timeout, problems(work, names))
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -441,4 +426,24 @@ func exactlyOnce(ctx context.Context, via *instance, victim *credential, attack 
 			victim.vendor, victim.cred)
 	}
 	return nil
+}
+
+// problems returns the warnings and errors the instances logged (the last 20 of each),
+// for a demo that failed.
+func problems(work string, names []string) string {
+	var b strings.Builder
+	for _, n := range names {
+		raw, err := os.ReadFile(filepath.Join(work, n+".log"))
+		if err != nil {
+			continue
+		}
+		var lines []string
+		for _, l := range strings.Split(string(raw), "\n") {
+			if strings.Contains(l, `"level":"warn"`) || strings.Contains(l, `"level":"error"`) {
+				lines = append(lines, l)
+			}
+		}
+		fmt.Fprintf(&b, "%s:\n  %s\n", n, strings.Join(lines[max(0, len(lines)-20):], "\n  "))
+	}
+	return b.String()
 }

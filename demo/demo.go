@@ -143,31 +143,17 @@ func Run(ctx context.Context, o Options) error {
 		return ctx.Err()
 	}
 	p.step("killswitch running: embedded NATS %s, API http://%s, shipped playbooks, enforce mode", addrs[1], addrs[0])
-	nc, err := nats.Connect(addrs[1], nats.UserCredentials(embeddednats.CredsFile(cfg.Service.DataDir, embeddednats.RoleService)),
-		nats.CustomInboxPrefix(embeddednats.ServiceInboxPrefix))
+	nc, tl, pub, err := watchService(addrs[1], cfg.Service.DataDir, p)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	tl := newTimeline(p)
-	sub, err := nc.Subscribe("killswitch.events.>", tl.event)
-	if err != nil {
-		return err
-	}
-	defer sub.Unsubscribe()
 
 	// 4. History to learn from, as fast as JetStream stores it.
-	pub, err := telnats.NewPublisher(nc, telnats.PublisherOptions{})
+	n, err := streamHistory(ctx, p, sc, pub, o.HistoryDays)
 	if err != nil {
 		return err
 	}
-	p.step("Streaming %d days of recorded egress telemetry so the detectors learn each credential's habits…", o.HistoryDays)
-	began := time.Now()
-	n, err := sc.Publish(ctx, pub, nil)
-	if err != nil {
-		return fmt.Errorf("demo: history: %w", err)
-	}
-	p.line("%d events in %s", n, time.Since(began).Round(time.Millisecond))
 	if err := waitIngested(ctx, nc, int64(n)); err != nil {
 		return err
 	}
@@ -195,6 +181,41 @@ func Run(ctx context.Context, o Options) error {
 	stop()
 	<-svcDone
 	return nil
+}
+
+// watchService connects to url as the data directory's service identity, narrates the
+// service's events into a timeline and returns a telemetry publisher on the connection
+// (closed with it).
+func watchService(url, dataDir string, p *printer) (*nats.Conn, *timeline, *telnats.Publisher, error) {
+	nc, err := nats.Connect(url, nats.UserCredentials(embeddednats.CredsFile(dataDir, embeddednats.RoleService)),
+		nats.CustomInboxPrefix(embeddednats.ServiceInboxPrefix), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tl := newTimeline(p)
+	if _, err := nc.Subscribe("killswitch.events.>", tl.event); err != nil {
+		nc.Close()
+		return nil, nil, nil, err
+	}
+	pub, err := telnats.NewPublisher(nc, telnats.PublisherOptions{})
+	if err != nil {
+		nc.Close()
+		return nil, nil, nil, err
+	}
+	return nc, tl, pub, nil
+}
+
+// streamHistory publishes the scenario's days of telemetry for the detectors to learn
+// from, as fast as JetStream stores them, and returns how many events it sent.
+func streamHistory(ctx context.Context, p *printer, sc *scenario.Scenario, pub *telnats.Publisher, days int) (int, error) {
+	p.step("Streaming %d days of recorded egress telemetry so the detectors learn each credential's habits…", days)
+	began := time.Now()
+	n, err := sc.Publish(ctx, pub, nil)
+	if err != nil {
+		return 0, fmt.Errorf("demo: history: %w", err)
+	}
+	p.line("%d events in %s", n, time.Since(began).Round(time.Millisecond))
+	return n, nil
 }
 
 // exfiltrate plays the attacker: 40 MB every 50 ms through the stolen credential until
