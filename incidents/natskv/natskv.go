@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/killswitch-dev/killswitch"
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/incidents"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -22,8 +24,13 @@ const Bucket = "killswitch_incidents"
 // Store keeps incidents in JetStream KV (file storage, one value per key). It is safe
 // for concurrent use.
 type Store struct {
-	kv jetstream.KeyValue
+	kv    jetstream.KeyValue
+	clock clock.Clock
 }
+
+// UseClock makes the store tell the time with c (default the wall clock): Claim judges
+// with it how long a claim may wait for its incident to be stored.
+func (s *Store) UseClock(c clock.Clock) { s.clock = c }
 
 // Open creates (or opens) the incidents bucket.
 func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, error) {
@@ -34,7 +41,7 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 	if err != nil {
 		return nil, fmt.Errorf("incidents: kv %s: %w", Bucket, err)
 	}
-	return &Store{kv: kv}, nil
+	return &Store{kv: kv, clock: clock.Real{}}, nil
 }
 
 // Save stores the incident's latest state.
@@ -98,6 +105,11 @@ const currentPrefix = "current."
 // not stored yet (its instance is storing it): retry.
 var ErrNotStoredYet = errors.New("incidents: the key's current incident is not stored yet")
 
+// ClaimGrace is how long a claim may point at an incident that is not stored: the
+// instance that claimed it stores it within milliseconds, unless it died in between;
+// past ClaimGrace the key is taken over, so a dead instance never blocks a key.
+const ClaimGrace = 15 * time.Second
+
 // Claim makes in its key's current incident, unless another open or contained
 // incident holds the key: then it returns that one. The pointer is changed by
 // compare-and-set only, so of two instances opening an incident for one key, one wins
@@ -125,13 +137,16 @@ func (s *Store) Claim(ctx context.Context, in *incidents.Incident) (*incidents.I
 		cur, err := s.Incident(ctx, holder)
 		switch {
 		case errors.Is(err, incidents.ErrNotFound):
-			return nil, killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("%w: %s holds %s/%s", ErrNotStoredYet, holder, in.Vendor, in.Credential))
+			if s.clock.Now().Sub(e.Created()) < ClaimGrace {
+				return nil, killswitch.Retryable(killswitch.ReasonConflict, fmt.Errorf("%w: %s holds %s/%s", ErrNotStoredYet, holder, in.Vendor, in.Credential))
+			}
 		case err != nil && !killswitch.IsPermanent(err):
 			return nil, err
 		case err == nil && cur.State != incidents.StateClosed:
 			return cur, nil
 		}
-		// The holder is closed (or unreadable): take the key over, if nobody did meanwhile.
+		// The holder is closed, unreadable, or was never stored (its instance died after
+		// claiming): take the key over, if nobody did meanwhile.
 		if _, err := s.kv.Update(ctx, key, []byte(in.ID), e.Revision()); err == nil {
 			return in, nil
 		}

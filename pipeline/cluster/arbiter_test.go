@@ -74,6 +74,23 @@ func TestClaimArbitratesTheCurrentIncident(t *testing.T) {
 	if err != nil || len(all) != 1 || all[0].ID != "inc-a" {
 		t.Fatalf("Incidents lists %v (%v): the claims' pointers must not show", all, err)
 	}
+
+	// An instance that claimed a key and died before storing its incident blocks the key
+	// for ClaimGrace only.
+	clk := clock.NewManual(time.Now())
+	st.UseClock(clk)
+	c := &incidents.Incident{ID: "inc-c", Vendor: "crm", Credential: "crm-api", State: incidents.StateOpen}
+	d := &incidents.Incident{ID: "inc-d", Vendor: "crm", Credential: "crm-api", State: incidents.StateOpen}
+	if got, err := st.Claim(ctx, c); err != nil || got.ID != "inc-c" {
+		t.Fatalf("claim: %v, %v", got, err)
+	}
+	if _, err := st.Claim(ctx, d); !errors.Is(err, incnatskv.ErrNotStoredYet) {
+		t.Fatalf("within the grace: %v, want ErrNotStoredYet", err)
+	}
+	clk.Advance(incnatskv.ClaimGrace + time.Second)
+	if got, err := st.Claim(ctx, d); err != nil || got.ID != "inc-d" {
+		t.Fatalf("after the grace, a claim never stored is taken over: %v, %v", got, err)
+	}
 }
 
 // Two instances' responders, each handed a different detection of one key (as during a
