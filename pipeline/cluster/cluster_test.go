@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -52,5 +54,35 @@ func TestPartitionsOf(t *testing.T) {
 	}
 	if ps := partitionsOf(c, "d"); ps != nil {
 		t.Fatalf("a non-member owns %v", ps)
+	}
+}
+
+func TestRetryConflicts(t *testing.T) {
+	conflict := errors.New("couldn't put the config: nats: API error: code=400 err_code=10071 description=wrong last sequence: 41")
+	other := errors.New("nats: timeout")
+	for _, tt := range []struct {
+		name  string
+		fails []error
+		want  error
+		calls int
+	}{
+		{"at once", nil, nil, 1},
+		{"after two conflicts", []error{conflict, conflict}, nil, 3},
+		{"another error is not retried", []error{other}, other, 1},
+		{"too many conflicts", []error{conflict, conflict, conflict, conflict, conflict, conflict, conflict, conflict, conflict, conflict, conflict}, conflict, 10},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := 0
+			err := retryConflicts(context.Background(), func() error {
+				calls++
+				if calls <= len(tt.fails) {
+					return tt.fails[calls-1]
+				}
+				return nil
+			})
+			if !errors.Is(err, tt.want) || calls != tt.calls {
+				t.Fatalf("err %v after %d calls, want %v after %d", err, calls, tt.want, tt.calls)
+			}
+		})
 	}
 }

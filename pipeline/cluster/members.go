@@ -187,7 +187,10 @@ func (m *Members) Join(ctx context.Context) error {
 		return err
 	}
 	for _, g := range m.cfg.Groups {
-		if _, err := pcgroups.AddMembers(ctx, m.cfg.JS, g.Stream, g.Group, []string{m.cfg.Member}); err != nil {
+		if err := retryConflicts(ctx, func() error {
+			_, err := pcgroups.AddMembers(ctx, m.cfg.JS, g.Stream, g.Group, []string{m.cfg.Member})
+			return err
+		}); err != nil {
 			return fmt.Errorf("%w: join %s: %w", ErrMembership, g.key(), err)
 		}
 	}
@@ -222,10 +225,29 @@ func (m *Members) remove(ctx context.Context, g GroupRef, member string) error {
 	if err := m.cfg.JS.DeleteConsumer(ctx, g.workQueue(), member); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return fmt.Errorf("delete consumer %s of %s: %w", member, g.workQueue(), err)
 	}
-	if _, err := pcgroups.DeleteMembers(ctx, m.cfg.JS, g.Stream, g.Group, []string{member}); err != nil {
+	if err := retryConflicts(ctx, func() error {
+		_, err := pcgroups.DeleteMembers(ctx, m.cfg.JS, g.Stream, g.Group, []string{member})
+		return err
+	}); err != nil {
 		return fmt.Errorf("remove %s from %s: %w", member, g.key(), err)
 	}
 	return nil
+}
+
+// retryConflicts runs f, a change of a group's membership (pcgroups writes it with a
+// compare-and-set), again while it loses to a concurrent change ("wrong last sequence":
+// another instance joined, left or evicted at the same moment), at most 10 times.
+func retryConflicts(ctx context.Context, f func() error) error {
+	var err error
+	for i := range 10 {
+		if err = f(); err == nil || !strings.Contains(err.Error(), "wrong last sequence") {
+			return err
+		}
+		if cerr := clock.Sleep(ctx, time.Duration(20+10*i)*time.Millisecond); cerr != nil {
+			return err
+		}
+	}
+	return err
 }
 
 // Run heartbeats, follows the membership and evicts dead members until ctx is done.
