@@ -87,11 +87,8 @@ func TestSoak(t *testing.T) {
 		defer wg.Done()
 		arng := rand.New(rand.NewPCG(seed, 2)) // the chaos loop has its own
 		for i, v := range vendors {
-			select {
-			case <-stop:
-				return
-			case <-time.After(time.Duration(float64(length) / float64(attacks) * (0.5 + arng.Float64()))):
-			}
+			// Spaced so that every attack is sent within the chaos phase.
+			time.Sleep(time.Duration(float64(length) / float64(attacks) * (0.5 + 0.5*arng.Float64())))
 			e := crossing(v, v+"-api")
 			f.r.publish(t, e)
 			note("attack %d on %s", i+1, v)
