@@ -17,6 +17,7 @@ import (
 	actnats "github.com/killswitch-dev/killswitch/actions/nats"
 	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/detectors"
+	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	"github.com/killswitch-dev/killswitch/metrics"
 	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/nats-io/nats.go"
@@ -126,7 +127,10 @@ var detectionsPartitioning = []pcgroups.PartitioningFilter{{Filter: DetectionsSu
 // partitions the same way) and returns its name.
 func (g Group) Create(ctx context.Context, js jetstream.JetStream) (string, error) {
 	name := g.name()
-	if _, err := pcgroups.CreateElastic(ctx, js, DetectionsStream, name, uint(g.Partitions), detectionsPartitioning, 0, 0); err != nil {
+	if err := natsconn.RetryUnready(ctx, func() error {
+		_, err := pcgroups.CreateElastic(ctx, js, DetectionsStream, name, uint(g.Partitions), detectionsPartitioning, 0, 0)
+		return err
+	}); err != nil {
 		return "", fmt.Errorf("pipeline: consumer group %s on %s (%d partitions): %w", name, DetectionsStream, g.Partitions, err)
 	}
 	return name, nil

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/pcgroups"
@@ -88,7 +89,10 @@ func (s *JetStreamSource) createGroup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := pcgroups.CreateElastic(ctx, s.js, o.Stream, g.Name, uint(g.Partitions), filters, 0, 0); err != nil {
+	if err := natsconn.RetryUnready(ctx, func() error {
+		_, err := pcgroups.CreateElastic(ctx, s.js, o.Stream, g.Name, uint(g.Partitions), filters, 0, 0)
+		return err
+	}); err != nil {
 		return fmt.Errorf("telemetry: consumer group %s on %s (%d partitions): %w", g.Name, o.Stream, g.Partitions, err)
 	}
 	return nil
