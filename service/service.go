@@ -482,11 +482,13 @@ func (s *Service) connectNATS() error {
 	// streams and buckets (probes change nothing).
 	if err := natsconn.Check(context.Background(), nc, []string{"killswitch.ledger", "killswitch.ledger_checkpoints",
 		"$KV." + actions.ClaimsBucket + "._check", "$KV." + incnatskv.Bucket + "._check"}, 0); err != nil {
-		if errors.Is(err, natsconn.ErrNoAnswer) {
-			return fmt.Errorf("service: NATS did not answer the start-up checks of the identity (JetStream unavailable for now?): %w", err)
+		if errors.Is(err, natsconn.ErrNotPermitted) {
+			return fmt.Errorf("service: the NATS identity (%s) cannot run Killswitch: %w (for an external server: install the "+
+				"authorization of `killswitch creds nats-config` and give service.nats.creds_file)", orNone(creds), err)
 		}
-		return fmt.Errorf("service: the NATS identity (%s) cannot run Killswitch: %w (for an external server: install the "+
-			"authorization of `killswitch creds nats-config` and give service.nats.creds_file)", orNone(creds), err)
+		// Not a refusal (the server reports a missing permission at once): NATS did not
+		// answer — a node restarting, leaders being elected. Starting beats exiting.
+		s.log.Warn("could not verify the NATS identity's permissions at start: NATS did not answer; going on", zap.Error(err))
 	}
 	s.js, err = jetstream.New(nc)
 	return err

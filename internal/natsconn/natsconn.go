@@ -208,22 +208,3 @@ func inboxOf(nc *nats.Conn) string {
 	}
 	return in
 }
-
-// RetryUnready runs f again while it fails because JetStream has nobody to answer yet
-// (nats.ErrNoResponders: a stream or bucket created a moment ago in a cluster has no
-// leader elected yet, or the cluster itself is still electing), for up to 15 s. Any
-// other error, or success, returns at once.
-func RetryUnready(ctx context.Context, f func() error) error {
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		err := f()
-		if err == nil || !errors.Is(err, nats.ErrNoResponders) || time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}

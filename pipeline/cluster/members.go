@@ -32,8 +32,9 @@ import (
 	"sync"
 	"time"
 
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
+
 	"github.com/killswitch-dev/killswitch/clock"
-	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/pcgroups"
 	"go.uber.org/zap"
@@ -184,7 +185,7 @@ func NewMembers(ctx context.Context, cfg MembersConfig) (*Members, error) {
 
 // Join heartbeats once and adds the instance to every group.
 func (m *Members) Join(ctx context.Context) error {
-	if err := natsconn.RetryUnready(ctx, func() error { return m.beat(ctx) }); err != nil {
+	if err := telnats.RetryUnready(ctx, func() error { return m.beat(ctx) }); err != nil {
 		return err
 	}
 	for _, g := range m.cfg.Groups {
@@ -241,7 +242,7 @@ func (m *Members) remove(ctx context.Context, g GroupRef, member string) error {
 func retryConflicts(ctx context.Context, f func() error) error {
 	var err error
 	for i := range 10 {
-		if err = natsconn.RetryUnready(ctx, f); err == nil || !strings.Contains(err.Error(), "wrong last sequence") {
+		if err = telnats.RetryUnready(ctx, f); err == nil || !strings.Contains(err.Error(), "wrong last sequence") {
 			return err
 		}
 		if cerr := clock.Sleep(ctx, time.Duration(20+10*i)*time.Millisecond); cerr != nil {

@@ -13,11 +13,12 @@ import (
 	"sync"
 	"time"
 
+	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
+
 	"github.com/killswitch-dev/killswitch"
 	actnats "github.com/killswitch-dev/killswitch/actions/nats"
 	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/detectors"
-	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	"github.com/killswitch-dev/killswitch/metrics"
 	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/nats-io/nats.go"
@@ -127,7 +128,7 @@ var detectionsPartitioning = []pcgroups.PartitioningFilter{{Filter: DetectionsSu
 // partitions the same way) and returns its name.
 func (g Group) Create(ctx context.Context, js jetstream.JetStream) (string, error) {
 	name := g.name()
-	if err := natsconn.RetryUnready(ctx, func() error {
+	if err := telnats.RetryUnready(ctx, func() error {
 		_, err := pcgroups.CreateElastic(ctx, js, DetectionsStream, name, uint(g.Partitions), detectionsPartitioning, 0, 0)
 		return err
 	}); err != nil {

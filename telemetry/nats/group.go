@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/killswitch-dev/killswitch/internal/natsconn"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/pcgroups"
@@ -89,7 +88,7 @@ func (s *JetStreamSource) createGroup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := natsconn.RetryUnready(ctx, func() error {
+	if err := RetryUnready(ctx, func() error {
 		_, err := pcgroups.CreateElastic(ctx, s.js, o.Stream, g.Name, uint(g.Partitions), filters, 0, 0)
 		return err
 	}); err != nil {
@@ -138,4 +137,23 @@ func sourceSeq(h nats.Header) uint64 {
 		return 0
 	}
 	return n
+}
+
+// RetryUnready runs f again while it fails because JetStream has nobody to answer yet
+// (nats.ErrNoResponders: a stream or bucket created a moment ago in a cluster has no
+// leader elected yet, or the cluster itself is still electing), for up to 15 s. Any
+// other error, or success, returns at once.
+func RetryUnready(ctx context.Context, f func() error) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := f()
+		if err == nil || !errors.Is(err, nats.ErrNoResponders) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
