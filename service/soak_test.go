@@ -114,6 +114,9 @@ func TestSoak(t *testing.T) {
 		f.ks[victim].Kill9()
 		note("%s killed", victim)
 		time.Sleep(time.Duration(500+rng.IntN(2500)) * time.Millisecond)
+		// Started while a NATS node may be down: a start that fails on JetStream being
+		// unavailable is tried again, as the instance's supervisor would.
+		f.ks[victim].Restarts = 3
 		f.ks[victim].Start(t)
 		note("%s started", victim)
 		kills++

@@ -72,6 +72,9 @@ type Killswitch struct {
 	NATSPort, HTTPPort int
 	// Env is added to the process's environment (VAULT_ADDR, VAULT_TOKEN…).
 	Env []string
+	// Restarts is how many times Start starts the process again when it exits before it
+	// is ready, as a supervisor would (0: the test fails at once).
+	Restarts int
 	// Args are added to the command line of `run`. NewKillswitch sets --eval-timeout 10s:
 	// on a loaded test machine the shipped 50 ms would turn decisions into escalations.
 	Args []string
@@ -170,6 +173,13 @@ func (k *Killswitch) Start(tb testing.TB) {
 		select {
 		case err := <-k.exited:
 			k.cmd = nil
+			if k.Restarts > 0 {
+				// A supervisor starts it again (systemd's Restart=on-failure).
+				k.Restarts--
+				tb.Logf("killswitch exited at start (%v): started again, as a supervisor would", err)
+				k.Start(tb)
+				return
+			}
 			tb.Fatalf("killswitch exited: %v\n%s", err, k.Log())
 		default:
 		}
