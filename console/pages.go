@@ -501,33 +501,17 @@ func fmtTime(t time.Time) string {
 }
 
 func fmtSeconds(sec float64) string {
-	switch {
-	case math.IsNaN(sec):
+	if math.IsNaN(sec) {
 		return "—"
-	case sec < 1:
-		return fmt.Sprintf("%.0f ms", sec*1000)
-	case sec < 120:
-		return fmt.Sprintf("%.1f s", sec)
-	case sec < 7200:
-		return fmt.Sprintf("%.1f min", sec/60)
 	}
-	return fmt.Sprintf("%.1f h", sec/3600)
+	return replay.FormatSeconds(sec)
 }
 
 func fmtBytes(v float64) string {
 	if math.IsInf(v, 0) || math.IsNaN(v) {
 		return "∞"
 	}
-	units := []string{"B", "KB", "MB", "GB", "TB", "PB"}
-	i := 0
-	for math.Abs(v) >= 1000 && i < len(units)-1 {
-		v /= 1000
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%.0f B", v)
-	}
-	return fmt.Sprintf("%.1f %s", v, units[i])
+	return replay.FormatBytes(v)
 }
 
 func fmtNum(v float64) string {

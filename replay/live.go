@@ -43,3 +43,9 @@ func Chart(in *incidents.Incident, width time.Duration, points []ChartPoint, con
 // LedgerSummary is the one-line reading of a ledger record the report's decision trail
 // shows: the payload's fields worth reading.
 func LedgerSummary(rec ledger.Record) string { return payloadSummary(rec) }
+
+// FormatSeconds renders a duration in seconds as the report does (ms, s, min, h).
+func FormatSeconds(sec float64) string { return duration(sec) }
+
+// FormatBytes renders a byte count as the report does (B, KB, MB… in powers of 1000).
+func FormatBytes(v float64) string { return bytesHuman(v) }
