@@ -1170,7 +1170,11 @@ func (s *Stream) messages(ctx context.Context, from, to uint64) iter.Seq2[ledger
 	}
 	return func(yield func(ledger.Message, error) bool) {
 		for seq := from; seq <= to; seq++ {
-			msg, err := s.stream.GetMsg(ctx, seq)
+			var msg *jetstream.RawStreamMsg
+			err := retryTransient(ctx, func() (err error) {
+				msg, err = s.stream.GetMsg(ctx, seq)
+				return err
+			})
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				continue // deleted (only in streams that allow it)
 			}
@@ -1216,10 +1220,16 @@ func ReadStream(ctx context.Context, st jetstream.Stream) iter.Seq2[ledger.Recor
 
 // ReadMessages iterates over the messages of a stream from stream sequence from up to
 // to (0: the last message present when iteration starts), in order, with an ordered
-// consumer.
+// consumer. While a clustered stream or its consumer moves between servers (no
+// responders, a leadership change, a timeout), it waits and goes on from the next
+// sequence with a new consumer, a few times, before it yields ledger.ErrUnavailable.
 func ReadMessages(ctx context.Context, st jetstream.Stream, from, to uint64) iter.Seq2[ledger.Message, error] {
 	return func(yield func(ledger.Message, error) bool) {
-		info, err := st.Info(ctx)
+		var info *jetstream.StreamInfo
+		err := retryTransient(ctx, func() (err error) {
+			info, err = st.Info(ctx)
+			return err
+		})
 		if err != nil {
 			yield(ledger.Message{}, fmt.Errorf("%w: stream info: %w", ledger.ErrUnavailable, err))
 			return
@@ -1228,54 +1238,106 @@ func ReadMessages(ctx context.Context, st jetstream.Stream, from, to uint64) ite
 		if to != 0 {
 			last = min(last, to)
 		}
-		from = max(from, 1)
-		if last == 0 || last < from || info.State.Msgs == 0 {
+		next := max(from, 1)
+		if last == 0 || last < next || info.State.Msgs == 0 {
 			return
 		}
-		cfg := jetstream.OrderedConsumerConfig{}
-		if from > 1 {
-			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
+		for attempt := 0; ; attempt++ {
+			done, progressed, err := readFrom(ctx, st, next, last, yield)
+			if done {
+				return
+			}
+			if progressed > next {
+				next, attempt = progressed, 0
+			}
+			if !transient(err) || attempt >= readRetries || !sleepCtx(ctx, readBackoff(attempt)) {
+				yield(ledger.Message{}, fmt.Errorf("%w: %w", ledger.ErrUnavailable, err))
+				return
+			}
 		}
-		cons, err := st.OrderedConsumer(ctx, cfg)
+	}
+}
+
+// readRetries is how many times in a row ReadMessages starts again after a transient
+// error without progress.
+const readRetries = 8
+
+// readBackoff is the pause before the given retry: 100 ms doubling up to 2 s.
+func readBackoff(attempt int) time.Duration {
+	return min(100*time.Millisecond<<min(attempt, 5), 2*time.Second)
+}
+
+// transient reports whether err is one a clustered stream gives while it moves.
+func transient(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, context.DeadlineExceeded) || // a request's own timeout; ctx's end stops the retries
+		errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, jetstream.ErrConsumerLeadershipChanged)
+}
+
+// retryTransient runs op until it succeeds, fails permanently or ran out of retries.
+func retryTransient(ctx context.Context, op func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := op()
+		if !transient(err) || attempt >= readRetries || !sleepCtx(ctx, readBackoff(attempt)) {
+			return err
+		}
+	}
+}
+
+// sleepCtx waits d; false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// readFrom reads next..last with one ordered consumer and yields every message. done
+// is true when reading is over (everything read, or the consumer stopped it, or a
+// permanent error was yielded); otherwise err is the error that ended this consumer
+// and progressed the sequence to go on from.
+func readFrom(ctx context.Context, st jetstream.Stream, next, last uint64, yield func(ledger.Message, error) bool) (done bool, progressed uint64, err error) {
+	cfg := jetstream.OrderedConsumerConfig{}
+	if next > 1 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, next
+	}
+	cons, err := st.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return false, next, fmt.Errorf("ordered consumer: %w", err)
+	}
+	for {
+		// Exactly what is left (at most 500), so the pull ends with its last
+		// message and leaves no subscription behind.
+		batch, err := cons.Fetch(int(min(500, last-next+1)), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
-			yield(ledger.Message{}, fmt.Errorf("%w: ordered consumer: %w", ledger.ErrUnavailable, err))
-			return
+			return false, next, fmt.Errorf("fetch: %w", err)
 		}
-		for next := from; ; {
-			// Exactly what is left (at most 500), so the pull ends with its last
-			// message and leaves no subscription behind.
-			batch, err := cons.Fetch(int(min(500, last-next+1)), jetstream.FetchMaxWait(2*time.Second))
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			md, err := msg.Metadata()
 			if err != nil {
-				yield(ledger.Message{}, fmt.Errorf("%w: fetch: %w", ledger.ErrUnavailable, err))
-				return
+				yield(ledger.Message{}, fmt.Errorf("%w: metadata: %w", ledger.ErrUnavailable, err))
+				return true, next, nil
 			}
-			n := 0
-			for msg := range batch.Messages() {
-				n++
-				md, err := msg.Metadata()
-				if err != nil {
-					yield(ledger.Message{}, fmt.Errorf("%w: metadata: %w", ledger.ErrUnavailable, err))
-					return
-				}
-				if md.Sequence.Stream > last {
-					return
-				}
-				next = md.Sequence.Stream + 1
-				if !yield(ledger.Message{Stream: md.Sequence.Stream, Data: msg.Data()}, nil) {
-					return
-				}
-				if md.Sequence.Stream >= last {
-					return
-				}
+			if md.Sequence.Stream > last {
+				return true, next, nil
 			}
-			if err := batch.Error(); err != nil {
-				yield(ledger.Message{}, fmt.Errorf("%w: fetch: %w", ledger.ErrUnavailable, err))
-				return
+			next = md.Sequence.Stream + 1
+			if !yield(ledger.Message{Stream: md.Sequence.Stream, Data: msg.Data()}, nil) || md.Sequence.Stream >= last {
+				return true, next, nil
 			}
-			if n == 0 {
-				yield(ledger.Message{}, fmt.Errorf("%w: stream ended before sequence %d", ledger.ErrUnavailable, last))
-				return
-			}
+		}
+		if err := batch.Error(); err != nil {
+			return false, next, fmt.Errorf("fetch: %w", err)
+		}
+		if n == 0 {
+			return false, next, fmt.Errorf("stream ended before sequence %d: %w", last, nats.ErrTimeout)
 		}
 	}
 }
@@ -1286,13 +1348,13 @@ var ErrNothingToSeal = errors.New("ledger: nothing to seal: every break is seale
 // openExisting returns the ledger stream and (with a key) the checkpoint stream
 // without changing their configuration; a missing checkpoint stream is nil.
 func openExisting(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (st, cps jetstream.Stream, err error) {
-	if st, err = js.Stream(ctx, cfg.Name); err != nil {
+	if err = retryTransient(ctx, func() (err error) { st, err = js.Stream(ctx, cfg.Name); return err }); err != nil {
 		return nil, nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
 	}
 	if cfg.Key == nil {
 		return st, nil, nil
 	}
-	cps, err = js.Stream(ctx, cfg.Checkpoints)
+	err = retryTransient(ctx, func() (err error) { cps, err = js.Stream(ctx, cfg.Checkpoints); return err })
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return st, nil, nil
 	}

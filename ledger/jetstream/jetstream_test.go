@@ -12,6 +12,7 @@ import (
 	"github.com/killswitch-dev/killswitch/internal/embeddednats"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/ledger"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -133,5 +134,50 @@ func TestStreamUnavailable(t *testing.T) {
 	defer cancel()
 	if _, err := s.Append(cctx, entry(1)); !errors.Is(err, ledger.ErrUnavailable) {
 		t.Fatalf("append with NATS down = %v, want ledger.ErrUnavailable", err)
+	}
+}
+
+func TestTransientErrors(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{nats.ErrNoResponders, true},
+		{fmt.Errorf("fetch: %w", jetstream.ErrConsumerLeadershipChanged), true},
+		{jetstream.ErrNoHeartbeat, true},
+		{context.DeadlineExceeded, true},
+		{jetstream.ErrStreamNotFound, false},
+		{errors.New("nats: permissions violation"), false},
+	} {
+		if got := transient(tc.err); got != tc.want {
+			t.Errorf("transient(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// A reader retries while the stream is unreachable, and gives up with
+// ledger.ErrUnavailable when its context ends.
+func TestReadMessagesWhileUnreachable(t *testing.T) {
+	srv := testharness.NATS(t)
+	js, err := jetstream.New(testharness.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openStream(t, js, StreamConfig{Timeout: time.Second})
+	if _, err := s.Append(context.Background(), entry(1)); err != nil {
+		t.Fatal(err)
+	}
+	srv.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	for _, err := range ReadMessages(ctx, s.stream, 1, 0) {
+		if !errors.Is(err, ledger.ErrUnavailable) {
+			t.Fatalf("read with NATS down = %v, want ledger.ErrUnavailable", err)
+		}
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("read with NATS down took %s: retries must end with the context", took)
 	}
 }
