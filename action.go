@@ -18,6 +18,9 @@ const (
 	ActionRotateKV ActionType = "vault.rotate_kv"
 	// ActionQuarantinePolicy replaces an ACL policy by deny-all, keeping the original.
 	ActionQuarantinePolicy ActionType = "vault.quarantine_policy"
+	// ActionDisableEntity disables a Vault identity entity: every token of the entity
+	// stops working at once, without being revoked (reversible: restore re-enables it).
+	ActionDisableEntity ActionType = "vault.disable_entity"
 	// ActionNATSPublish publishes the incident on a NATS subject for other automation.
 	ActionNATSPublish ActionType = "nats.publish"
 	// ActionWebhook posts the incident to a configured webhook.
@@ -30,7 +33,7 @@ const (
 // ActionTypes lists every known action type.
 var ActionTypes = [...]ActionType{
 	ActionRevokeTokenAccessor, ActionDestroySecretID, ActionRevokeLease, ActionRevokeLeasePrefix,
-	ActionRotateKV, ActionQuarantinePolicy, ActionNATSPublish, ActionWebhook, ActionNotify,
+	ActionRotateKV, ActionQuarantinePolicy, ActionDisableEntity, ActionNATSPublish, ActionWebhook, ActionNotify,
 }
 
 // Destructive reports whether the action type takes something away from a vendor
@@ -38,7 +41,7 @@ var ActionTypes = [...]ActionType{
 func (t ActionType) Destructive() bool {
 	switch t {
 	case ActionRevokeTokenAccessor, ActionDestroySecretID, ActionRevokeLease,
-		ActionRevokeLeasePrefix, ActionRotateKV, ActionQuarantinePolicy:
+		ActionRevokeLeasePrefix, ActionRotateKV, ActionQuarantinePolicy, ActionDisableEntity:
 		return true
 	}
 	return false

@@ -55,6 +55,47 @@ type Vendor struct {
 	Mode Mode `yaml:"mode"`
 	// Credentials the vendor holds, keyed by the name telemetry uses.
 	Credentials map[string]Credential `yaml:"credentials"`
+	// Vault says where in Vault the vendor holds more than the listed credentials: what
+	// kill-vendor enumerates and cuts in one plan.
+	Vault Holdings `yaml:"vault"`
+}
+
+// Holdings are the places in Vault where a vendor holds credentials that the inventory
+// cannot list one by one: kill-vendor enumerates them when it plans (every secret-id of
+// the AppRole roles, every lease under the prefixes, every version of the KV secrets)
+// and cuts them with the listed credentials in one plan.
+type Holdings struct {
+	// Entity is the name of the vendor's identity entity. Disabling it cuts every token
+	// of the entity, including those Vault cannot list (hashicorp/vault#7367).
+	Entity string `yaml:"entity"`
+	// AppRoles are the vendor's AppRole roles: every secret-id of each is destroyed.
+	AppRoles []AppRoleRef `yaml:"approles"`
+	// LeasePrefixes are prefixes of the vendor's leases (at least mount/creds/role, e.g.
+	// database/creds/mailer): every lease under each is revoked.
+	LeasePrefixes []string `yaml:"lease_prefixes"`
+	// KV are the vendor's KV v2 secrets: each is rotated and its old versions destroyed.
+	KV []KVRef `yaml:"kv"`
+}
+
+// Empty reports whether no holding is configured.
+func (h Holdings) Empty() bool {
+	return h.Entity == "" && len(h.AppRoles) == 0 && len(h.LeasePrefixes) == 0 && len(h.KV) == 0
+}
+
+// AppRoleRef names an AppRole role.
+type AppRoleRef struct {
+	// Mount is the AppRole auth mount (default "approle").
+	Mount string `yaml:"mount"`
+	// Role is the role name.
+	Role string `yaml:"role"`
+}
+
+// KVRef names a KV v2 secret.
+type KVRef struct {
+	// Mount is the KV v2 mount (default "secret").
+	Mount string `yaml:"mount"`
+	// Path is the secret's path inside the mount.
+	Path string `yaml:"path"`
 }
 
 // Cap is a contract limit on what a vendor (or one credential) may send per interval.
@@ -86,6 +127,8 @@ const (
 	CredKV CredentialKind = "kv"
 	// CredPolicy is an ACL policy that can be quarantined (Policy).
 	CredPolicy CredentialKind = "policy"
+	// CredEntity is a Vault identity entity, disabled to cut every token of it (Entity).
+	CredEntity CredentialKind = "entity"
 )
 
 // Action returns the action type that takes a credential of kind k away, or "" for an
@@ -104,6 +147,8 @@ func (k CredentialKind) Action() ActionType {
 		return ActionRotateKV
 	case CredPolicy:
 		return ActionQuarantinePolicy
+	case CredEntity:
+		return ActionDisableEntity
 	}
 	return ""
 }
@@ -129,6 +174,9 @@ type Credential struct {
 	Path string `yaml:"path"`
 	// Policy is the ACL policy name (kind policy).
 	Policy string `yaml:"policy"`
+	// Entity is the identity entity's name (kind entity). For kind entity, Accessor may
+	// name a token of the entity: Verify then proves the cut by that token being denied.
+	Entity string `yaml:"entity"`
 	// Protected credentials are never targeted by any action.
 	Protected bool `yaml:"protected"`
 	// ExpectedIdle marks a credential that is normally idle (break-glass, batch-only);
@@ -254,8 +302,36 @@ func (inv Inventory) Validate() error {
 				bad("%s.credentials.%s: %v", f, cn, err)
 			}
 		}
+		for _, err := range v.Vault.validate() {
+			bad("%s.vault.%v", f, err)
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// validate checks the holdings: each as the credential of its kind would be.
+func (h Holdings) validate() []error {
+	var errs []error
+	check := func(field string, c Credential) {
+		if err := c.validate(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", field, err))
+		}
+	}
+	if h.Entity != "" {
+		check("entity", Credential{Kind: CredEntity, Entity: h.Entity})
+	}
+	for i, r := range h.AppRoles {
+		if strings.TrimSpace(r.Role) == "" || strings.ContainsAny(r.Role+r.Mount, "*?/") {
+			errs = append(errs, fmt.Errorf("approles[%d]: a role name (no wildcard, no slash) is required, got %q", i, r.Role))
+		}
+	}
+	for i, p := range h.LeasePrefixes {
+		check(fmt.Sprintf("lease_prefixes[%d]", i), Credential{Kind: CredLeasePrefix, LeasePrefix: p})
+	}
+	for i, kv := range h.KV {
+		check(fmt.Sprintf("kv[%d]", i), Credential{Kind: CredKV, Mount: kv.Mount, Path: kv.Path})
+	}
+	return errs
 }
 
 func (c Credential) validate() error {
@@ -293,9 +369,11 @@ func (c Credential) validate() error {
 			return fmt.Errorf("policy %q cannot be quarantined", c.Policy)
 		}
 		return nil
+	case CredEntity:
+		return need("entity", c.Entity)
 	case "":
-		return errors.New("kind is required (token, approle_secret_id, lease, lease_prefix, kv, policy)")
+		return errors.New("kind is required (token, approle_secret_id, lease, lease_prefix, kv, policy, entity)")
 	default:
-		return fmt.Errorf("unknown kind %q (token, approle_secret_id, lease, lease_prefix, kv, policy)", c.Kind)
+		return fmt.Errorf("unknown kind %q (token, approle_secret_id, lease, lease_prefix, kv, policy, entity)", c.Kind)
 	}
 }
