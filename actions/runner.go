@@ -111,6 +111,12 @@ func New(s Settings, d Deps) (*Runner, error) {
 	return r, nil
 }
 
+// Mode returns the global action mode.
+func (r *Runner) Mode() killswitch.Mode { return r.s.Mode }
+
+// Fingerprint returns the fingerprinter that hides identifiers in records.
+func (r *Runner) Fingerprint() Fingerprinter { return r.d.Fingerprint }
+
 // Control returns the control plane: pause, breaker, budget.
 func (r *Runner) Control() *Control { return r.control }
 
@@ -196,12 +202,9 @@ func (j *job) maxAttempts(def int) int {
 func (r *Runner) Act(ctx context.Context, req Request) ([]incidents.ActionRef, error) {
 	var refs []incidents.ActionRef
 	var errs []error
-	payload, err := json.Marshal(map[string]any{
-		"incident": req.Incident, "detection": req.Detection, "decision": req.Result.Decision,
-		"decision_id": req.Result.ID, "playbooks": req.Result.Matched,
-	})
+	payload, err := r.payload(req)
 	if err != nil {
-		return nil, killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("actions: encode the incident: %w", err))
+		return nil, err
 	}
 	for _, a := range req.Result.Decision.Actions {
 		ref, err := r.act(ctx, req, a, payload)
@@ -213,13 +216,27 @@ func (r *Runner) Act(ctx context.Context, req Request) ([]incidents.ActionRef, e
 	return refs, errors.Join(errs...)
 }
 
-// act runs one action: resolve, mode, guards, then claim, intent, apply, verify.
-func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, payload []byte) (incidents.ActionRef, error) {
+// payload is the JSON document of req that actions sending something carry.
+func (r *Runner) payload(req Request) ([]byte, error) {
+	payload, err := json.Marshal(map[string]any{
+		"incident": req.Incident, "detection": req.Detection, "decision": req.Result.Decision,
+		"decision_id": req.Result.ID, "playbooks": req.Result.Matched,
+	})
+	if err != nil {
+		return nil, killswitch.Permanent(killswitch.ReasonInternal, fmt.Errorf("actions: encode the incident: %w", err))
+	}
+	return payload, nil
+}
+
+// newJob builds the job of one action and resolves its target against req.Vendor:
+// skip reports that it was finished (recorded) without running — a protected
+// credential, or one that does not resolve.
+func (r *Runner) newJob(ctx context.Context, req Request, a playbooks.Action, payload []byte) (j *job, skip bool, err error) {
 	var vendorMode killswitch.Mode
 	if req.Vendor != nil {
 		vendorMode = req.Vendor.Mode
 	}
-	j := &job{
+	j = &job{
 		id: ActionID(req.Incident.ID, a),
 		target: Target{
 			Incident: req.Incident.ID, Vendor: req.Incident.Vendor, Credential: a.Credential,
@@ -230,18 +247,28 @@ func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, paylo
 	}
 	j.ref = incidents.ActionRef{ID: j.id, Type: a.Type, Credential: a.Credential,
 		Playbook: strings.Join(a.Playbooks, ","), Mode: j.mode}
-	destructive := a.Type.Destructive()
-	if destructive {
+	if a.Type.Destructive() {
 		cred, err := req.Vendor.Target(a.Credential, a.Type)
 		switch {
 		case errors.Is(err, killswitch.ErrProtected):
-			return r.finish(ctx, j, incidents.ActionSkipped, "protected", err.Error(), nil)
+			j.ref, err = r.finish(ctx, j, incidents.ActionSkipped, "protected", err.Error(), nil)
+			return j, true, err
 		case err != nil:
-			return r.finish(ctx, j, incidents.ActionFailed, "resolve", err.Error(), nil)
+			j.ref, err = r.finish(ctx, j, incidents.ActionFailed, "resolve", err.Error(), nil)
+			return j, true, err
 		}
 		j.target.Identity = cred
 	}
 	j.ref.Target = r.describe(j.target)
+	return j, false, nil
+}
+
+// act runs one action: resolve, mode, guards, then claim, intent, apply, verify.
+func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, payload []byte) (incidents.ActionRef, error) {
+	j, skip, err := r.newJob(ctx, req, a, payload)
+	if skip || err != nil {
+		return j.ref, err
+	}
 	if j.mode == killswitch.ModeDryRun || j.mode == killswitch.ModeShadow {
 		return r.shadow(ctx, j)
 	}
@@ -252,7 +279,7 @@ func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, paylo
 	if !ok {
 		return r.finish(ctx, j, incidents.ActionFailed, "resolve", "no executor for "+string(a.Type)+" is configured", nil)
 	}
-	if !destructive {
+	if !a.Type.Destructive() {
 		return r.execute(ctx, j, exec, "", false)
 	}
 	// Already decided for this incident (a redelivered detection, a re-escalation)?
@@ -338,6 +365,8 @@ func (r *Runner) describe(t Target) string {
 		return fmt.Sprintf("%s/%s kv %s/%s", t.Vendor, t.Credential, mount, id.Path)
 	case killswitch.ActionQuarantinePolicy:
 		return fmt.Sprintf("%s/%s policy %s", t.Vendor, t.Credential, id.Policy)
+	case killswitch.ActionDisableEntity:
+		return fmt.Sprintf("%s/%s identity entity %s", t.Vendor, t.Credential, id.Entity)
 	case killswitch.ActionNATSPublish:
 		return "subject " + a.Subject
 	case killswitch.ActionWebhook:

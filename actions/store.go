@@ -9,7 +9,7 @@ import (
 )
 
 // Buckets lists the buckets the guard rails keep their fleet-wide state in.
-var Buckets = [...]string{ClaimsBucket, ApprovalsBucket, ControlBucket}
+var Buckets = [...]string{ClaimsBucket, ApprovalsBucket, ControlBucket, KillsBucket}
 
 // The buckets the guard rails keep their fleet-wide state in.
 const (
@@ -19,6 +19,9 @@ const (
 	ApprovalsBucket = "killswitch_approvals"
 	// ControlBucket holds the pause switch, the budget windows, the breaker and cooldowns.
 	ControlBucket = "killswitch_control"
+	// KillsBucket holds the kill orders (kill-vendor) and the false-positive holds of
+	// restored incidents (see pipeline.Killer).
+	KillsBucket = "killswitch_kills"
 )
 
 // Store errors, with JetStream KV's semantics.

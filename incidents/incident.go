@@ -146,6 +146,77 @@ type Incident struct {
 	ClosedAt *time.Time `json:"closed_at,omitempty"`
 	// AnomalousBytes is the largest anomalous byte count any detection reported.
 	AnomalousBytes int64 `json:"anomalous_bytes"`
+	// Kill is set on the incident of a whole-vendor cut-off (kill-vendor). Such an
+	// incident is contained only once every destructive action of its plan is verified:
+	// one exposure window for the whole vendor.
+	Kill *KillNote `json:"kill,omitempty"`
+	// FalsePositive marks an incident a human restored as a false positive (see Restore).
+	FalsePositive bool `json:"false_positive,omitempty"`
+	// Restore is set once the incident was restored after a false positive.
+	Restore *RestoreNote `json:"restore,omitempty"`
+}
+
+// KillNote is what an incident keeps of the order that cut its vendor off.
+type KillNote struct {
+	// Order identifies the kill order.
+	Order string `json:"order"`
+	// RequestedBy and ApprovedBy are the users who ordered and approved it (the same
+	// user when no second approver is required).
+	RequestedBy string    `json:"requested_by"`
+	RequestedAt time.Time `json:"requested_at"`
+	ApprovedBy  string    `json:"approved_by,omitempty"`
+	ApprovedAt  time.Time `json:"approved_at,omitzero"`
+	Reason      string    `json:"reason"`
+	// Credentials counts the credentials in the plan.
+	Credentials int `json:"credentials"`
+}
+
+// RestoreNote is what an incident keeps of its restore after a false positive.
+type RestoreNote struct {
+	By          string    `json:"by"`
+	Reason      string    `json:"reason"`
+	RequestedAt time.Time `json:"requested_at"`
+	// RestoredAt is when the last step was verified.
+	RestoredAt time.Time `json:"restored_at"`
+	// TimeToRestoreSeconds is RestoredAt − ContainedAt: how long the vendor stayed cut
+	// off by the false positive (0 when the incident was never contained).
+	TimeToRestoreSeconds float64 `json:"time_to_restore_seconds"`
+	// TookSeconds is RestoredAt − RequestedAt: the restore itself.
+	TookSeconds float64 `json:"took_seconds"`
+	// Steps says, per credential, what was reversed, re-issued, or stays dead.
+	Steps []RestoreStep `json:"steps"`
+	// Complete reports that every step that can restore something did.
+	Complete bool `json:"complete"`
+}
+
+// RestoreOutcome says what restore did for one credential.
+type RestoreOutcome string
+
+// The restore outcomes.
+const (
+	// RestoreReversed: the cut was undone (entity re-enabled, policy restored).
+	RestoreReversed RestoreOutcome = "reversed"
+	// RestoreReissued: a new credential was issued and handed over response-wrapped.
+	RestoreReissued RestoreOutcome = "reissued"
+	// RestoreStaysDead: nothing can bring it back (revoked tokens and leases): the
+	// vendor must obtain a new one the usual way.
+	RestoreStaysDead RestoreOutcome = "stays_dead"
+	// RestoreFailed: restoring it failed (Error says why); restore may be run again.
+	RestoreFailed RestoreOutcome = "failed"
+)
+
+// RestoreStep is one credential's restore.
+type RestoreStep struct {
+	Credential string                `json:"credential"`
+	Type       killswitch.ActionType `json:"type"`
+	Outcome    RestoreOutcome        `json:"outcome"`
+	Evidence   string                `json:"evidence,omitempty"`
+	// WrapAccessorFP fingerprints the response-wrapping token's accessor of a re-issued
+	// credential (the token itself is handed to the operator once, never stored).
+	WrapAccessorFP string    `json:"wrap_accessor_fp,omitempty"`
+	WrapExpiresAt  time.Time `json:"wrap_expires_at,omitzero"`
+	Error          string    `json:"error,omitempty"`
+	At             time.Time `json:"at"`
 }
 
 // Key returns the incident's detector key.
@@ -169,6 +240,15 @@ func (in *Incident) Clone() *Incident {
 	if c.ExposureWindowSeconds != nil {
 		v := *c.ExposureWindowSeconds
 		c.ExposureWindowSeconds = &v
+	}
+	if c.Kill != nil {
+		k := *c.Kill
+		c.Kill = &k
+	}
+	if c.Restore != nil {
+		r := *c.Restore
+		r.Steps = slices.Clone(r.Steps)
+		c.Restore = &r
 	}
 	return &c
 }
@@ -383,11 +463,26 @@ func (b *Book) ActionUpdate(in *Incident, a ActionRef) (contained bool) {
 		t := a.At
 		in.AppliedAt = &t
 	}
-	contains := a.Status == ActionVerified || (b.s.PlannedContains && a.Status == ActionPlanned)
-	if !contains || in.ContainedAt != nil {
+	contains := func(a ActionRef) bool {
+		return a.Status == ActionVerified || (b.s.PlannedContains && a.Status == ActionPlanned)
+	}
+	if !contains(a) || in.ContainedAt != nil {
 		return false
 	}
 	t := a.At
+	if in.Kill != nil {
+		// A whole-vendor cut-off contains once all of it is verified.
+		for _, x := range in.Actions {
+			if x.Type.Destructive() && x.Status != ActionSkipped {
+				if !contains(x) {
+					return false
+				}
+				if x.At.After(t) {
+					t = x.At
+				}
+			}
+		}
+	}
 	in.ContainedAt = &t
 	w := t.Sub(in.FirstAnomalousAt).Seconds()
 	in.ExposureWindowSeconds = &w

@@ -33,6 +33,10 @@ type Metrics struct {
 	RevocationLatency prometheus.Histogram
 	// ExposureWindow observes first anomalous event → verified revocation, in seconds.
 	ExposureWindow prometheus.Histogram
+	// Kills counts kill-vendor runs by the state they ended in (done, incomplete).
+	Kills *prometheus.CounterVec
+	// TimeToRestore observes containment → restore verified after a false positive, in seconds.
+	TimeToRestore prometheus.Histogram
 	// Paused is 1 while automation is paused.
 	Paused prometheus.Gauge
 	// EventsDropped counts events for other automation that could not be published, by kind.
@@ -75,6 +79,10 @@ func New() *Metrics {
 			Help: "Decision to verified revocation.", Buckets: fast}),
 		ExposureWindow: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "killswitch_exposure_window_seconds",
 			Help: "First anomalous event to verified revocation.", Buckets: slow}),
+		Kills: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "killswitch_kills_total",
+			Help: "kill-vendor runs, by the state they ended in (done, incomplete)."}, []string{"state"}),
+		TimeToRestore: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "killswitch_time_to_restore_seconds",
+			Help: "Containment to verified restore of an incident restored as a false positive.", Buckets: slow}),
 		Paused: prometheus.NewGauge(prometheus.GaugeOpts{Name: "killswitch_paused", Help: "1 while automation is paused."}),
 		EventsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "killswitch_events_dropped_total",
 			Help: "Events for other automation (killswitch.events.>) that could not be published, by kind."}, []string{"kind"}),
@@ -86,7 +94,7 @@ func New() *Metrics {
 			Help: "Stored ledger messages or checkpoints that are not valid, by kind (undecodable, hash, mac, no_mac, link, truncated, rewritten, bad_checkpoint)."}, []string{"kind"}),
 	}
 	for _, c := range []prometheus.Collector{m.Events, m.DeadLetters, m.Detections, m.Incidents, m.Decisions,
-		m.Actions, m.DetectionLatency, m.DecisionLatency, m.RevocationLatency, m.ExposureWindow, m.Paused,
+		m.Actions, m.DetectionLatency, m.DecisionLatency, m.RevocationLatency, m.ExposureWindow, m.Kills, m.TimeToRestore, m.Paused,
 		m.EventsDropped, m.RespondFailures, m.TickFailures, m.LedgerBreaks} {
 		f(c)
 	}

@@ -54,6 +54,9 @@ type Config struct {
 	Sink detectors.Sink
 	// Responder configures the response half.
 	Responder ResponderConfig
+	// Kill, when set, enables kill-vendor and restore (see Killer); its Ledger, Clock,
+	// Log and Metrics default to the pipeline's.
+	Kill *KillConfig
 	// Approvals are expired on every Tick, and their incidents updated; may be nil.
 	Approvals Expirer
 	// Counters are the telemetry source's counters, for the health figures; may be nil.
@@ -78,6 +81,7 @@ type Pipeline struct {
 	engine    *detectors.Sharded
 	ingest    *Ingest
 	responder *Responder
+	killer    *Killer
 
 	hmu                        sync.Mutex
 	health                     playbooks.Health
@@ -107,7 +111,30 @@ func New(cfg Config) (*Pipeline, error) {
 	if rc.Metrics == nil {
 		rc.Metrics = cfg.Metrics
 	}
+	if cfg.Kill != nil {
+		kc := *cfg.Kill
+		if kc.Ledger == nil {
+			kc.Ledger = rc.Ledger
+		}
+		if kc.Clock == nil {
+			kc.Clock = cfg.Clock
+		}
+		if kc.Log == nil {
+			kc.Log = cfg.Log.Named("kill")
+		}
+		if kc.Metrics == nil {
+			kc.Metrics = cfg.Metrics
+		}
+		if kc.Inventory == nil {
+			kc.Inventory = rc.Inventory
+		}
+		p.killer = NewKiller(kc, nil)
+		rc.Holds = p.killer
+	}
 	p.responder = NewResponder(rc)
+	if p.killer != nil {
+		p.killer.r = p.responder
+	}
 	sink := cfg.Sink
 	if sink == nil {
 		sink = detectors.SinkFunc(p.respond)
@@ -141,6 +168,9 @@ func (p *Pipeline) respond(ctx context.Context, d detectors.Detection) error {
 	}
 	return nil
 }
+
+// Killer returns kill-vendor and restore; nil unless Config.Kill was set.
+func (p *Pipeline) Killer() *Killer { return p.killer }
 
 // Ingest returns the telemetry handler: give it to the source.
 func (p *Pipeline) Ingest() *Ingest { return p.ingest }

@@ -83,6 +83,11 @@ type ResponderConfig struct {
 	// Pager pages a human when a destructive action ends unverified (applied but not
 	// proven dead) or failed; nil pages nobody (replay).
 	Pager Pager
+	// Holds are the false-positive holds of restored incidents (Killer): a detection of a
+	// held kind on a held key has its destructive actions wait for approval. May be nil.
+	Holds interface {
+		Held(ctx context.Context, key detectors.Key, kind detectors.Kind, now time.Time) (Hold, bool)
+	}
 	// Clock tells the time of decisions and records (event time in replay).
 	Clock   clock.Clock
 	Log     *zap.Logger
@@ -239,7 +244,29 @@ func (r *Responder) Current(key detectors.Key) (*incidents.Incident, bool) {
 // the action's intent, queued after them, is stored only once they are, and Handle
 // returns only when every record it queued is stored (a detection is acknowledged only
 // then).
-func (r *Responder) Handle(ctx context.Context, d detectors.Detection) (err error) {
+func (r *Responder) Handle(ctx context.Context, d detectors.Detection) error {
+	return r.handle(ctx, d, nil)
+}
+
+// order is a decision a human took in place of the playbooks' (kill-vendor): its
+// detection joins or opens the vendor's incident like any other, and its result is
+// recorded as the decision and carried out by the Actor's Command on approver's
+// authority (nothing is carried out while approver is empty: it waits for one).
+type order struct {
+	result   playbooks.Result
+	vendor   *killswitch.Vendor // the inventory entry, with the credentials enumerated beyond it
+	approver string
+	kill     incidents.KillNote
+	// done receives a copy of the incident once the order was carried out.
+	done func(in *incidents.Incident)
+}
+
+// Commander carries out a decision a human commanded and approved (actions.Runner).
+type Commander interface {
+	Command(ctx context.Context, req actions.Request, approver string) ([]incidents.ActionRef, error)
+}
+
+func (r *Responder) handle(ctx context.Context, d detectors.Detection, o *order) (err error) {
 	v := r.vendor(d.Vendor)
 	v.turn.Lock()
 	defer r.release(ctx, d.Vendor, v)
@@ -292,6 +319,9 @@ func (r *Responder) Handle(ctx context.Context, d detectors.Detection) (err erro
 	record(ledger.TypeIncident, inc.ID+"/"+d.ID, inc.ID, now, incidentNote{
 		Incident: inc.ID, Detection: d.ID, Escalation: obs.Escalation, State: inc.State,
 	})
+	if o != nil {
+		return r.command(ctx, v, d, inc, o, now, record)
+	}
 	if obs.Escalation == incidents.EscalationNone {
 		return r.save(ctx, inc)
 	}
@@ -318,6 +348,12 @@ func (r *Responder) Handle(ctx context.Context, d detectors.Detection) (err erro
 		in.TelemetryHealth = r.cfg.Health()
 	}
 	res := r.cfg.Decider.Evaluate(ctx, in)
+	if r.cfg.Holds != nil && !res.Decision.RequiresApproval && slices.ContainsFunc(res.Decision.Actions, destructive) {
+		if h, ok := r.cfg.Holds.Held(ctx, d.Key, d.Detector, now); ok {
+			res.Decision.RequiresApproval = true
+			res.Decision.Reason += " — " + h.Note()
+		}
+	}
 	if r.cfg.Metrics != nil {
 		r.cfg.Metrics.DecisionLatency.Observe(res.EvalDuration.Seconds())
 		r.cfg.Metrics.Decisions.WithLabelValues(outcome(res)).Inc()
@@ -337,6 +373,60 @@ func (r *Responder) Handle(ctx context.Context, d detectors.Detection) (err erro
 		}
 	}
 	return errors.Join(actErr, r.save(ctx, inc))
+}
+
+// command records an order's decision for inc and carries it out (the caller holds
+// the vendor's turn).
+func (r *Responder) command(ctx context.Context, v *vendorState, d detectors.Detection, inc *incidents.Incident, o *order,
+	now time.Time, record func(t ledger.RecordType, id, incident string, at time.Time, payload any)) error {
+	kill := o.kill
+	inc.Kill = &kill
+	res := o.result
+	record(ledger.TypeDecision, res.ID, inc.ID, now, res)
+	v.book.Decided(inc, incidents.DecisionRef{
+		ID: res.ID, At: now, Revision: res.Revision, Playbooks: res.Matched, Reason: res.Decision.Reason,
+		Severity: res.Decision.Severity, Trigger: d.ID,
+	})
+	r.emit(ctx, "decision", d.Vendor, res)
+	var actErr error
+	if cmd, ok := r.cfg.Actor.(Commander); ok && o.approver != "" {
+		var states []incidents.ActionRef
+		states, actErr = cmd.Command(ctx, actions.Request{Incident: inc.Clone(), Detection: d, Result: res, Vendor: o.vendor}, o.approver)
+		// Every state is in the incident before any is applied: the whole plan is judged
+		// at once (a kill contains only when all of it is verified).
+		for _, s := range states {
+			if i := slices.IndexFunc(inc.Actions, func(x incidents.ActionRef) bool { return x.ID == s.ID }); i >= 0 {
+				inc.Actions[i] = s
+			} else {
+				inc.Actions = append(inc.Actions, s)
+			}
+		}
+		for _, s := range states {
+			r.actionUpdate(ctx, v, inc, s, now)
+		}
+	} else if o.approver != "" {
+		actErr = killswitch.Permanent(killswitch.ReasonMisconfigured, errors.New("pipeline: nothing can carry out a command here"))
+	}
+	if o.done != nil {
+		o.done(inc.Clone())
+	}
+	return errors.Join(actErr, r.save(ctx, inc))
+}
+
+func destructive(a playbooks.Action) bool { return a.Type.Destructive() }
+
+// restored records a restore on in: the current incident when in is current (under
+// the vendor's turn), else the stored one.
+func (r *Responder) restored(ctx context.Context, in *incidents.Incident, note incidents.RestoreNote) error {
+	v := r.vendor(in.Vendor)
+	v.turn.Lock()
+	defer r.release(ctx, in.Vendor, v)
+	if cur, ok := v.book.Current(in.Key()); ok && cur.ID == in.ID {
+		in = cur
+	}
+	in.FalsePositive, in.Restore = note.Complete, &note
+	r.emit(ctx, "incident", in.Vendor, in)
+	return r.save(ctx, in)
 }
 
 // actionUpdate applies one action state to inc (held by the vendor's turn).
