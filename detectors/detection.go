@@ -26,10 +26,15 @@ const (
 	// KindSilence fires when telemetry from a vendor or sensor stops. It is an alert,
 	// never grounds for revocation.
 	KindSilence Kind = "silence"
+	// KindUseAfterRevocation fires when a credential whose revocation was verified (or
+	// any credential of a vendor cut off as a whole) moves data again: the egress path
+	// does not depend on Vault, or a copy of the secret exists. Always critical.
+	KindUseAfterRevocation Kind = "use_after_revocation"
 )
 
 // Kinds lists every detector kind in a stable order.
-var Kinds = [...]Kind{KindCap, KindSpike, KindSustained, KindNewDestination, KindDormant, KindSilence}
+// New kinds are appended: checkpoints count detections in this order.
+var Kinds = [...]Kind{KindCap, KindSpike, KindSustained, KindNewDestination, KindDormant, KindSilence, KindUseAfterRevocation}
 
 // Severity grades a detection.
 type Severity string
@@ -119,6 +124,9 @@ type Detection struct {
 	Sensor string `json:"sensor,omitempty"`
 	// Reason explains the detection in one sentence for humans.
 	Reason string `json:"reason"`
+	// Revoked is the evidence of a use_after_revocation detection: the revocation the
+	// data moved after, and how much moved since.
+	Revoked *RevokedUse `json:"revoked,omitempty"`
 }
 
 // DetectionID returns the deterministic ID of a detection of kind k for key in the

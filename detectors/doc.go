@@ -1,5 +1,5 @@
 // Package detectors is the event-time detection stage: it keeps bounded per-key state
-// for every (vendor, credential) and every vendor as a whole, runs six detector kinds
+// for every (vendor, credential) and every vendor as a whole, runs seven detector kinds
 // on every telemetry.Event, and emits Detections with their evidence.
 //
 // # Engines
@@ -82,6 +82,11 @@
 //   - silence: a regular vendor, or sensor, sends nothing for SilenceAfter (and for more
 //     than twice its longest recent gap at that hour). An alert, severity medium, never
 //     grounds for revocation. The episode ends with the next event.
+//   - use_after_revocation: with WithRevocations, a credential whose revocation was
+//     verified (any credential of a vendor cut off as a whole) moves data — one byte is
+//     enough — dated at or after the revocation. Always critical; at most once per
+//     credential and revocation per bucket, the bytes and events since the revocation
+//     carried as evidence (Detection.Revoked; see revoked.go).
 //
 // # Fleet-wide shifts
 //

@@ -26,6 +26,8 @@ type options struct {
 	buffer   int
 	inline   bool
 	observer Observer
+	// revocations feeds the use_after_revocation detector; nil turns it off.
+	revocations Revocations
 	// shardSensors: sensor silence is evaluated by the Sharded engine over all
 	// shards, not by each shard.
 	shardSensors bool
@@ -67,7 +69,7 @@ type Observer func(e *Engine, ev *telemetry.Event)
 func WithObserver(o Observer) Option { return func(o2 *options) { o2.observer = o } }
 
 // Engine is one shard of the event-time detection engine. It keeps per-key state for
-// every (vendor, credential) and every vendor, and runs the six detector kinds on
+// every (vendor, credential) and every vendor, and runs the seven detector kinds on
 // every event. It is not safe for concurrent use: one goroutine owns it (Sharded runs
 // one Engine per goroutine).
 type Engine struct {
@@ -108,6 +110,11 @@ type Engine struct {
 	fleetOwner   bool
 	fleetOwn     fleetDecider
 	fleetScratch []float64
+
+	// revs tells what was revoked (nil: the use_after_revocation detector is off) and
+	// uses keeps the evidence of the revoked credentials in use (see revoked.go).
+	revs Revocations
+	uses map[useKey]*useState
 
 	c counters
 }
@@ -199,6 +206,7 @@ func newEngine(cfg Config, o options) (*Engine, error) {
 	e := &Engine{
 		set: set, sensorAlerts: !o.shardSensors, fleetOwner: !o.shardSensors, base: o.params, maxKeys: o.maxKeys,
 		vcfg: make(map[string]*vendorConfig, len(cfg.Vendors)), vendorIdx: make(map[string]uint32),
+		revs: o.revocations,
 	}
 	e.unit = "bytes/" + shortDuration(set.interval)
 	e.unitBytes = float64(set.minBytes) / 16
@@ -259,6 +267,8 @@ type vendorState struct {
 	act   activity
 	caps  []capState
 	dests destSet
+	// revs caches the vendor's revocations (see revoked.go); not checkpointed.
+	revs revCache
 }
 
 // vendor returns the vendor named name, creating it; nil when the key bound is
@@ -384,6 +394,9 @@ func (e *Engine) Process(ev *telemetry.Event, emit func(Detection)) {
 	if ev.Dst != "" && ev.Bytes > 0 && !v.cfg.disabled.has(KindNewDestination) {
 		e.destination(v, ev, tb, ot, emit)
 	}
+	if e.revs != nil {
+		e.useAfterRevocation(vi, v, ev, t, tb, emit)
+	}
 
 	// Event time advancing (through any vendor) drives the silence detector, so that
 	// replay finds silences without a wall clock.
@@ -491,6 +504,8 @@ func severity(kind Kind, credential bool, magnitude float64) Severity {
 	switch kind {
 	case KindSilence:
 		return SeverityMedium
+	case KindUseAfterRevocation:
+		return SeverityCritical
 	case KindNewDestination:
 		return SeverityHigh
 	case KindCap:

@@ -435,7 +435,7 @@ func (e *Engine) Restore(r io.Reader) error {
 func (e *Engine) emptyCopy() (*Engine, error) {
 	return &Engine{
 		set: e.set, sensorAlerts: e.sensorAlerts, fleetOwner: e.fleetOwner, unit: e.unit, unitBytes: e.unitBytes, hourBytes: e.hourBytes, base: e.base, maxKeys: e.maxKeys,
-		vcfg: e.vcfg, defaultVC: e.defaultVC, vendorIdx: make(map[string]uint32),
+		vcfg: e.vcfg, defaultVC: e.defaultVC, vendorIdx: make(map[string]uint32), revs: e.revs,
 	}, nil
 }
 
@@ -460,10 +460,12 @@ func (e *Engine) decodeBody(d *decoder, route func(vendor string) *Engine, globa
 	for _, p := range ps {
 		*p = d.u64()
 	}
-	if n := d.count(8, 64); n != len(c.detections) && d.err == nil {
-		d.fail("%d detection counters, want %d", n, len(c.detections))
+	// Kinds are appended, never reordered: an older checkpoint counts fewer kinds.
+	n := d.count(8, 64)
+	if n > len(c.detections) && d.err == nil {
+		d.fail("%d detection counters, want at most %d", n, len(c.detections))
 	}
-	for i := range c.detections {
+	for i := range min(n, len(c.detections)) {
 		c.detections[i] = d.u64()
 	}
 	fl := decodeFleet(d)
