@@ -9,8 +9,10 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/killswitch-dev/killswitch/metrics"
+	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/killswitch-dev/killswitch/users"
 )
 
@@ -46,12 +48,41 @@ func (b *recordingBackend) ResetBreaker(_ context.Context, who string) error {
 	return nil
 }
 
+// recordingKiller records who each kill call was made by, into the backend's calls.
+type recordingKiller struct{ b *recordingBackend }
+
+func (k recordingKiller) Plan(_ context.Context, v string) (pipeline.KillPlan, error) {
+	return pipeline.KillPlan{Vendor: v}, nil
+}
+func (k recordingKiller) Order(_ context.Context, v, by, _ string) (pipeline.KillOrder, error) {
+	k.b.calls = append(k.b.calls, "kill "+v+" by "+by)
+	return pipeline.KillOrder{ID: "kill-1", Vendor: v, RequestedBy: by}, nil
+}
+func (k recordingKiller) Approve(_ context.Context, id, by string) (pipeline.KillOrder, error) {
+	k.b.calls = append(k.b.calls, "approve kill "+id+" by "+by)
+	return pipeline.KillOrder{ID: id}, nil
+}
+func (k recordingKiller) Reject(_ context.Context, id, by, _ string) (pipeline.KillOrder, error) {
+	k.b.calls = append(k.b.calls, "reject kill "+id+" by "+by)
+	return pipeline.KillOrder{ID: id}, nil
+}
+func (k recordingKiller) Orders(context.Context) ([]pipeline.KillOrder, error) { return nil, nil }
+func (k recordingKiller) Get(_ context.Context, id string) (pipeline.KillOrder, uint64, error) {
+	return pipeline.KillOrder{ID: id}, 1, nil
+}
+func (k recordingKiller) Restore(_ context.Context, id, by, _ string) (pipeline.Restoration, error) {
+	k.b.calls = append(k.b.calls, "restore "+id+" by "+by)
+	return pipeline.Restoration{Incident: id}, nil
+}
+func (k recordingKiller) Holds(context.Context, time.Time) ([]pipeline.Hold, error) { return nil, nil }
+
 // Every route × every role: each role gets exactly its routes, 403 (naming the role
 // needed) on the others, 401 with no or a wrong token; health needs nothing.
 func TestRolesPerRoute(t *testing.T) {
 	st, toks := testUsers(t)
 	be := &recordingBackend{}
-	h, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be, Approvals: be})
+	h, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be, Approvals: be,
+		Killer: recordingKiller{be}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +93,9 @@ func TestRolesPerRoute(t *testing.T) {
 		body := ""
 		if method == "POST" {
 			body = `{}`
+			if strings.Contains(path, "kill") || strings.HasSuffix(path, "/restore") {
+				body = `{"reason":"a test"}`
+			}
 		}
 		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
 		if tok != "" {

@@ -5,7 +5,7 @@
 // Everything but /healthz and /readyz requires a named user's bearer token, and each
 // route a role: viewer (incidents, approvals, status, metrics), approver (approve, reject,
 // veto), admin
-// (pause, resume, breaker reset). No token, or an unknown one, is answered 401; a role
+// (pause, resume, breaker reset, kill-vendor and its approval, restore). No token, or an unknown one, is answered 401; a role
 // too low, 403 naming the role needed. Who approved, rejected, paused or resumed is the
 // authenticated user, never a name from the request body: an "approver" or "who" field
 // that names someone else is refused (400).
@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -222,6 +223,9 @@ type Config struct {
 	// Approvals backs GET /api/approvals and POST /api/actions/{id}/veto; nil answers
 	// them 501.
 	Approvals Approvals
+	// Killer backs kill-vendor, the kill orders, restore and the false-positive holds;
+	// nil answers them 501.
+	Killer Killer
 	// Log receives request errors (never the token).
 	Log *zap.Logger
 }
@@ -252,6 +256,14 @@ func Routes() []Route {
 		{"POST", "/api/pause", users.Admin},
 		{"POST", "/api/resume", users.Admin},
 		{"POST", "/api/breaker/reset", users.Admin},
+		{"GET", "/api/vendors/{vendor}/kill-plan", users.Approver},
+		{"POST", "/api/vendors/{vendor}/kill", users.Admin},
+		{"GET", "/api/kills", users.Viewer},
+		{"GET", "/api/kills/{id}", users.Viewer},
+		{"POST", "/api/kills/{id}/approve", users.Admin},
+		{"POST", "/api/kills/{id}/reject", users.Admin},
+		{"POST", "/api/incidents/{id}/restore", users.Admin},
+		{"GET", "/api/holds", users.Viewer},
 	}
 }
 
@@ -277,6 +289,7 @@ func New(cfg Config) (http.Handler, error) {
 		"POST /api/resume":               http.HandlerFunc(s.control(cfg.Controller.Resume)),
 		"POST /api/breaker/reset":        http.HandlerFunc(s.control(cfg.Controller.ResetBreaker)),
 	}
+	maps.Copy(handlers, s.killRoutes())
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	mux.HandleFunc("GET /readyz", s.ready)
