@@ -36,6 +36,8 @@ type kvState struct {
 	current int
 	live    []int // versions not destroyed, ascending
 	marker  string
+	// restored is the RestoredKey marker (ReissueKV).
+	restored string
 }
 
 func kvPaths(t actions.Target) (mount, path string, err error) {
@@ -54,7 +56,12 @@ func (e KV) state(ctx context.Context, t actions.Target) (kvState, error) {
 	if err != nil {
 		return kvState{}, err
 	}
-	r, err := e.c.call(ctx, http.MethodGet, mount+"/metadata/"+path, nil)
+	return e.c.kvMeta(ctx, mount, path)
+}
+
+// kvMeta reads the metadata of mount/path.
+func (c *caller) kvMeta(ctx context.Context, mount, path string) (kvState, error) {
+	r, err := c.call(ctx, http.MethodGet, mount+"/metadata/"+path, nil)
 	switch {
 	case err != nil:
 		return kvState{}, err
@@ -77,6 +84,7 @@ func (e KV) state(ctx context.Context, t actions.Target) (kvState, error) {
 	slices.Sort(st.live)
 	if cm, _ := r.data["custom_metadata"].(map[string]any); cm != nil {
 		st.marker = str(cm, MarkerKey)
+		st.restored = str(cm, RestoredKey)
 	}
 	return st, nil
 }
@@ -165,17 +173,10 @@ func (e KV) rotate(ctx context.Context, t actions.Target, mount, path string, cu
 	if !r.ok() && r.status != http.StatusNotFound { // 404: the current version is deleted
 		return 0, fail("kv read", r, nil)
 	}
-	fresh := map[string]any{}
 	data, _ := r.data["data"].(map[string]any)
-	for k := range data {
-		if fresh[k], err = randomValue(); err != nil {
-			return 0, killswitch.Permanent(killswitch.ReasonInternal, err)
-		}
-	}
-	if len(fresh) == 0 {
-		if fresh["value"], err = randomValue(); err != nil {
-			return 0, killswitch.Permanent(killswitch.ReasonInternal, err)
-		}
+	fresh, err := freshValues(data)
+	if err != nil {
+		return 0, err
 	}
 	r, err = e.c.call(ctx, http.MethodPut, mount+"/data/"+path, map[string]any{"options": map[string]any{"cas": current}, "data": fresh})
 	switch {
@@ -216,6 +217,27 @@ func (e KV) Verify(ctx context.Context, t actions.Target) (actions.Verification,
 		return actions.Verification{Evidence: fmt.Sprintf("versions %v of %s are not destroyed", st.older(st.current), where)}, nil
 	}
 	return actions.Verification{Dead: true, Evidence: fmt.Sprintf("%s metadata: version %d is the kill switch's rotation and every older version is destroyed", where, st.current)}, nil
+}
+
+// freshValues returns a fresh random value for every key of data (one key, "value",
+// when data is empty): the shape of every version the kill switch writes.
+func freshValues(data map[string]any) (map[string]any, error) {
+	fresh := map[string]any{}
+	for k := range data {
+		v, err := randomValue()
+		if err != nil {
+			return nil, killswitch.Permanent(killswitch.ReasonInternal, err)
+		}
+		fresh[k] = v
+	}
+	if len(fresh) == 0 {
+		v, err := randomValue()
+		if err != nil {
+			return nil, killswitch.Permanent(killswitch.ReasonInternal, err)
+		}
+		fresh["value"] = v
+	}
+	return fresh, nil
 }
 
 func randomValue() (string, error) {

@@ -44,6 +44,18 @@ type Requirement struct {
 // calls, with the parameters pinned to the inventory's values where the path takes the
 // credential as a parameter (accessors, secret-id accessors, lease IDs). Protected
 // credentials are never targeted, so they need nothing.
+//
+// A vendor's Vault holdings (Vendor.Vault) add what kill-vendor (Enumerate, then the
+// executors) and restore need: for each AppRole role, listing its secret-ids, looking up
+// and destroying any secret-id accessor of that role (Vault refuses an accessor of
+// another role on these paths), and generating a secret-id whose only parameter is
+// metadata (ReissueSecretID); for each lease prefix, listing and revoking it; for each
+// KV secret, rotating it (KV) and writing a new version (ReissueKV); for the entity,
+// reading identity/entity/name/<name> and updating it with the parameter disabled only
+// (nothing else of the entity can change), looking up the vendor's token accessors
+// (Enumerate finds the entity's tokens; protected ones included, to refuse cutting
+// them) and sys/capabilities-accessor on its non-protected ones (Entity.Verify's
+// proof); and sys/wrapping/wrap and sys/wrapping/lookup for the wrapped handovers.
 func Requirements(inv killswitch.Inventory) []Requirement {
 	need := map[string]*Requirement{}
 	add := func(path, why string, caps ...string) *Requirement {
@@ -78,6 +90,36 @@ func Requirements(inv killswitch.Inventory) []Requirement {
 		}
 		r.Params[param] = have
 	}
+	// anyValue marks a parameter that takes any value: it wins over every pin.
+	anyValue := map[[2]string]bool{}
+	pinAny := func(r *Requirement, param string) {
+		pin(r, param)
+		anyValue[[2]string{r.Path, param}] = true
+	}
+	kv := func(why, mount, path string) {
+		mount = strings.Trim(mount, "/")
+		if mount == "" {
+			mount = "secret"
+		}
+		p := strings.Trim(path, "/")
+		add(mount+"/data/"+p, why, "read", "update")
+		add(mount+"/metadata/"+p, why, "read", "patch")
+		add(mount+"/destroy/"+p, why, "update")
+	}
+	prefix := func(why, prefix string) {
+		p := strings.Trim(prefix, "/")
+		add("sys/leases/lookup/"+p+"/", why, "list", "sudo")
+		pin(add("sys/leases/revoke-prefix/"+p, why, "update", "sudo"), "sync")
+	}
+	entity := func(why, name string) {
+		pin(add("identity/entity/name/"+name, why, "read", "update"), "disabled")
+	}
+	proof := func(why, accessor string) {
+		pin(add("auth/token/lookup-accessor", why, "update"), "accessor", accessor)
+		r := add("sys/capabilities-accessor", why, "update")
+		pin(r, "accessor", accessor)
+		pin(r, "paths")
+	}
 	add("auth/token/lookup-self", "token upkeep", "read")
 	add("auth/token/renew-self", "token upkeep", "update")
 	add("sys/capabilities-self", "start-up capability check", "update")
@@ -101,20 +143,51 @@ func Requirements(inv killswitch.Inventory) []Requirement {
 				pin(r, "lease_id", c.LeaseID)
 				pin(r, "sync")
 			case killswitch.CredLeasePrefix:
-				p := strings.Trim(c.LeasePrefix, "/")
-				add("sys/leases/lookup/"+p+"/", why, "list", "sudo")
-				pin(add("sys/leases/revoke-prefix/"+p, why, "update", "sudo"), "sync")
+				prefix(why, c.LeasePrefix)
 			case killswitch.CredKV:
-				mount := strings.Trim(c.Mount, "/")
-				if mount == "" {
-					mount = "secret"
-				}
-				p := strings.Trim(c.Path, "/")
-				add(mount+"/data/"+p, why, "read", "update")
-				add(mount+"/metadata/"+p, why, "read", "patch")
-				add(mount+"/destroy/"+p, why, "update")
+				kv(why, c.Mount, c.Path)
 			case killswitch.CredPolicy:
 				add("sys/policies/acl/"+c.Policy, why, "read", "update")
+			case killswitch.CredEntity:
+				entity(why, c.Entity)
+				if c.Accessor != "" {
+					proof(why, c.Accessor)
+				}
+			}
+		}
+		h := v.Vault
+		why := vendor + " (vault holdings)"
+		for _, ref := range h.AppRoles {
+			base := approleBase(ref.Mount, ref.Role)
+			pinAny(add(strings.TrimSuffix(base, "secret-id-accessor/")+"secret-id", why, "list", "update"), "metadata")
+			pinAny(add(base+"lookup", why, "update"), "secret_id_accessor")
+			pinAny(add(base+"destroy", why, "update"), "secret_id_accessor")
+		}
+		for _, p := range h.LeasePrefixes {
+			if strings.Trim(p, "/") != "" {
+				prefix(why, p)
+			}
+		}
+		for _, ref := range h.KV {
+			if strings.Trim(ref.Path, "/") != "" {
+				kv(why, ref.Mount, ref.Path)
+			}
+		}
+		if len(h.AppRoles) > 0 || len(h.KV) > 0 {
+			add("sys/wrapping/wrap", why, "update")
+			add("sys/wrapping/lookup", why, "update")
+		}
+		if h.Entity != "" {
+			entity(why, h.Entity)
+			for _, c := range v.Credentials {
+				if c.Kind != killswitch.CredTokenAccessor || c.Accessor == "" {
+					continue
+				}
+				if c.Protected {
+					pin(add("auth/token/lookup-accessor", why, "update"), "accessor", c.Accessor)
+				} else {
+					proof(why, c.Accessor)
+				}
 			}
 		}
 	}
@@ -122,7 +195,11 @@ func Requirements(inv killswitch.Inventory) []Requirement {
 	for _, r := range need {
 		slices.Sort(r.Capabilities)
 		slices.Sort(r.For)
-		for _, v := range r.Params {
+		for param, v := range r.Params {
+			if anyValue[[2]string{r.Path, param}] {
+				r.Params[param] = []string{}
+				continue
+			}
 			slices.Sort(v)
 		}
 		out = append(out, *r)
@@ -165,8 +242,9 @@ func safeValue(s string) bool {
 // PolicyFor renders the tightest policy for the inventory: exactly the paths of
 // Requirements, each commented with the credentials that need it, with
 // allowed_parameters pinning revoke-accessor and lookup-accessor to the inventory's
-// accessors, secret-id destruction to its secret-id accessors and lease revocation to
-// its lease IDs. It returns ErrUnsafePolicyValue (permanent) when an inventory value
+// accessors, secret-id destruction to its secret-id accessors (or to the vendor's roles
+// for its holdings), lease revocation to its lease IDs and entity updates to the
+// disabled flag. It returns ErrUnsafePolicyValue (permanent) when an inventory value
 // cannot be written exactly.
 func PolicyFor(inv killswitch.Inventory) (string, error) {
 	reqs := Requirements(inv)

@@ -75,6 +75,11 @@ func (p probeFor) outsidePaths(inv killswitch.Inventory) []string {
 		"secret/data/" + n, "secret/metadata/" + n, "secret/destroy/" + n, "secret/delete/" + n,
 	}
 	for _, v := range inv {
+		for _, ref := range v.Vault.AppRoles {
+			// The role itself and its role-id, next to the granted secret-id paths.
+			base := strings.TrimSuffix(approleBase(ref.Mount, ref.Role), "secret-id-accessor/")
+			paths = append(paths, base+"role-id", strings.TrimSuffix(base, "/"))
+		}
 		for _, c := range v.Credentials {
 			switch c.Kind {
 			case killswitch.CredKV:
@@ -117,6 +122,8 @@ func (p probeFor) siblings(granted string) []string {
 // credential has the made-up value.
 type paramProbe struct {
 	path, param, what string
+	// value is the made-up value sent; nil: the probe name.
+	value any
 }
 
 // CheckScope finds out, changing nothing, whether the client's token can do more than
@@ -129,10 +136,13 @@ type paramProbe struct {
 //     glob would match…) nothing but deny;
 //   - allowed_parameters are invisible to sys/capabilities-self, so every path that
 //     takes a credential as a parameter (lookup-accessor, revoke-accessor, secret-id
-//     lookup and destroy, sys/leases/revoke) is called with a made-up value that no
-//     credential has: a scoped token gets 403, a broad one any other answer from past
-//     the ACL (invalid accessor, no such lease, even a 500 for a role that does not
-//     exist), and nothing is revoked since nothing has that value.
+//     lookup and destroy, sys/leases/revoke, sys/capabilities-accessor) is called with a
+//     made-up value that no credential has: a scoped token gets 403, a broad one any
+//     other answer from past the ACL (invalid accessor, no such lease, even a 500 for a
+//     role that does not exist), and nothing is revoked since nothing has that value;
+//     the entity's path is sent metadata and a holdings role's secret-id generation a
+//     num_uses that fail Vault's field validation (400, nothing written or issued)
+//     where a pinned token gets 403.
 //
 // Paths Vault's default policy grants (sys/leases/lookup, cubbyhole, wrapping…) are not
 // held against the token. Transport errors and 5xx are returned as errors (retryable):
@@ -175,7 +185,7 @@ func CheckScope(ctx context.Context, client *api.Client, inv killswitch.Inventor
 		addProbe(p.siblings(req.Path)...)
 	}
 	// Parameter paths the inventory does not need at all are plain probes.
-	addProbe("auth/token/revoke-accessor", "auth/token/lookup-accessor", "sys/leases/revoke")
+	addProbe("auth/token/revoke-accessor", "auth/token/lookup-accessor", "sys/leases/revoke", "sys/capabilities-accessor")
 	paths := slices.Concat(slices.Sorted(func(yield func(string) bool) {
 		for k := range granted {
 			if !yield(k) {
@@ -215,25 +225,40 @@ func CheckScope(ctx context.Context, client *api.Client, inv killswitch.Inventor
 
 	var params []paramProbe
 	for _, req := range reqs {
-		for param := range req.Params {
+		for param, values := range req.Params {
+			if len(values) == 0 {
+				continue // any value is allowed: nothing to probe
+			}
 			switch param {
 			case "accessor":
-				params = append(params, paramProbe{req.Path, param, "any token's accessor"})
+				params = append(params, paramProbe{path: req.Path, param: param, what: "any token's accessor"})
 			case "secret_id_accessor":
-				params = append(params, paramProbe{req.Path, param, "any secret-id accessor of the role"})
+				params = append(params, paramProbe{path: req.Path, param: param, what: "any secret-id accessor of the role"})
 			case "lease_id":
 				// The default policy grants sys/leases/lookup on any lease (read-only);
 				// only revocation is held against the token.
 				if req.Path == "sys/leases/revoke" {
-					params = append(params, paramProbe{req.Path, param, "any lease ID"})
+					params = append(params, paramProbe{path: req.Path, param: param, what: "any lease ID"})
 				}
 			}
+		}
+		switch {
+		case strings.HasPrefix(req.Path, "identity/entity/name/"):
+			// Metadata that is no key=value list fails Vault's field validation before
+			// anything is written (or created): 400 past the ACL, 403 when pinned.
+			params = append(params, paramProbe{path: req.Path, param: "metadata", what: "any field of the entity, not only disabled", value: 12345})
+		case strings.HasSuffix(req.Path, "/secret-id") && req.Params != nil:
+			// A num_uses that is no number fails validation before a secret-id is issued.
+			params = append(params, paramProbe{path: req.Path, param: "num_uses", what: "secret-id parameters other than metadata", value: "not-a-number"})
 		}
 	}
 	slices.SortFunc(params, func(a, b paramProbe) int { return strings.Compare(a.path, b.path) })
 	for _, pp := range params {
-		value := p.name()
-		if pp.param == "lease_id" {
+		var value any = p.name()
+		switch {
+		case pp.value != nil:
+			value = pp.value
+		case pp.param == "lease_id":
 			value = "sys/" + p.name() + "/" + p.name() // no mount issues leases under sys/
 		}
 		r, err := c.call(ctx, http.MethodPut, pp.path, map[string]any{pp.param: value})
@@ -247,7 +272,7 @@ func CheckScope(ctx context.Context, client *api.Client, inv killswitch.Inventor
 			// Answered before the ACL was consulted (sealed, standby, quota): unknown.
 			return Scope{}, fmt.Errorf("vault: check scope: %w", fail(pp.path, r, p.shown))
 		}
-		s.Excess = append(s.Excess, fmt.Sprintf("%s: accepts %s (allowed_parameters do not pin %s: a made-up one answered %d, not 403)",
+		s.Excess = append(s.Excess, fmt.Sprintf("%s: accepts %s (allowed_parameters do not pin %s: a made-up value answered %d, not 403)",
 			pp.path, pp.what, pp.param, r.status))
 	}
 	return s, nil

@@ -1,7 +1,15 @@
 // Package vault holds the executors that take a vendor's credentials away through
 // HashiCorp Vault: revoke a token by accessor, destroy an AppRole secret-id, revoke a
 // lease or every lease under a prefix (synchronously), rotate a KV v2 secret and destroy
-// its old versions, and quarantine an ACL policy (deny-all, reversible).
+// its old versions, quarantine an ACL policy (deny-all, reversible), and disable an
+// identity entity (every token of it denied at once, reversibly).
+//
+// For kill-vendor, Enumerate resolves what a vendor holds in Vault beyond its listed
+// credentials (the secret-ids of its AppRole roles, its lease prefixes, its KV secrets,
+// its identity entity) as credentials of the same kinds. For restore after a false
+// positive, EnableEntity, ReissueSecretID, ReissueKV and RestorePolicy each take one
+// step back, idempotently, and verify it; what is handed to the vendor again (a new
+// secret-id, a new KV value) is response-wrapped.
 //
 // Every executor follows actions.Executor: Plan does read-only lookups, Apply is
 // idempotent (already gone is success, reported as AlreadyDone) and Verify looks again
@@ -50,6 +58,7 @@ func New(client *api.Client) actions.Registry {
 		killswitch.ActionRevokeLeasePrefix:   LeasePrefix{c},
 		killswitch.ActionRotateKV:            KV{c},
 		killswitch.ActionQuarantinePolicy:    Quarantine{c},
+		killswitch.ActionDisableEntity:       Entity{c},
 	}
 }
 
