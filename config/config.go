@@ -21,6 +21,7 @@ import (
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/detectors"
 	"github.com/killswitch-dev/killswitch/incidents"
+	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/killswitch-dev/killswitch/telemetry"
 	"gopkg.in/yaml.v3"
 )
@@ -38,6 +39,9 @@ type Config struct {
 	Incidents incidents.Settings `yaml:"incidents"`
 	// Actions configures the guard rails and the webhook endpoints.
 	Actions actions.Settings `yaml:"actions"`
+	// Kill configures kill-vendor and restore: a second approver, the wrapping TTL of
+	// re-issued credentials, the false-positive hold after a restore.
+	Kill pipeline.KillSettings `yaml:"kill"`
 	// Telemetry configures the door every event passes: event-time bounds, name limits
 	// and the declared sensors.
 	Telemetry telemetry.Settings `yaml:"telemetry"`

@@ -79,9 +79,10 @@ type Enumerator interface {
 
 // Reviver brings back what an action took away, where Vault allows (actions/vault):
 // re-enable an entity, restore a quarantined policy, re-issue an AppRole secret-id or
-// a KV secret response-wrapped.
+// a KV secret response-wrapped. Reviving again for the same incident does not re-issue
+// twice.
 type Reviver interface {
-	Revive(ctx context.Context, c killswitch.Credential, t killswitch.ActionType, wrapTTL time.Duration) (Revival, error)
+	Revive(ctx context.Context, incident string, c killswitch.Credential, t killswitch.ActionType, wrapTTL time.Duration) (Revival, error)
 }
 
 // Revival is what Revive did for one credential.
@@ -519,9 +520,12 @@ func (k *Killer) note(ctx context.Context, o KillOrder, stage string, v any) err
 }
 
 // restorable is c without what identifies one token, secret-id or lease (restore needs
-// names only).
+// names only; an entity keeps the accessor of a token of it, which proves it enabled).
 func restorable(c killswitch.Credential) killswitch.Credential {
-	c.Accessor, c.SecretIDAccessor, c.LeaseID = "", "", ""
+	if c.Kind != killswitch.CredEntity {
+		c.Accessor = ""
+	}
+	c.SecretIDAccessor, c.LeaseID = "", ""
 	return c
 }
 

@@ -64,7 +64,7 @@ type fakeReviver struct {
 	calls []string
 }
 
-func (f *fakeReviver) Revive(_ context.Context, c killswitch.Credential, t killswitch.ActionType, ttl time.Duration) (Revival, error) {
+func (f *fakeReviver) Revive(_ context.Context, _ string, c killswitch.Credential, t killswitch.ActionType, ttl time.Duration) (Revival, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, string(t)+" "+c.Role+c.Entity+c.Path)

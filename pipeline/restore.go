@@ -77,7 +77,7 @@ func (k *Killer) Restore(ctx context.Context, id, by, reason string) (Restoratio
 			step.Outcome = incidents.RestoreReissued
 			step.Evidence = "covered by the new secret-id of role " + c.Role + " (see " + reissued[roleKey(c)] + ")"
 		default:
-			rv, err := k.cfg.Reviver.Revive(ctx, c, a.Type, k.cfg.Settings.WrapTTL)
+			rv, err := k.cfg.Reviver.Revive(ctx, in.ID, c, a.Type, k.cfg.Settings.WrapTTL)
 			if err != nil {
 				step.Outcome, step.Error = incidents.RestoreFailed, err.Error()
 				break

@@ -40,6 +40,7 @@ import (
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"github.com/killswitch-dev/killswitch/telemetry"
 	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
+	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -54,6 +55,10 @@ type Options struct {
 	Playbooks []playbooks.Source
 	// VaultExecutors carry out the Vault action types; nil runs in dry-run mode.
 	VaultExecutors actions.Registry
+	// VaultClient is the client of VaultExecutors: kill-vendor enumerates what a vendor
+	// holds with it and restore brings credentials back with it. nil plans kills from the
+	// inventory alone and refuses restores.
+	VaultClient *vaultapi.Client
 	// DryRunReason says why there are no Vault executors (logged loudly, in /api/status).
 	DryRunReason string
 	// VaultTokenBroad reports that the Vault executors run on a root token or one that
@@ -234,8 +239,12 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		}
 		storms = s.storms
 	}
+	kill := &pipeline.KillConfig{Settings: cfg.Kill, Store: store, Runner: s.runner, Incidents: s.incidents}
+	if o.VaultClient != nil && o.VaultExecutors != nil {
+		kill.Enumerator, kill.Reviver = vaultKill(o.VaultClient, actions.NewFingerprinter(key))
+	}
 	if s.pipe, err = pipeline.New(pipeline.Config{
-		Detectors: cfg.DetectorConfig(), Shards: o.Shards, Sink: pipejs.Sink(s.js, s.metrics),
+		Detectors: cfg.DetectorConfig(), Shards: o.Shards, Sink: pipejs.Sink(s.js, s.metrics), Kill: kill,
 		Responder: pipeline.ResponderConfig{
 			Incidents: cfg.Incidents, Decider: s.pb, Actor: s.runner, Ledger: s.ledger, Store: s.incidents,
 			Inventory: cfg.Vendors, Events: pipejs.NATSEvents{NC: s.nc}, Log: s.log.Named("responder"),

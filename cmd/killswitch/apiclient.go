@@ -79,7 +79,7 @@ func apiCmd(getenv func(string) string, use, short, long string, args cobra.Posi
 
 // newOnCallCmds are the commands that talk to a running service's API.
 func newOnCallCmds(getenv func(string) string) []*cobra.Command {
-	return []*cobra.Command{
+	cmds := []*cobra.Command{
 		newIncidentsCmd(getenv),
 		apiCmd(getenv, "approvals [flags]", "list the actions waiting for an approval and the running veto windows",
 			approvalsHelp, cobra.NoArgs, runApprovals),
@@ -91,6 +91,7 @@ func newOnCallCmds(getenv func(string) string) []*cobra.Command {
 		apiCmd(getenv, "status [flags]", "mode, pause, breaker, ledger, storm and what waits on people",
 			statusHelp, cobra.NoArgs, runStatus),
 	}
+	return append(cmds, newKillCmds(getenv)...)
 }
 
 // client builds the API client from the flags and the environment.

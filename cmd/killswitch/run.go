@@ -102,13 +102,13 @@ func runRun(ctx context.Context, o *runOptions, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "killswitch run: --playbooks:", err)
 		return 2
 	}
-	execs, reason, broadVault, err := vaultExecutors(ctx, cfg, o.configPath, log)
+	execs, vaultClient, broadVault, err := vaultExecutors(ctx, cfg, o.configPath, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "killswitch run:", err)
 		return 1
 	}
 	err = service.Run(ctx, service.Options{
-		Config: cfg, Playbooks: sources, VaultExecutors: execs, DryRunReason: reason, VaultTokenBroad: broadVault,
+		Config: cfg, Playbooks: sources, VaultExecutors: execs, VaultClient: vaultClient, VaultTokenBroad: broadVault,
 		APIToken: os.Getenv(config.EnvAPIToken), NewDecoder: newDecoder, Log: log, EvalTimeout: o.evalTimeout,
 	})
 	if err != nil {

@@ -22,20 +22,21 @@ import (
 
 // vaultExecutors connects to the configured Vault and checks that the token can do what
 // the inventory needs and nothing more (see checkToken). With no Vault configured it
-// returns no executors (dry-run). broad reports a broad token that the configuration
+// returns no executors (dry-run). client is the Vault client (kill-vendor enumerates and
+// restore re-issues with it). broad reports a broad token that the configuration
 // (service.vault.allow_broad_token, --allow-broad-vault-token) allowed.
-func vaultExecutors(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.Logger) (execs actions.Registry, reason string, broad bool, err error) {
+func vaultExecutors(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.Logger) (execs actions.Registry, client *api.Client, broad bool, err error) {
 	if cfg.Service.Vault.Addr == "" {
-		return nil, "", false, nil
+		return nil, nil, false, nil
 	}
-	client, err := vault.Connect(ctx, cfg.Service.Vault, os.Getenv, log.Named("vault"))
+	client, err = vault.Connect(ctx, cfg.Service.Vault, os.Getenv, log.Named("vault"))
 	if err != nil {
-		return nil, "", false, err
+		return nil, nil, false, err
 	}
 	if broad, err = checkToken(ctx, client, cfg.Vendors, tokenRules{allowBroad: cfg.Service.Vault.AllowBroadToken, configPath: cfgPath}, log); err != nil {
-		return nil, "", false, err
+		return nil, nil, false, err
 	}
-	return vault.New(client), "", broad, nil
+	return vault.New(client), client, broad, nil
 }
 
 // tokenRules says what checkToken accepts.
