@@ -122,3 +122,13 @@ path "sys/leases/revoke-prefix/database/creds/crm" {
 path "sys/policies/acl/vendor-mailer" {
   capabilities = ["read", "update"]
 }
+
+# crm/crm-kv, mailer/mailer-secrets
+path "sys/wrapping/lookup" {
+  capabilities = ["update"]
+}
+
+# crm/crm-kv, mailer/mailer-secrets
+path "sys/wrapping/wrap" {
+  capabilities = ["update"]
+}

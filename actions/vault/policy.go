@@ -55,7 +55,8 @@ type Requirement struct {
 // (nothing else of the entity can change), looking up the vendor's token accessors
 // (Enumerate finds the entity's tokens; protected ones included, to refuse cutting
 // them) and sys/capabilities-accessor on its non-protected ones (Entity.Verify's
-// proof); and sys/wrapping/wrap and sys/wrapping/lookup for the wrapped handovers.
+// proof); and sys/wrapping/wrap and sys/wrapping/lookup for the wrapped handovers
+// (also for every KV credential, which restore re-issues with ReissueKV).
 func Requirements(inv killswitch.Inventory) []Requirement {
 	need := map[string]*Requirement{}
 	add := func(path, why string, caps ...string) *Requirement {
@@ -146,6 +147,9 @@ func Requirements(inv killswitch.Inventory) []Requirement {
 				prefix(why, c.LeasePrefix)
 			case killswitch.CredKV:
 				kv(why, c.Mount, c.Path)
+				// ReissueKV hands the new version over wrapped.
+				add("sys/wrapping/wrap", why, "update")
+				add("sys/wrapping/lookup", why, "update")
 			case killswitch.CredPolicy:
 				add("sys/policies/acl/"+c.Policy, why, "read", "update")
 			case killswitch.CredEntity:

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -334,6 +335,34 @@ func TestVendorPolicyScope(t *testing.T) {
 	}
 	if err := other.Untouched(other.State(t)); err != nil {
 		t.Fatal(err)
+	}
+	// A token that can do more on the vendor's holdings is found out, changing nothing.
+	policy, err := vault.PolicyFor(inv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Vault merges a path's allowed_parameters across policies and keeps the pins, so a
+	// token that is not pinned holds the generated policy without them.
+	unpinned := regexp.MustCompile(`(?m)^  allowed_parameters = \{\n(?:    .*\n)*  \}\n`).ReplaceAllString(policy, "")
+	broad := []struct{ policy, excess string }{
+		{unpinned, "identity/entity/name/mailer: accepts any field of the entity"},
+		{unpinned, "auth/approle/role/mailer/secret-id: accepts secret-id parameters other than metadata"},
+		{unpinned, "sys/capabilities-accessor: accepts any token's accessor"},
+		{policy + `path "identity/entity/name/*" { capabilities = ["update"] }`, "identity/entity/name/<probe>: update"},
+		{policy + `path "auth/approle/role/mailer/role-id" { capabilities = ["read"] }`, "auth/approle/role/mailer/role-id: read"},
+	}
+	for i, tt := range broad {
+		c := e.tokenClient(t, fmt.Sprintf("ks-broad-%d", i), tt.policy)
+		s, err := vault.CheckScope(ctx, c, inv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if all := strings.Join(s.Excess, "\n"); !strings.Contains(all, tt.excess) {
+			t.Errorf("excess lacks %q:\n%s", tt.excess, all)
+		}
+	}
+	if err := mailer.Untouched(mailer.State(t)); err != nil {
+		t.Fatalf("probing changed the vendor: %v", err)
 	}
 	// And the vendor it names is cut.
 	killVendor(t, ks, execs, "inc-scope", "mailer", mailer.Vendor)

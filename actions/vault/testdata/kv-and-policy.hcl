@@ -39,6 +39,16 @@ path "sys/policies/acl/vendor-a" {
   capabilities = ["read", "update"]
 }
 
+# a/kv, a/kv2
+path "sys/wrapping/lookup" {
+  capabilities = ["update"]
+}
+
+# a/kv, a/kv2
+path "sys/wrapping/wrap" {
+  capabilities = ["update"]
+}
+
 # a/kv2
 path "team-kv/data/a/key" {
   capabilities = ["read", "update"]
