@@ -3,7 +3,10 @@
 // state), each incident with its volume against the expected band, its detections,
 // decisions, guard outcomes, actions and ledger trail, the approvals and veto windows
 // waiting on people (with countdowns and approve, reject and veto buttons), the global
-// switches (pause, resume, breaker reset) and the service's status.
+// switches (pause, resume, breaker reset), the service's status, and the kills: a
+// vendor's whole plan shown before it is cut off, the kill orders with their approval,
+// restore after a false positive (the wrapping tokens of re-issued credentials shown
+// once) and the false-positive holds.
 //
 // The console consumes what it needs through small interfaces: the controller the API
 // uses, the incident reader, the API's users, and a bus subscription on which it follows
@@ -58,6 +61,10 @@ type Config struct {
 	Incidents httpapi.IncidentReader
 	// Controller carries out the operators' requests and reports the status. Required.
 	Controller Controller
+	// Killer backs the kills page, kill-vendor and restore; nil hides them.
+	Killer httpapi.Killer
+	// Vendors are the inventory's vendors (the ones that can be cut off).
+	Vendors []string
 	// Bus carries the service's events, its ledger records and the telemetry. Without
 	// one the pages are not live (no events, no trail, no volume charts).
 	Bus Bus
@@ -241,5 +248,12 @@ func (c *Console) routes() {
 	m.Handle("POST "+Prefix+"pause", c.post(admin, c.pause))
 	m.Handle("POST "+Prefix+"resume", c.post(admin, c.control(c.cfg.Controller.Resume)))
 	m.Handle("POST "+Prefix+"breaker/reset", c.post(admin, c.control(c.cfg.Controller.ResetBreaker)))
+	if c.cfg.Killer != nil {
+		m.Handle("GET "+Prefix+"kills", c.page(viewer, c.killsPage))
+		m.Handle("POST "+Prefix+"vendors/{vendor}/kill", c.post(admin, c.kill))
+		m.Handle("POST "+Prefix+"kills/{id}/approve", c.post(admin, c.killDecide(true)))
+		m.Handle("POST "+Prefix+"kills/{id}/reject", c.post(admin, c.killDecide(false)))
+		m.Handle("POST "+Prefix+"incidents/{id}/restore", c.post(admin, c.restore))
+	}
 	c.mux = m
 }

@@ -24,7 +24,7 @@ import (
 )
 
 // pageNames are the console's pages (templates/NAME.html, each inside layout.html).
-var pageNames = []string{"login", "incidents", "incident", "approvals", "status", "error"}
+var pageNames = []string{"login", "incidents", "incident", "approvals", "status", "error", "kills", "restored"}
 
 func parsePages() (map[string]*template.Template, error) {
 	funcs := template.FuncMap{
@@ -210,6 +210,9 @@ type incidentView struct {
 	Trail      []trailRow
 	TrailNote  string
 	Detections []detectionRow
+	// Restorable: the incident took something away and is not restored yet (and restore
+	// is available here).
+	Restorable bool
 }
 
 func (v incidentView) title() string { return "Incident " + shortID(v.In.ID) + " · " + v.Subject }
@@ -254,6 +257,10 @@ func (c *Console) incidentView(ctx context.Context, in *incidents.Incident) inci
 		v.Detections = append(v.Detections, row)
 	}
 	v.Chart, v.ChartNote = c.chart(in)
+	v.Restorable = c.cfg.Killer != nil && (in.Restore == nil || !in.Restore.Complete) &&
+		slices.ContainsFunc(in.Actions, func(a incidents.ActionRef) bool {
+			return a.Type.Destructive() && (a.Status == incidents.ActionVerified || a.Status == incidents.ActionApplied || a.Status == incidents.ActionUnverified)
+		})
 	if p, err := c.cfg.Controller.Pending(ctx); err == nil {
 		for _, a := range append(p.Approvals, p.VetoWindows...) {
 			if a.Incident == in.ID {
