@@ -57,6 +57,7 @@ type killed struct {
 	targets       []actions.Target
 	plans         []actions.Plan
 	evidence      []string
+	each          []time.Duration // apply+verify of each target
 	plan, applied time.Duration
 }
 
@@ -83,6 +84,7 @@ func killVendor(tb testing.TB, ks *api.Client, execs actions.Registry, incident,
 	k.plan = time.Since(start)
 	start = time.Now()
 	for _, tg := range k.targets {
+		one := time.Now()
 		ex := execs[tg.Action.Type]
 		if out, err := ex.Apply(ctx, tg); err != nil || out.AlreadyDone {
 			tb.Fatalf("apply %s: %+v, %v", tg.Credential, out, err)
@@ -92,6 +94,7 @@ func killVendor(tb testing.TB, ks *api.Client, execs actions.Registry, incident,
 			tb.Fatalf("verify %s: %+v, %v", tg.Credential, ver, err)
 		}
 		k.evidence = append(k.evidence, ver.Evidence)
+		k.each = append(k.each, time.Since(one))
 	}
 	k.applied = time.Since(start)
 	return k
@@ -197,7 +200,7 @@ func TestKillAndRestoreVendor(t *testing.T) {
 	for i, p := range k.plans {
 		texts = append(texts, p.Summary, k.evidence[i])
 		texts = append(texts, p.Targets...)
-		t.Logf("  %-40s %s", k.targets[i].Credential, p.Summary)
+		t.Logf("  %-40s apply+verify %8s  %s", k.targets[i].Credential, k.each[i].Round(time.Microsecond), p.Summary)
 	}
 	for _, s := range []string{mailer.Tokens[0].Accessor, mailer.SecretIDs[0].Accessor, mailer.SecretIDs[1].Accessor, mailer.EntityID} {
 		noClear(t, s, texts...)
