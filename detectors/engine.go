@@ -380,6 +380,10 @@ func (e *Engine) Process(ev *telemetry.Event, emit func(Detection)) {
 	// silent for longer than MaxObservedGap.
 	ot := v.firstT + v.act.hist - (v.maxT - tb)
 
+	if e.revs != nil {
+		// first: a revocation decided on this event's detections does not apply to it
+		e.useAfterRevocation(vi, v, ev, t, tb, emit)
+	}
 	vk := e.keys.at(v.key)
 	e.volume(v, vk, tb, ev.Bytes, emit)
 	if ev.Credential != "" {
@@ -393,9 +397,6 @@ func (e *Engine) Process(ev *telemetry.Event, emit func(Detection)) {
 	}
 	if ev.Dst != "" && ev.Bytes > 0 && !v.cfg.disabled.has(KindNewDestination) {
 		e.destination(v, ev, tb, ot, emit)
-	}
-	if e.revs != nil {
-		e.useAfterRevocation(vi, v, ev, t, tb, emit)
 	}
 
 	// Event time advancing (through any vendor) drives the silence detector, so that

@@ -25,7 +25,10 @@ import (
 // add to the evidence (events and bytes since the revocation) that the next detection
 // carries. A bucket earlier than the last one fired never fires again, so forged event
 // times cannot make an event fire twice; an event dated before the revocation (its own
-// time, accepted by the clock guard) does not count at all. The evidence is kept per
+// time, accepted by the clock guard) or at its very time (the event whose detection
+// led to the revocation, in replay) does not count at all, and the detector runs
+// before the others on each event, so a revocation decided on an event's own
+// detections never applies to that event. The evidence is kept per
 // revoked (vendor, credential) actually used and dropped when the revocation ends; it
 // is not checkpointed (after a restore the counts start again; the detection IDs of a
 // bucket are the same, so a redelivered event does not make a second detection).
@@ -142,8 +145,8 @@ func (e *Engine) useAfterRevocation(vi uint32, v *vendorState, ev *telemetry.Eve
 			rev = r
 		}
 	}
-	if rev == nil || t < rev.Since.UnixNano() {
-		return // not revoked, or moved before the revocation
+	if rev == nil || t <= rev.Since.UnixNano() {
+		return // not revoked, or moved before (or with) the revocation
 	}
 	if e.uses == nil {
 		e.uses = make(map[useKey]*useState)

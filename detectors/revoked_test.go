@@ -70,6 +70,8 @@ func TestUseAfterRevocation(t *testing.T) {
 		{name: "dated before the revocation does not count", revs: perCred,
 			events: []telemetry.Event{ev(revokedAt.Add(-time.Second), "mailer", "api", 1000), ev(after(time.Second), "mailer", "api", 7)},
 			want:   []string{"api"}, wantKey: Key{Vendor: "mailer", Credential: "api"}, wantBytes: []int64{7}, wantNew: []int64{7}},
+		{name: "at the revocation's very time does not count", revs: perCred,
+			events: []telemetry.Event{ev(revokedAt, "mailer", "api", 1000)}},
 		{name: "a forged old time does not count", revs: perCred,
 			events: []telemetry.Event{ev(after(time.Second), "mailer", "api", 10), ev(t0.Add(-24*time.Hour), "mailer", "api", 1000), ev(after(6*time.Minute), "mailer", "api", 5)},
 			want:   []string{"api", "api"}, wantKey: Key{Vendor: "mailer", Credential: "api"}, wantBytes: []int64{10, 15}, wantNew: []int64{10, 5}},
@@ -83,7 +85,7 @@ func TestUseAfterRevocation(t *testing.T) {
 			want: []string{"api", "api"}, wantKey: Key{Vendor: "mailer", Credential: "api"}, wantBytes: []int64{1, 1201}, wantNew: []int64{1, 1200}},
 		{name: "vendor-wide: every credential counts, each on its own", revs: vendorWide,
 			events: []telemetry.Event{ev(after(time.Second), "mailer", "api", 1), ev(after(2*time.Second), "mailer", "smtp", 2), ev(after(3*time.Second), "mailer", "api", 3), ev(after(4*time.Second), "mailer", "", 4)},
-			want: []string{"api", "smtp", ""}, wantKey: Key{Vendor: "mailer"}, wantBytes: []int64{1, 2, 4}, wantNew: []int64{1, 2, 4}},
+			want:   []string{"api", "smtp", ""}, wantKey: Key{Vendor: "mailer"}, wantBytes: []int64{1, 2, 4}, wantNew: []int64{1, 2, 4}},
 		{name: "the credential's own revocation wins over the vendor's", revs: append([]Revocation{{Since: revokedAt.Add(-time.Hour), Incident: "inc-v"}}, perCred...),
 			events: []telemetry.Event{ev(after(time.Second), "mailer", "api", 1)},
 			want:   []string{"api"}, wantKey: Key{Vendor: "mailer", Credential: "api"}, wantBytes: []int64{1}, wantNew: []int64{1}},
@@ -136,8 +138,8 @@ func TestUseAfterRevocationFloodIsBounded(t *testing.T) {
 	calls := rs.calls.Load()
 	// 1 hour at 100 events a second: 360,000 events, 12 buckets of 5 minutes.
 	var evs []telemetry.Event
-	for i := range 360_000 {
-		evs = append(evs, ev(revokedAt.Add(time.Duration(i)*10*time.Millisecond), "mailer", "api", 3))
+	for i := range 359_999 {
+		evs = append(evs, ev(revokedAt.Add(time.Duration(i+1)*10*time.Millisecond), "mailer", "api", 3))
 	}
 	got := ofKind(run(e, evs), KindUseAfterRevocation)
 	if len(got) != 12 {
@@ -148,7 +150,7 @@ func TestUseAfterRevocationFloodIsBounded(t *testing.T) {
 		sum += g.d.Revoked.NewBytes
 	}
 	last := got[len(got)-1].d.Revoked
-	if last.Events != 330_001 || sum != last.Bytes || last.Bytes != 3*330_001 {
+	if last.Events != 330_000 || sum != last.Bytes || last.Bytes != 3*330_000 {
 		t.Errorf("last detection: %+v, new bytes summed %d", last, sum)
 	}
 	if n := rs.calls.Load() - calls; n != 1 {
@@ -175,7 +177,7 @@ func TestUseAfterRevocationForgedTimesCannotRefire(t *testing.T) {
 	rs.set("mailer", Revocation{Credential: "api", Since: revokedAt, Incident: "inc-1"})
 	var evs []telemetry.Event
 	for i := range 1000 {
-		at := revokedAt.Add(time.Duration(i) * time.Millisecond)
+		at := revokedAt.Add(time.Duration(i+1) * time.Millisecond)
 		if i%2 == 1 {
 			at = at.Add(9 * time.Minute) // within MaxClockJump, two buckets ahead
 		}

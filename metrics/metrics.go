@@ -49,6 +49,11 @@ type Metrics struct {
 	// LedgerBreaks counts stored ledger messages (and checkpoints) found not to be valid
 	// records: garbage, forgeries, a cut-off or rewritten chain.
 	LedgerBreaks *prometheus.CounterVec
+	// UseAfterRevocation counts use_after_revocation detections: a credential whose
+	// revocation was verified (or any credential of a vendor cut off as a whole) moved
+	// data again. UseAfterRevocationBytes counts the bytes they reported.
+	UseAfterRevocation      prometheus.Counter
+	UseAfterRevocationBytes prometheus.Counter
 }
 
 // New creates the metrics on a fresh registry, with the Go and process collectors.
@@ -98,6 +103,12 @@ func New() *Metrics {
 		m.EventsDropped, m.RespondFailures, m.TickFailures, m.LedgerBreaks} {
 		f(c)
 	}
+	m.UseAfterRevocation = prometheus.NewCounter(prometheus.CounterOpts{Name: "killswitch_use_after_revocation_total",
+		Help: "Detections of data moved on a credential after its revocation was verified (the egress path does not depend on Vault, or a copy of the secret exists)."})
+	m.UseAfterRevocationBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "killswitch_use_after_revocation_bytes_total",
+		Help: "Bytes moved on credentials after their revocation was verified, as reported by use_after_revocation detections."})
+	f(m.UseAfterRevocation)
+	f(m.UseAfterRevocationBytes)
 	return m
 }
 

@@ -139,7 +139,7 @@ func New(cfg Config) (*Pipeline, error) {
 	if sink == nil {
 		sink = detectors.SinkFunc(p.respond)
 	}
-	opts := []detectors.Option{detectors.WithClock(cfg.Clock)}
+	opts := []detectors.Option{detectors.WithClock(cfg.Clock), detectors.WithRevocations(p.responder.Revocations())}
 	if cfg.Inline {
 		opts = append(opts, detectors.WithInline())
 	}

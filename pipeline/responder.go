@@ -88,6 +88,10 @@ type ResponderConfig struct {
 	Holds interface {
 		Held(ctx context.Context, key detectors.Key, kind detectors.Kind, now time.Time) (Hold, bool)
 	}
+	// WatchRevoked is how long the credential of a contained incident stays watched for
+	// use after revocation once the incident closed (it is watched while the incident is
+	// current). Default DefaultWatchRevoked.
+	WatchRevoked time.Duration
 	// Clock tells the time of decisions and records (event time in replay).
 	Clock   clock.Clock
 	Log     *zap.Logger
@@ -107,6 +111,8 @@ type Responder struct {
 
 	mu      sync.Mutex
 	vendors map[string]*vendorState
+
+	revoked *revoked // what the incidents revoked, for use_after_revocation (revoked.go)
 }
 
 // vendorState is one vendor's partition: its incidents and its turn.
@@ -149,7 +155,7 @@ func NewResponder(cfg ResponderConfig) *Responder {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	return &Responder{cfg: cfg, vendors: make(map[string]*vendorState)}
+	return &Responder{cfg: cfg, vendors: make(map[string]*vendorState), revoked: newRevoked(cfg.WatchRevoked)}
 }
 
 // vendor returns vendor's partition, creating it.
@@ -185,6 +191,7 @@ func (r *Responder) Restore(in *incidents.Incident) {
 	v := r.vendor(in.Vendor)
 	v.turn.Lock()
 	v.book.Restore(in)
+	r.revoked.follow(in, r.cfg.Clock.Now())
 	v.turn.Unlock()
 }
 
@@ -197,6 +204,7 @@ func (r *Responder) Reload(vendor string, ins []*incidents.Incident) {
 	for _, in := range ins {
 		v.book.Restore(in)
 	}
+	r.revoked.reload(vendor, ins, r.cfg.Clock.Now())
 	v.turn.Unlock()
 }
 
@@ -211,6 +219,7 @@ func (r *Responder) Forget(keep func(vendor string) bool) {
 			delete(r.vendors, name)
 		}
 	}
+	r.revoked.forget(keep)
 }
 
 // Vendors returns the names of the vendors the responder holds incidents or turns for.
@@ -305,6 +314,7 @@ func (r *Responder) handle(ctx context.Context, d detectors.Detection, o *order)
 		}
 	}
 	inc := obs.Incident
+	r.afterRevocation(ctx, d, inc, obs.Escalation)
 	if obs.Closed != nil {
 		if err := r.closed(ctx, obs.Closed, now); err != nil {
 			return err
@@ -509,6 +519,7 @@ func (r *Responder) Expire(ctx context.Context, now time.Time) (int, error) {
 		}
 		r.release(ctx, name, v)
 	}
+	r.revoked.expire(now)
 	return n, errors.Join(errs...)
 }
 
@@ -545,6 +556,7 @@ func (r *Responder) queue(ctx context.Context, t ledger.RecordType, id, incident
 }
 
 func (r *Responder) save(ctx context.Context, inc *incidents.Incident) error {
+	r.revoked.follow(inc, r.cfg.Clock.Now())
 	if r.cfg.Store == nil {
 		return nil
 	}
@@ -580,7 +592,8 @@ func outcome(res playbooks.Result) string {
 // never counts: it is an alert, never a revocation, and any name can go silent.
 func stormCounts(d detectors.Detection, known bool) bool {
 	switch d.Detector {
-	case detectors.KindSilence:
+	case detectors.KindSilence, detectors.KindUseAfterRevocation:
+		// use_after_revocation follows our own revocations: never a storm of new ones.
 		return false
 	case detectors.KindSpike, detectors.KindSustained, detectors.KindNewDestination, detectors.KindDormant:
 		return true

@@ -357,7 +357,8 @@ func (s *Service) startCluster(ctx context.Context, stream jetstream.Stream, che
 	return nil
 }
 
-// restoreIncidents makes every open or contained incident current again. An incident
+// restoreIncidents makes every open or contained incident current again (and has the
+// revocations of closed ones watched for use after revocation, within the watch). An incident
 // that does not decode is reported and skipped: it cannot stop the service.
 func (s *Service) restoreIncidents(ctx context.Context) error {
 	all, err := s.incidents.Incidents(ctx)
@@ -369,6 +370,8 @@ func (s *Service) restoreIncidents(ctx context.Context) error {
 		if in.State != incidents.StateClosed {
 			s.pipe.Responder().Restore(in)
 			n++
+		} else if in.ContainedAt != nil {
+			s.pipe.Responder().Restore(in) // its revoked credential may still be watched for use after revocation
 		}
 	}
 	if n > 0 {

@@ -119,7 +119,9 @@ func (c *Respond) load(ctx context.Context, ps []int) error {
 	}
 	n := 0
 	for _, inc := range all {
-		if inc.State != incidents.StateClosed && in(inc.Vendor) {
+		// closed but contained: its revoked credential may still be watched for use
+		// after revocation (the Responder keeps only that of it)
+		if (inc.State != incidents.StateClosed || inc.ContainedAt != nil) && in(inc.Vendor) {
 			byVendor[inc.Vendor] = append(byVendor[inc.Vendor], inc)
 			n++
 		}
