@@ -73,6 +73,9 @@ func (r *Runner) PlanAll(ctx context.Context, vendor string, creds map[string]ki
 // budget, approval) do not hold what a human ordered and approved. The actions run
 // concurrently. A retryable failure is returned as an error; claims keep a command run
 // again exactly-once in effect.
+//
+// Identity entities are disabled (and verified) first, the rest after: an entity's
+// Verify proves the cut with a token of the entity, which the same command may revoke.
 func (r *Runner) Command(ctx context.Context, req Request, approver string) ([]incidents.ActionRef, error) {
 	if approver == "" {
 		return nil, killswitch.Permanent(killswitch.ReasonInvalid, errors.New("actions: a command needs the approver it runs on"))
@@ -84,9 +87,18 @@ func (r *Runner) Command(ctx context.Context, req Request, approver string) ([]i
 	acts := req.Result.Decision.Actions
 	refs := make([]incidents.ActionRef, len(acts))
 	errs := make([]error, len(acts))
-	each(len(acts), func(i int) {
-		refs[i], errs[i] = r.command(ctx, req, acts[i], payload, approver)
-	})
+	for _, first := range []bool{true, false} {
+		var idx []int
+		for i, a := range acts {
+			if (a.Type == killswitch.ActionDisableEntity) == first {
+				idx = append(idx, i)
+			}
+		}
+		each(len(idx), func(k int) {
+			i := idx[k]
+			refs[i], errs[i] = r.command(ctx, req, acts[i], payload, approver)
+		})
+	}
 	return refs, errors.Join(errs...)
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/actions/vault"
 	"github.com/killswitch-dev/killswitch/config"
@@ -54,6 +55,10 @@ type options struct {
 	tick    time.Duration
 	// playbooks are the playbooks to load; nil is the shipped library.
 	playbooks []playbooks.Source
+	// vendors, when set, replace the configuration's inventory; vaultClient is the
+	// client of execs (kill-vendor's enumeration and restore).
+	vendors     killswitch.Inventory
+	vaultClient *api.Client
 }
 
 func start(t testing.TB, o options) *running {
@@ -64,6 +69,9 @@ func start(t testing.TB, o options) *running {
 	}
 	cfg.Service.ApplyEnv(func(string) string { return "" })
 	cfg.Service.NATS.Listen, cfg.Service.HTTP.Listen = "127.0.0.1:0", "127.0.0.1:0"
+	if o.vendors != nil {
+		cfg.Vendors = o.vendors
+	}
 	if o.dataDir == "" {
 		o.dataDir = t.TempDir()
 	}
@@ -76,7 +84,7 @@ func start(t testing.TB, o options) *running {
 	}
 	go func() {
 		r.done <- service.Run(ctx, service.Options{
-			Config: cfg, Playbooks: o.playbooks, VaultExecutors: o.execs,
+			Config: cfg, Playbooks: o.playbooks, VaultExecutors: o.execs, VaultClient: o.vaultClient,
 			APIToken: apiToken, Log: logger(t), CheckpointEvery: time.Hour, TickEvery: o.tick, EvalTimeout: evalTimeout(t),
 			Ready: func(h, n string) { r.http, r.nats = h, n; close(ready) },
 		})
