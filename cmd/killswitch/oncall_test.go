@@ -63,29 +63,9 @@ func TestOnCallCommands(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(pbDir, "veto_window.rego"), bytes.Replace(rego, []byte(`"90s"`), []byte(`"10m"`), 1), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	ready := make(chan [2]string, 1)
-	go func() {
-		done <- service.Run(runCtx, service.Options{Config: cfg, Playbooks: []playbooks.Source{playbooks.DirSource(pbDir)},
-			VaultExecutors: vault.New(root), APIToken: "oncall-admin-token-0123456789", Log: zap.NewNop(),
-			TickEvery: 100 * time.Millisecond, CheckpointEvery: time.Hour, EvalTimeout: time.Minute,
-			Ready: func(h, n string) { ready <- [2]string{h, n} }})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("service: %v", err)
-		}
-	})
-	var addrs [2]string
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("service did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("service did not start")
-	}
+	addrs := runService(t, service.Options{Config: cfg, Playbooks: []playbooks.Source{playbooks.DirSource(pbDir)},
+		VaultExecutors: vault.New(root), APIToken: "oncall-admin-token-0123456789", Log: zap.NewNop(),
+		TickEvery: 100 * time.Millisecond, CheckpointEvery: time.Hour, EvalTimeout: time.Minute})
 	apiURL := "http://" + addrs[0]
 	store := users.Open(users.Path(dir), users.Options{})
 	tokFile := map[string]string{}
@@ -249,4 +229,30 @@ func dispatch3(ctx context.Context, args ...string) (int, string, string) {
 	var out, errOut bytes.Buffer
 	code := dispatch(ctx, args, &out, &errOut)
 	return code, out.String(), errOut.String()
+}
+
+// runService runs the service in process until the test ends and returns its API and
+// NATS addresses.
+func runService(t *testing.T, o service.Options) [2]string {
+	t.Helper()
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan [2]string, 1)
+	o.Ready = func(h, n string) { ready <- [2]string{h, n} }
+	go func() { done <- service.Run(runCtx, o) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("service: %v", err)
+		}
+	})
+	select {
+	case addrs := <-ready:
+		return addrs
+	case err := <-done:
+		t.Fatalf("service did not start: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("service did not start")
+	}
+	return [2]string{}
 }
