@@ -37,6 +37,9 @@ import (
 	"go.uber.org/zap"
 )
 
+// demoToken is the API token of the demo's admin.
+const demoToken = "demo-token-0123456789abcdef"
+
 // ErrNotContained is returned when the stolen credential was not verified dead in time.
 var ErrNotContained = errors.New("the stolen credential was not verified revoked")
 
@@ -61,6 +64,9 @@ type Options struct {
 	Binary string
 	// Instances is the number of instances of RunCluster. Default 3.
 	Instances int
+	// KillVendor adds Run's second act: a whole vendor cut off in one plan through the
+	// API, proven dead from its side, then restored as a false positive.
+	KillVendor bool
 }
 
 func (o *Options) defaults() {
@@ -129,8 +135,8 @@ func Run(ctx context.Context, o Options) error {
 	svcDone := make(chan error, 1)
 	go func() {
 		svcDone <- service.Run(sctx, service.Options{
-			Config: cfg, Playbooks: []playbooks.Source{playbooks.Shipped()}, VaultExecutors: execs,
-			APIToken: "demo-token-0123456789abcdef", Log: o.Log, CheckpointEvery: time.Hour,
+			Config: cfg, Playbooks: []playbooks.Source{playbooks.Shipped()}, VaultExecutors: execs, VaultClient: ksClient,
+			APIToken: demoToken, Log: o.Log, CheckpointEvery: time.Hour,
 			Ready: func(h, n string) { ready <- [2]string{h, n} },
 		})
 	}()
@@ -178,6 +184,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	p.step("Exposure window: %s (first anomalous byte → verified revocation); %s left before the cut-off",
 		tl.exposure(), human(tl.bytesSent()))
+	if o.KillVendor {
+		if err := actKill(ctx, p, vs, "http://"+addrs[0], demoToken); err != nil {
+			return err
+		}
+	}
 	stop()
 	<-svcDone
 	return nil
@@ -277,6 +288,15 @@ type vaultSetup struct {
 	sc      *scenario.Scenario
 	seed    *seeded
 	ksToken string
+	// partner is the second act's vendor (Options.KillVendor), seeded with holdings.
+	partner *devvault.Seeded
+}
+
+// root returns a client with the dev Vault's root token.
+func (v *vaultSetup) root() *api.Client {
+	c, _ := api.NewClient(&api.Config{Address: v.vp.Addr(), Timeout: 5 * time.Second}) // only a bad address fails
+	c.SetToken(v.vp.RootToken())
+	return c
 }
 
 func (v *vaultSetup) stop() {
@@ -320,6 +340,12 @@ func (vs *vaultSetup) seedIt(ctx context.Context, o Options, p *printer) error {
 		CredentialsPerVendor: 2, EventsPerMinute: 0.5, Attacks: -1})
 	if vs.seed, err = seedVault(ctx, root, vs.sc.Inventory()); err != nil {
 		return fmt.Errorf("demo: seed Vault: %w", err)
+	}
+	if o.KillVendor {
+		if vs.partner, err = devvault.SeedVendor(ctx, root, nil, partnerName); err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		vs.seed.inventory[partnerName] = vs.partner.Vendor
 	}
 	p.step("Vendors seeded with real Vault credentials:")
 	for _, v := range vs.seed.vendorNames() {

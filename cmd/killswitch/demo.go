@@ -17,6 +17,7 @@ type demoOptions struct {
 	days      int
 	logLevel  string
 	clustered bool
+	kill      bool
 }
 
 func newDemoCmd(getenv func(string) string) *cobra.Command {
@@ -39,6 +40,7 @@ The service's own log goes to stderr (--log-level error keeps only the narration
 	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "give up when the stolen credential is not verified dead by then")
 	fs.IntVar(&o.days, "history-days", 4, "days of telemetry the detectors learn from before the attack")
 	registerLogLevel(c, &o.logLevel, getenv, "the service's")
+	fs.BoolVar(&o.kill, "kill-vendor", false, "add a second act: a whole vendor (tokens of its entity, secret-ids, KV) cut off in one plan, then restored after a false positive, with both times")
 	fs.BoolVar(&o.clustered, "cluster", false, "run on a 3-node NATS cluster with 3 instances (OS processes), and kill the attacked vendor's owner as the attack starts")
 	return c
 }
@@ -53,7 +55,7 @@ func runDemo(ctx context.Context, opts *demoOptions, stdout, stderr io.Writer) i
 	fmt.Fprintln(stdout, "Killswitch demo: a vendor's token is stolen and used to exfiltrate data; watch it get cut off.")
 	o := demo.Options{
 		Out: stdout, Log: log, VaultPolicy: vaultPolicy, NewVaultExecutors: demoExecutors(log),
-		HistoryDays: opts.days, Timeout: opts.timeout,
+		HistoryDays: opts.days, Timeout: opts.timeout, KillVendor: opts.kill,
 	}
 	if opts.clustered {
 		if o.Binary, err = os.Executable(); err != nil {

@@ -41,3 +41,21 @@ func TestDemoClusterCommand(t *testing.T) {
 	}
 	t.Log(out[strings.LastIndex(out, "==> Failover"):])
 }
+
+// `killswitch demo --kill-vendor`: the second act cuts a whole vendor off in one plan
+// (tokens nobody listed included, through its entity), proves it from the vendor's side
+// and restores it, with both times.
+func TestDemoKillVendorCommand(t *testing.T) {
+	testharness.DevVaultBinary(t)
+	code, out, stderr := run(t, "demo", "--kill-vendor")
+	if code != 0 {
+		t.Fatalf("demo --kill-vendor exited %d\n%s\n%s", code, out, stderr)
+	}
+	for _, want := range []string{"Act 2:", "shown before anything runs", "vault.disable_entity", "KILL ", "all 3 tokens denied",
+		"RESTORE ", "stays_dead", "logs in; 2 of its 3 tokens work again", "verified dead"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the demo's output lacks %q:\n%s", want, out)
+		}
+	}
+	t.Log(out[strings.Index(out, "==> Act 2"):])
+}
