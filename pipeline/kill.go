@@ -105,9 +105,10 @@ const (
 	KillPending KillState = "pending"
 	// KillRunning: approved; the plan is being applied and verified.
 	KillRunning KillState = "running"
-	// KillDone: every destructive action of the plan is verified (or planned, in shadow
-	// and dry-run).
+	// KillDone: every destructive action of the plan is verified.
 	KillDone KillState = "done"
+	// KillPlanned: shadow or dry-run: the whole plan was recorded, nothing applied.
+	KillPlanned KillState = "planned"
 	// KillIncomplete: some action was not verified; the order may be approved again.
 	KillIncomplete KillState = "incomplete"
 	// KillRejected: the second approver refused it; nothing ran.
@@ -431,8 +432,13 @@ func (k *Killer) run(ctx context.Context, o KillOrder, approver string) (KillOrd
 		o.ApplySeconds = last.Sub(o.ApprovedAt).Seconds()
 	}
 	o.State = KillIncomplete
-	if final != nil && final.ContainedAt != nil && runErr == nil {
+	switch {
+	case final != nil && final.ContainedAt != nil && runErr == nil:
 		o.State = KillDone
+	case runErr == nil && len(o.Actions) > 0 && !slices.ContainsFunc(o.Actions, func(a incidents.ActionRef) bool {
+		return a.Status != incidents.ActionPlanned
+	}):
+		o.State = KillPlanned
 	}
 	if m := k.cfg.Metrics; m != nil {
 		m.Kills.WithLabelValues(string(o.State)).Inc()

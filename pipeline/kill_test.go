@@ -110,6 +110,11 @@ var killInventory = killswitch.Inventory{"mailer": {
 
 func newKillRig(t *testing.T, s KillSettings) *killRig {
 	t.Helper()
+	return newKillRigMode(t, s, "")
+}
+
+func newKillRigMode(t *testing.T, s KillSettings, mode killswitch.Mode) *killRig {
+	t.Helper()
 	clk := clock.NewManual(t0)
 	v := &fakeVault{alive: map[string]bool{}, broken: map[string]bool{}, clk: clk}
 	extra := map[string]killswitch.Credential{
@@ -123,7 +128,7 @@ func newKillRig(t *testing.T, s KillSettings) *killRig {
 	ex := fakeExec{v}
 	led := ledger.NewMemory()
 	store := actions.NewMemoryStore()
-	runner, err := actions.New(actions.Settings{}, actions.Deps{
+	runner, err := actions.New(actions.Settings{Mode: mode}, actions.Deps{
 		Store: store, Ledger: led, Clock: clk, Sleep: func(context.Context, time.Duration) error { return nil },
 		Inventory: killInventory, Fingerprint: actions.NewFingerprinter([]byte("k")),
 		Executors: actions.Registry{killswitch.ActionRevokeTokenAccessor: ex, killswitch.ActionRotateKV: ex,
@@ -351,5 +356,29 @@ func TestRestoreAfterFalsePositive(t *testing.T) {
 	r.clk.Set(t0.Add(3 * time.Hour))
 	if _, ok := r.k.Held(ctx, d.Key, detectors.KindSpike, r.clk.Now()); ok {
 		t.Fatal("the hold did not expire")
+	}
+}
+
+// In shadow mode the whole plan is recorded (each action planned by its executor) and
+// nothing is applied.
+func TestKillVendorShadow(t *testing.T) {
+	ctx := context.Background()
+	r := newKillRigMode(t, KillSettings{}, killswitch.ModeShadow)
+	o, err := r.k.Order(ctx, "mailer", "alice", "tabletop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.State != KillPlanned || len(o.Actions) != 5 || o.Plan.Mode != killswitch.ModeShadow {
+		t.Fatalf("shadow kill: state %s, %d actions, plan mode %s", o.State, len(o.Actions), o.Plan.Mode)
+	}
+	for n, alive := range r.vault.alive {
+		if !alive {
+			t.Fatalf("shadow took %s away", n)
+		}
+	}
+	for _, a := range o.Actions {
+		if a.Status != incidents.ActionPlanned || a.Mode != killswitch.ModeShadow {
+			t.Fatalf("shadow action %+v", a)
+		}
 	}
 }

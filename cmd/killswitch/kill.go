@@ -163,7 +163,7 @@ func printOrder(w io.Writer, o pipeline.KillOrder) {
 	switch o.State {
 	case pipeline.KillPending:
 		fmt.Fprintf(w, "waiting for a second approver: killswitch kills approve %s (another admin)\n", o.ID)
-	case pipeline.KillDone, pipeline.KillIncomplete:
+	case pipeline.KillDone, pipeline.KillIncomplete, pipeline.KillPlanned:
 		verified := 0
 		for _, a := range o.Actions {
 			if a.Status == "verified" || a.Status == "planned" {
