@@ -33,7 +33,9 @@ func (c *Console) killsPage(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	if vendor := r.URL.Query().Get("plan"); vendor != "" && slices.Contains(c.cfg.Vendors, vendor) {
+	vendor := r.URL.Query().Get("plan")
+	if vendor != "" && slices.Contains(c.cfg.Vendors, vendor) && whoFrom(r.Context()).user.Role.Allows(approver) {
+		// Planning reads Vault: the approver role, as GET /api/vendors/{vendor}/kill-plan.
 		p, err := k.Plan(r.Context(), vendor)
 		if err != nil {
 			v.PlanError = err.Error()
