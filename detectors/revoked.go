@@ -53,6 +53,9 @@ type Revocation struct {
 	Since time.Time `json:"since"`
 	// Incident is the incident whose action revoked it.
 	Incident string `json:"incident"`
+	// Until, when set, ends the watch: data counted at a later time (the time the
+	// detection would carry) is not a use after revocation.
+	Until time.Time `json:"until,omitzero"`
 }
 
 // RevokedUse is the evidence of a use_after_revocation detection.
@@ -145,8 +148,8 @@ func (e *Engine) useAfterRevocation(vi uint32, v *vendorState, ev *telemetry.Eve
 			rev = r
 		}
 	}
-	if rev == nil || t <= rev.Since.UnixNano() {
-		return // not revoked, or moved before (or with) the revocation
+	if rev == nil || t <= rev.Since.UnixNano() || (!rev.Until.IsZero() && tb > rev.Until.UnixNano()) {
+		return // not revoked, moved before (or with) the revocation, or after the watch
 	}
 	if e.uses == nil {
 		e.uses = make(map[useKey]*useState)

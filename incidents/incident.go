@@ -420,7 +420,10 @@ func (b *Book) add(in *Incident, d detectors.Detection) {
 	if !d.FirstAnomalousAt.IsZero() && (in.FirstAnomalousAt.IsZero() || d.FirstAnomalousAt.Before(in.FirstAnomalousAt)) {
 		in.FirstAnomalousAt = d.FirstAnomalousAt
 	}
-	if d.DetectedAt.After(in.LastDetectionAt) {
+	// Use after revocation follows the incident's own revocation: it never keeps the
+	// incident from closing (a later detection of any kind then opens a new incident,
+	// decided afresh), however long the revoked credential keeps moving data.
+	if d.DetectedAt.After(in.LastDetectionAt) && d.Detector != detectors.KindUseAfterRevocation {
 		in.LastDetectionAt = d.DetectedAt
 	}
 	if d.AnomalousBytes > in.AnomalousBytes {

@@ -90,7 +90,7 @@ type ResponderConfig struct {
 	}
 	// WatchRevoked is how long the credential of a contained incident stays watched for
 	// use after revocation once the incident closed (it is watched while the incident is
-	// current). Default DefaultWatchRevoked.
+	// current). Default DefaultWatchRevoked; negative: only while the incident is current.
 	WatchRevoked time.Duration
 	// Clock tells the time of decisions and records (event time in replay).
 	Clock   clock.Clock
@@ -155,7 +155,7 @@ func NewResponder(cfg ResponderConfig) *Responder {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	return &Responder{cfg: cfg, vendors: make(map[string]*vendorState), revoked: newRevoked(cfg.WatchRevoked)}
+	return &Responder{cfg: cfg, vendors: make(map[string]*vendorState), revoked: newRevoked(cfg.WatchRevoked, cfg.Incidents.Cooldown)}
 }
 
 // vendor returns vendor's partition, creating it.

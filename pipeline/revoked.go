@@ -29,9 +29,12 @@ const DefaultWatchRevoked = 7 * 24 * time.Hour
 type revoked struct {
 	ver atomic.Uint64
 
-	mu      sync.Mutex
-	watch   time.Duration
-	vendors map[string]*revokedVendor
+	mu    sync.Mutex
+	watch time.Duration
+	// cooldown is the incidents' cooldown: watching only while the incident is current
+	// (watch 0) ends at its last detection plus the cooldown, when it closes.
+	cooldown time.Duration
+	vendors  map[string]*revokedVendor
 }
 
 // revokedVendor is one vendor's watched revocations.
@@ -46,11 +49,17 @@ type revokedKey struct {
 	until time.Time
 }
 
-func newRevoked(watch time.Duration) *revoked {
-	if watch <= 0 {
+func newRevoked(watch, cooldown time.Duration) *revoked {
+	switch {
+	case watch == 0:
 		watch = DefaultWatchRevoked
+	case watch < 0:
+		watch = 0 // while the incident is current only
 	}
-	return &revoked{watch: watch, vendors: make(map[string]*revokedVendor)}
+	if cooldown <= 0 {
+		cooldown = 30 * time.Minute // incidents.Settings' default
+	}
+	return &revoked{watch: watch, cooldown: cooldown, vendors: make(map[string]*revokedVendor)}
 }
 
 // Version implements detectors.Revocations.
@@ -89,11 +98,17 @@ func (w *revoked) followLocked(in *incidents.Incident, now time.Time) (changed b
 		return false // a later revocation of the key is watched
 	}
 	next := revokedKey{rev: detectors.Revocation{Credential: in.Credential, Since: *in.ContainedAt, Incident: in.ID}}
-	if in.State == incidents.StateClosed && in.ClosedAt != nil {
+	closed := in.State == incidents.StateClosed
+	switch {
+	case closed && in.ClosedAt != nil:
 		next.until = in.ClosedAt.Add(w.watch)
+	case w.watch == 0:
+		// while current only: a use_after_revocation detection past this time would
+		// close the incident and open one of its own
+		next.rev.Until = in.LastDetectionAt.Add(w.cooldown)
 	}
 	switch {
-	case in.Restore != nil || in.FalsePositive || (!next.until.IsZero() && now.After(next.until)):
+	case in.Restore != nil || in.FalsePositive || (closed && w.watch == 0) || (!next.until.IsZero() && now.After(next.until)):
 		if !mine {
 			return false
 		}

@@ -28,6 +28,7 @@ type pageView struct {
 	Summary          Summary
 	Median, Worst    string
 	Stopped, Exposed string
+	AfterRevocation  string
 	Incidents        []incidentView
 	Flips            []Flip
 	HasBaseline      bool
@@ -49,6 +50,8 @@ type incidentView struct {
 	After     string
 	Status    string
 	StatusCSS string
+	// UAR summarises the use_after_revocation detections ("" when none).
+	UAR       string
 	Chart     template.HTML
 	Decisions []incidents.DecisionRef
 	Trail     []trailRow
@@ -71,7 +74,8 @@ func (r *Report) view() pageView {
 		Events: commas(r.Events), From: short(r.FirstEvent), To: short(r.LastEvent), Summary: r.Summary,
 		Median: "—", Worst: "—", Stopped: bytesHuman(float64(r.Summary.BytesStopped)),
 		Exposed: bytesHuman(float64(r.Summary.BytesExposed)), Flips: r.Flips, HasBaseline: r.Flips != nil,
-		Containment: "verified revocation", Unmapped: r.unmapped, FleetShifts: r.FleetShifts,
+		AfterRevocation: bytesHuman(float64(r.Summary.BytesAfterRevocation)),
+		Containment:     "verified revocation", Unmapped: r.unmapped, FleetShifts: r.FleetShifts,
 	}
 	if r.planned {
 		v.Containment = "planned revocation"
@@ -89,6 +93,9 @@ func (r *Report) view() pageView {
 			iv.Exposure, iv.Status, iv.StatusCSS = duration(*in.ExposureWindowSeconds), "contained", "ok"
 		} else if len(in.Actions) > 0 {
 			iv.Status = in.Actions[len(in.Actions)-1].Status
+		}
+		if u := in.UseAfterRevocation; u != nil {
+			iv.UAR = fmt.Sprintf("%d detection(s), %s, %s → %s", u.Detections, bytesHuman(float64(u.Bytes)), short(u.FirstAt), short(u.LastAt))
 		}
 		if i < len(r.details) {
 			d := r.details[i]
@@ -320,7 +327,7 @@ th,td{text-align:left;padding:8px 10px;border-bottom:1px solid var(--line);verti
 th{font-size:12px;color:var(--muted);font-weight:600;text-transform:uppercase;letter-spacing:.03em;background:#fcfcfd}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .pill{display:inline-block;border-radius:999px;padding:1px 8px;font-size:12px;font-weight:600;background:#f2f4f7}
-.pill.ok{background:#dcfae6;color:#067647} .pill.open,.pill.held,.pill.failed{background:#fef0c7;color:#b54708}
+.pill.ok{background:#dcfae6;color:#067647} .pill.uar{background:#fee4e2;color:#b42318} .pill.open,.pill.held,.pill.failed{background:#fef0c7;color:#b54708}
 .incident{background:#fff;border:1px solid var(--line);border-radius:12px;padding:18px 20px;margin:18px 0}
 .incident header{display:flex;justify-content:space-between;align-items:baseline;gap:12px;margin-bottom:8px}
 .facts{display:flex;flex-wrap:wrap;gap:6px 22px;margin:6px 0 10px;color:var(--muted)} .facts b{color:var(--ink);font-weight:600}
@@ -346,7 +353,8 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
 <div class="card"><div class="k">Worst exposure window</div><div class="v">{{.Worst}}</div><div class="muted">of the contained incidents</div></div>
 <div class="card hl"><div class="k">Data that would have been stopped</div><div class="v">{{.Stopped}}</div><div class="muted">sent by the same credentials after containment</div></div>
 <div class="card"><div class="k">Data exposed before containment</div><div class="v">{{.Exposed}}</div><div class="muted">from the first anomalous event on</div></div>
-<div class="card"><div class="k">Events replayed</div><div class="v">{{.Events}}</div><div class="muted">through detectors, playbooks and guard rails</div></div>{{if .Unmapped}}
+{{if .Summary.UseAfterRevocation}}<div class="card"><div class="k">Use after revocation</div><div class="v">{{.Summary.UseAfterRevocation}}</div><div class="muted">incident(s) whose revoked credentials moved data after containment ({{.AfterRevocation}}): against a real revocation, a copy of the secret or a path that does not depend on Vault</div></div>
+{{end}}<div class="card"><div class="k">Events replayed</div><div class="v">{{.Events}}</div><div class="muted">through detectors, playbooks and guard rails</div></div>{{if .Unmapped}}
 <div class="card"><div class="k">Unmapped credentials</div><div class="v">{{.Summary.UnmappedCredentials}}</div><div class="muted">not in the inventory, targeted in the plan only; {{.Summary.ContainedUnmapped}} incident(s) contained through them</div></div>{{end}}
 </div>{{if .Unmapped}}
 <p class="muted">Unmapped: these credentials were seen in the telemetry but are not in the inventory. The plan treats each as a Vault token so the playbooks decide what they would do; add them to the inventory to revoke them for real: {{range $i, $c := .Unmapped}}{{if $i}}, {{end}}{{$c}}{{end}}.</p>{{end}}{{if .FleetShifts}}
@@ -361,7 +369,7 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
 <table>
 <thead><tr><th>#</th><th>Vendor / credential</th><th>Detectors</th><th>Detected</th><th>Exposure window</th><th class="num">Before</th><th class="num">Stopped</th><th>Status</th></tr></thead>
 <tbody>
-{{range .Incidents}}<tr><td><a href="#{{.Anchor}}">{{.Anchor}}</a></td><td>{{.Subject}}</td><td>{{range $i, $d := .Detectors}}{{if $i}}, {{end}}{{$d}}{{end}}</td><td>{{short .DetectedAt}}</td><td>{{.Exposure}}</td><td class="num">{{.Before}}</td><td class="num">{{.After}}</td><td><span class="pill {{.StatusCSS}}">{{.Status}}</span></td></tr>
+{{range .Incidents}}<tr><td><a href="#{{.Anchor}}">{{.Anchor}}</a></td><td>{{.Subject}}</td><td>{{range $i, $d := .Detectors}}{{if $i}}, {{end}}{{$d}}{{end}}</td><td>{{short .DetectedAt}}</td><td>{{.Exposure}}</td><td class="num">{{.Before}}</td><td class="num">{{.After}}</td><td><span class="pill {{.StatusCSS}}">{{.Status}}</span>{{if .UAR}} <span class="pill uar" title="{{.UAR}}">use after revocation</span>{{end}}</td></tr>
 {{end}}</tbody></table>
 {{else}}<p>No incident: nothing in this telemetry crossed a detector's line.</p>{{end}}
 
@@ -374,8 +382,8 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
 
 {{range .Incidents}}
 <section class="incident" id="{{.Anchor}}">
-<header><h3>{{.Anchor}} · {{.Subject}}</h3><span class="pill {{.StatusCSS}}">{{.Status}}</span></header>
-<div class="facts"><span>first anomalous <b>{{short .FirstAnomalousAt}}</b></span><span>detected <b>{{short .DetectedAt}}</b></span><span>exposure window <b>{{.Exposure}}</b></span><span>exposed <b>{{.Before}}</b></span><span>stopped <b>{{.After}}</b></span></div>
+<header><h3>{{.Anchor}} · {{.Subject}}</h3><span class="pill {{.StatusCSS}}">{{.Status}}</span>{{if .UAR}} <span class="pill uar">use after revocation</span>{{end}}</header>
+<div class="facts"><span>first anomalous <b>{{short .FirstAnomalousAt}}</b></span><span>detected <b>{{short .DetectedAt}}</b></span><span>exposure window <b>{{.Exposure}}</b></span><span>exposed <b>{{.Before}}</b></span><span>stopped <b>{{.After}}</b></span>{{if .UAR}}<span>use after revocation <b>{{.UAR}}</b></span>{{end}}</div>
 <div class="legend"><span><i class="sw" style="background:#98a2b3"></i>volume per interval</span><span><i class="sw" style="background:#d92d20"></i>above the detection line</span><span><i class="sw" style="background:#d1e9ff"></i>expected band (baseline to detection line)</span><span><i class="sw" style="background:rgba(217,45,32,.25)"></i>exposure window</span></div>
 {{.Chart}}
 {{if .Decisions}}<table class="trail"><thead><tr><th>Decision</th><th>Playbooks</th><th>Reason</th></tr></thead><tbody>

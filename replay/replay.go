@@ -9,11 +9,13 @@ package replay
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/killswitch-dev/killswitch"
@@ -183,6 +185,11 @@ func newRunner(o Options) (*runner, error) {
 		Responder: pipeline.ResponderConfig{
 			Incidents: inc, Decider: decider, Actor: actor, Ledger: r.ledger, Store: tracked{Memory: r.store, track: r.track},
 			Inventory: o.Vendors, Events: o.Events, Log: o.Log, // no storm guard: a replay shows every incident
+			// A recording goes on whatever the replay revokes: its revoked credentials are
+			// watched for use after revocation while their incident is current only, not
+			// for days after it closed (each resumption of their normal traffic would
+			// open an incident of its own).
+			WatchRevoked: -1,
 		},
 		Counters: o.Counters, Virtual: r.clk, Log: o.Log,
 	})
@@ -345,6 +352,7 @@ func (r *runner) finish(ctx context.Context) (*Report, error) {
 		}
 		return cmp.Compare(a.ID, b.ID)
 	})
+	uar := useAfterRevocation(r.ledger.Records())
 	for _, in := range all {
 		t := r.tracked[in.ID]
 		inc := Incident{
@@ -364,6 +372,14 @@ func (r *runner) finish(ctx context.Context) (*Report, error) {
 		}
 		for _, a := range in.Actions {
 			inc.Actions = append(inc.Actions, Action{Type: string(a.Type), Target: a.Target, Status: string(a.Status), At: ts(a.At)})
+		}
+		if u := uar[in.ID]; u != nil {
+			u.Bytes = max(u.Bytes, inc.BytesAfterContainment)
+			u.RevokedBy = slices.DeleteFunc(u.RevokedBy, func(id string) bool { return id == in.ID })
+			if len(u.RevokedBy) == 0 {
+				u.RevokedBy = nil
+			}
+			inc.UseAfterRevocation = u
 		}
 		rep.Incidents = append(rep.Incidents, inc)
 		rep.details = append(rep.details, detail{incident: in, series: t.chartSeries})
@@ -432,4 +448,50 @@ func (f *flipRecorder) Evaluate(ctx context.Context, in playbooks.Input, opts ..
 		})
 	}
 	return res
+}
+
+// useAfterRevocation gathers the use_after_revocation detections of every incident
+// from the replay's ledger (detection records, and the incident records that joined
+// them to an incident), in order. Bytes sums what each detection reported new.
+func useAfterRevocation(records []ledger.Record) map[string]*UseAfterRevocation {
+	type uarDetection struct {
+		at       time.Time
+		newBytes int64
+		by       string
+	}
+	dets := map[string]uarDetection{}
+	out := map[string]*UseAfterRevocation{}
+	for _, rec := range records {
+		switch rec.Type {
+		case ledger.TypeDetection:
+			var d detectors.Detection
+			if json.Unmarshal(rec.Payload, &d) != nil || d.Detector != detectors.KindUseAfterRevocation {
+				continue
+			}
+			ud := uarDetection{at: d.DetectedAt}
+			if d.Revoked != nil {
+				ud.newBytes, ud.by = d.Revoked.NewBytes, d.Revoked.Incident
+			}
+			dets[d.ID] = ud
+		case ledger.TypeIncident:
+			_, det, ok := strings.Cut(rec.ID, "/")
+			d, isUAR := dets[det]
+			if !ok || !isUAR || rec.Incident == "" {
+				continue
+			}
+			delete(dets, det) // once per detection
+			u := out[rec.Incident]
+			if u == nil {
+				u = &UseAfterRevocation{FirstAt: ts(d.at)}
+				out[rec.Incident] = u
+			}
+			u.Detections++
+			u.LastAt = ts(d.at)
+			u.Bytes += d.newBytes
+			if d.by != "" && !slices.Contains(u.RevokedBy, d.by) {
+				u.RevokedBy = append(u.RevokedBy, d.by)
+			}
+		}
+	}
+	return out
 }

@@ -50,6 +50,26 @@ type Incident struct {
 	BytesBeforeContainment int64    `json:"bytes_before_containment"`
 	BytesAfterContainment  int64    `json:"bytes_after_containment"`
 	Actions                []Action `json:"actions"`
+	// UseAfterRevocation is set when data moved on the incident's revoked credential
+	// (any credential of its vendor, for a vendor-wide incident) after its containment
+	// was detected: use_after_revocation detections (absent when none).
+	UseAfterRevocation *UseAfterRevocation `json:"use_after_revocation,omitempty"`
+}
+
+// UseAfterRevocation is what an incident's use_after_revocation detections say.
+type UseAfterRevocation struct {
+	// Detections counts them (at most one per credential per detector interval).
+	Detections int `json:"detections"`
+	// FirstAt and LastAt are the event times of the first and the last.
+	FirstAt string `json:"first_at"`
+	LastAt  string `json:"last_at"`
+	// Bytes is what moved after the revocation: the incident's bytes_after_containment
+	// when it measured more (it counts every event; the detections count up to the
+	// last of them), else the bytes the detections reported.
+	Bytes int64 `json:"bytes"`
+	// RevokedBy lists the incidents whose revocations the data moved after, when not
+	// this one (a detection after the revoking incident closed opens a new incident).
+	RevokedBy []string `json:"revoked_by,omitempty"`
 }
 
 // Action is one action of an incident: planned, applied, verified, held or failed.
@@ -84,6 +104,10 @@ type Summary struct {
 	ContainedUnmapped int `json:"contained_unmapped"`
 	// FleetShifts counts the fleet-wide shifts observed (listed in fleet_shifts).
 	FleetShifts int `json:"fleet_shifts"`
+	// UseAfterRevocation counts the incidents with use_after_revocation detections, and
+	// BytesAfterRevocation the bytes those report (see Incident.UseAfterRevocation).
+	UseAfterRevocation   int   `json:"use_after_revocation"`
+	BytesAfterRevocation int64 `json:"bytes_after_revocation"`
 }
 
 // FleetShift is one fleet-wide shift the detectors observed: most vendors with a
@@ -135,6 +159,10 @@ func summarize(r *Report) Summary {
 		}
 		s.BytesStopped += in.BytesAfterContainment
 		s.BytesExposed += in.BytesBeforeContainment
+		if u := in.UseAfterRevocation; u != nil {
+			s.UseAfterRevocation++
+			s.BytesAfterRevocation += u.Bytes
+		}
 	}
 	if len(windows) > 0 {
 		sort.Float64s(windows)
