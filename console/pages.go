@@ -39,6 +39,18 @@ func parsePages() (map[string]*template.Template, error) {
 		"statecss":  stateCSS,
 		"bytesi":    func(n int64) string { return fmtBytes(float64(n)) },
 		"derefTime": derefTime,
+		// uar: the incident has use_after_revocation detections; uarDetections lists them
+		"uar": func(ks []detectors.Kind) bool { return slices.Contains(ks, detectors.KindUseAfterRevocation) },
+		"uarDetections": func(ds []incidents.DetectionRef) []incidents.DetectionRef {
+			var out []incidents.DetectionRef
+			for _, d := range ds {
+				if d.Detector == detectors.KindUseAfterRevocation {
+					out = append(out, d)
+				}
+			}
+			return out
+		},
+		"lastRef": func(ds []incidents.DetectionRef) incidents.DetectionRef { return ds[len(ds)-1] },
 		"pendingTable": func(f frame, rows []httpapi.PendingAction, back string) pendingTable {
 			return pendingTable{Rows: rows, CanApprove: f.CanApprove, CSRF: f.CSRF, Back: back}
 		},
