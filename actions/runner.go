@@ -133,6 +133,17 @@ func ActionID(incident string, a playbooks.Action) string {
 	return "act-" + hex.EncodeToString(h[:12])
 }
 
+// actionScope is what an action is exactly-once within: the incident for what takes
+// something away (revoked once per incident, however often it escalates), the incident's
+// decision for what tells someone (notify, nats.publish, webhook: each escalation is
+// told, a redelivered detection is not told twice).
+func actionScope(req Request, a playbooks.Action) string {
+	if a.Type.Destructive() || req.Result.ID == "" {
+		return req.Incident.ID
+	}
+	return req.Incident.ID + "\x00" + req.Result.ID
+}
+
 func targetKey(a playbooks.Action) string {
 	switch a.Type {
 	case killswitch.ActionNATSPublish:
@@ -237,7 +248,7 @@ func (r *Runner) newJob(ctx context.Context, req Request, a playbooks.Action, pa
 		vendorMode = req.Vendor.Mode
 	}
 	j = &job{
-		id: ActionID(req.Incident.ID, a),
+		id: ActionID(actionScope(req, a), a),
 		target: Target{
 			Incident: req.Incident.ID, Vendor: req.Incident.Vendor, Credential: a.Credential,
 			Action: a, Payload: payload, Fingerprint: r.d.Fingerprint,

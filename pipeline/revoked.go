@@ -206,8 +206,7 @@ func (r *Responder) Revocations() detectors.Revocations { return r.revoked }
 // incident inc: it is counted, and a human is paged whenever the playbooks are asked
 // (every such detection of a contained incident — at most one per credential per
 // detector interval — and the first of any other incident), independently of what the
-// playbooks decide: a notify action is sent once per incident, and the incident that
-// revoked the credential has usually notified already.
+// playbooks decide: a library that does not notify on it still reaches a human.
 func (r *Responder) afterRevocation(ctx context.Context, d detectors.Detection, inc *incidents.Incident, esc incidents.Escalation) {
 	if d.Detector != detectors.KindUseAfterRevocation {
 		return
