@@ -104,19 +104,9 @@ func (r *Runner) Command(ctx context.Context, req Request, approver string) ([]i
 
 // command runs one action of a command.
 func (r *Runner) command(ctx context.Context, req Request, a playbooks.Action, payload []byte, approver string) (incidents.ActionRef, error) {
-	j, skip, err := r.newJob(ctx, req, a, payload)
-	if skip || err != nil {
-		return j.ref, err
-	}
-	if j.mode == killswitch.ModeDryRun || j.mode == killswitch.ModeShadow {
-		return r.shadow(ctx, j)
-	}
-	exec, ok := r.d.Executors[a.Type]
-	if r.s.PlanOnly {
-		exec, ok = nil, true
-	}
-	if !ok {
-		return r.finish(ctx, j, incidents.ActionFailed, "resolve", "no executor for "+string(a.Type)+" is configured", nil)
+	j, exec, done, ref, err := r.prepare(ctx, req, a, payload)
+	if done {
+		return ref, err
 	}
 	return r.execute(ctx, j, exec, approver, true)
 }

@@ -274,21 +274,34 @@ func (r *Runner) newJob(ctx context.Context, req Request, a playbooks.Action, pa
 	return j, false, nil
 }
 
-// act runs one action: resolve, mode, guards, then claim, intent, apply, verify.
-func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, payload []byte) (incidents.ActionRef, error) {
+// prepare builds the job of one action and finds its executor (nil in plan-only mode:
+// every guard runs, nothing is applied). done reports that the action was finished
+// (recorded) already — protected, unresolved, planned in shadow or dry-run, or with no
+// executor — and ref is then its state.
+func (r *Runner) prepare(ctx context.Context, req Request, a playbooks.Action, payload []byte) (j *job, exec Executor, done bool, ref incidents.ActionRef, err error) {
 	j, skip, err := r.newJob(ctx, req, a, payload)
-	if skip || err != nil {
-		return j.ref, err
-	}
-	if j.mode == killswitch.ModeDryRun || j.mode == killswitch.ModeShadow {
-		return r.shadow(ctx, j)
+	switch {
+	case skip || err != nil:
+		return j, nil, true, j.ref, err
+	case j.mode == killswitch.ModeDryRun || j.mode == killswitch.ModeShadow:
+		ref, err = r.shadow(ctx, j)
+		return j, nil, true, ref, err
+	case r.s.PlanOnly:
+		return j, nil, false, j.ref, nil
 	}
 	exec, ok := r.d.Executors[a.Type]
-	if r.s.PlanOnly {
-		exec, ok = nil, true // every guard runs, nothing is applied
-	}
 	if !ok {
-		return r.finish(ctx, j, incidents.ActionFailed, "resolve", "no executor for "+string(a.Type)+" is configured", nil)
+		ref, err = r.finish(ctx, j, incidents.ActionFailed, "resolve", "no executor for "+string(a.Type)+" is configured", nil)
+		return j, nil, true, ref, err
+	}
+	return j, exec, false, j.ref, nil
+}
+
+// act runs one action: resolve, mode, guards, then claim, intent, apply, verify.
+func (r *Runner) act(ctx context.Context, req Request, a playbooks.Action, payload []byte) (incidents.ActionRef, error) {
+	j, exec, done, ref, err := r.prepare(ctx, req, a, payload)
+	if done {
+		return ref, err
 	}
 	if !a.Type.Destructive() {
 		return r.execute(ctx, j, exec, "", false)
