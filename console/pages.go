@@ -161,6 +161,8 @@ func statusOf(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, httpapi.ErrBadRequest):
 		return http.StatusBadRequest
+	case errors.Is(err, httpapi.ErrMisdirected):
+		return http.StatusMisdirectedRequest
 	}
 	return http.StatusInternalServerError
 }

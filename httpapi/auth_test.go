@@ -219,3 +219,36 @@ func TestUsersFileChanges(t *testing.T) {
 		t.Fatalf("admin with a broken users file: %d, want 503", code)
 	}
 }
+
+// misdirectedKiller is a cluster instance that does not own any vendor.
+type misdirectedKiller struct{ recordingKiller }
+
+func (misdirectedKiller) Order(_ context.Context, v, _, _ string) (pipeline.KillOrder, error) {
+	return pipeline.KillOrder{}, &Misdirected{Vendor: v, API: "http://127.0.0.1:9"}
+}
+
+// A kill sent to an instance that does not own the vendor is answered 421 with the
+// owner's API.
+func TestKillMisdirected(t *testing.T) {
+	st, toks := testUsers(t)
+	be := &recordingBackend{}
+	h, err := New(Config{Users: st, Gatherer: metrics.New().Registry, Incidents: be, Controller: be, Approvals: be,
+		Killer: misdirectedKiller{recordingKiller{be}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	req, _ := http.NewRequest("POST", srv.URL+"/api/vendors/mailer/kill", strings.NewReader(`{"reason":"x"}`))
+	req.Header.Set("Authorization", "Bearer "+toks[users.Admin])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]string
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	if resp.StatusCode != http.StatusMisdirectedRequest || body["api"] != "http://127.0.0.1:9" || !strings.Contains(body["error"], "owns mailer") {
+		t.Fatalf("%d %v", resp.StatusCode, body)
+	}
+}

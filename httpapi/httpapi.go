@@ -535,6 +535,10 @@ func (s *server) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) fail(w http.ResponseWriter, err error) {
+	if m := (*Misdirected)(nil); errors.As(err, &m) {
+		writeJSON(w, http.StatusMisdirectedRequest, map[string]string{"error": err.Error(), "api": m.API})
+		return
+	}
 	code := http.StatusInternalServerError
 	switch {
 	case errors.Is(err, ErrNotFound), errors.Is(err, incidents.ErrNotFound):

@@ -25,6 +25,24 @@ type Killer interface {
 	Holds(ctx context.Context, now time.Time) ([]pipeline.Hold, error)
 }
 
+// ErrMisdirected is wrapped by a Misdirected error.
+var ErrMisdirected = errors.New("another instance owns the vendor")
+
+// Misdirected is the error of a kill or restore sent to an instance of a cluster that
+// does not own the vendor: it is answered 421 with the owner's API, where the request
+// goes instead (the CLI follows it).
+type Misdirected struct {
+	Vendor string
+	// API is the owner's API base URL.
+	API string
+}
+
+func (m *Misdirected) Error() string {
+	return fmt.Sprintf("%s: in this cluster the instance at %s owns %s: send it there", ErrMisdirected, m.API, m.Vendor)
+}
+
+func (m *Misdirected) Unwrap() error { return ErrMisdirected }
+
 // errNoKiller answers the kill routes when no Killer is configured.
 var errNoKiller = errors.New("httpapi: kill-vendor and restore are not available here")
 

@@ -16,7 +16,7 @@ import (
 func (s *Service) newConsole(auth httpapi.Authenticator) (*console.Console, error) {
 	return console.New(console.Config{
 		Users: auth, Incidents: s.incidents, Controller: controller{s}, Bus: natsBus{s.nc},
-		Killer: s.pipe.Killer(), Vendors: slices.Sorted(maps.Keys(s.cfg.Vendors)),
+		Killer: s.killer(), Vendors: slices.Sorted(maps.Keys(s.cfg.Vendors)),
 		TelemetrySubject: s.cfg.Service.NATS.TelemetrySubject, Clock: s.o.Clock, Log: s.log.Named("console"),
 	})
 }

@@ -28,7 +28,7 @@ func (s *Service) startHTTP() error {
 	}
 	h, err := httpapi.New(httpapi.Config{
 		Users: apiUsers, Gatherer: s.metrics.Registry, Incidents: s.incidents, Controller: controller{s},
-		Approvals: controller{s}, Killer: s.pipe.Killer(), Ready: s.readiness, Log: s.log.Named("http"),
+		Approvals: controller{s}, Killer: s.killer(), Ready: s.readiness, Log: s.log.Named("http"),
 	})
 	if err != nil {
 		return err

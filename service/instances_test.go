@@ -241,7 +241,30 @@ func TestInstancesShareTheFleet(t *testing.T) {
 	t.Logf("exposure, owner killed at the attack's start → stolen token verified dead: p50 %s, p99 %s, max %s",
 		pct(exposure, 50), pct(exposure, 99), pct(exposure, 100))
 
-	code, out, errOut := testharness.Run(t, []string{"KILLSWITCH_NATS_URL="}, "ledger", "verify", "--nats", f.r.c.URL(), "--data-dir", f.r.dataDir)
+	// A kill-vendor sent to an instance that does not own the vendor is answered 421 with
+	// the owner's API; the CLI follows it, and the owner cuts the vendor off.
+	owners := f.settled(t, "ks1", all)
+	owner := owners[cluster.Of("quiet", partitions)]
+	other := firstOther(all, owner)
+	req, _ := http.NewRequest(http.MethodPost, f.ks[other].HTTPURL()+"/api/vendors/quiet/kill", strings.NewReader(`{"reason":"misdirected"}`))
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mis struct{ API string }
+	_ = json.NewDecoder(resp.Body).Decode(&mis)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMisdirectedRequest || mis.API != f.ks[owner].HTTPURL() {
+		t.Fatalf("kill on %s (the owner is %s): %d, api %q; want 421 naming %s", other, owner, resp.StatusCode, mis.API, f.ks[owner].HTTPURL())
+	}
+	code, out, errOut := testharness.Run(t, []string{"KILLSWITCH_API_TOKEN=" + apiToken}, "kill-vendor", "quiet", "--reason", "cluster drill", "--yes",
+		"--api", f.ks[other].HTTPURL())
+	if code != 0 || !strings.Contains(out, " done ") || f.vault.alive(t, "quiet") {
+		t.Fatalf("kill-vendor through %s: exit %d, quiet's token alive %v\n%s%s", other, code, f.vault.alive(t, "quiet"), out, errOut)
+	}
+
+	code, out, errOut = testharness.Run(t, []string{"KILLSWITCH_NATS_URL="}, "ledger", "verify", "--nats", f.r.c.URL(), "--data-dir", f.r.dataDir)
 	if code != 0 {
 		t.Fatalf("ledger verify: exit %d\n%s%s", code, out, errOut)
 	}

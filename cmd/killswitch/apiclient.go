@@ -179,6 +179,12 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any, 
 	if err != nil {
 		return fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
 	}
+	if api := misdirectedTo(resp.StatusCode, b); api != "" && api != c.base {
+		// In a cluster, another instance owns the vendor: the request goes there, once.
+		owner := *c
+		owner.base = strings.TrimRight(api, "/")
+		return owner.do(ctx, method, path, body, out, raw)
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return c.explain(resp.StatusCode, b)
 	}
@@ -191,6 +197,20 @@ func (c *apiClient) do(ctx context.Context, method, path string, body, out any, 
 		}
 	}
 	return nil
+}
+
+// misdirectedTo returns the owner's API of a 421 answer (httpapi.Misdirected), else "".
+func misdirectedTo(status int, body []byte) string {
+	if status != http.StatusMisdirectedRequest {
+		return ""
+	}
+	var e struct {
+		API string `json:"api"`
+	}
+	if json.Unmarshal(body, &e) != nil || (!strings.HasPrefix(e.API, "http://") && !strings.HasPrefix(e.API, "https://")) {
+		return ""
+	}
+	return e.API
 }
 
 // explain turns an error answer into one line that says what to do.

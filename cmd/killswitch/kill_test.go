@@ -3,8 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +17,7 @@ import (
 	"github.com/killswitch-dev/killswitch/actions/vault"
 	"github.com/killswitch-dev/killswitch/config"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
+	"github.com/killswitch-dev/killswitch/pipeline"
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"github.com/killswitch-dev/killswitch/service"
 	"github.com/killswitch-dev/killswitch/users"
@@ -98,5 +103,39 @@ func TestKillCommands(t *testing.T) {
 	st := seeded.State(t)
 	if st.EntityDisabled || st.Tokens[1] != nil {
 		t.Fatalf("after restore: entity disabled %v, an unlisted token of the entity: %v", st.EntityDisabled, st.Tokens[1])
+	}
+}
+
+// A 421 naming the owner's API (a cluster instance that does not own the vendor) is
+// followed once, with the same token; a 421 without one is an error.
+func TestClientFollowsMisdirected(t *testing.T) {
+	var got []string
+	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, "owner "+r.URL.Path+" "+r.Header.Get("Authorization"))
+		_, _ = io.WriteString(w, `{"id":"kill-1","state":"done"}`)
+	}))
+	defer owner.Close()
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, "other "+r.URL.Path)
+		w.WriteHeader(http.StatusMisdirectedRequest)
+		_, _ = io.WriteString(w, `{"error":"another instance owns the vendor","api":"`+owner.URL+`"}`)
+	}))
+	defer other.Close()
+	c := &apiClient{base: other.URL, token: "tok", timeout: 5 * time.Second, http: http.DefaultClient}
+	var o pipeline.KillOrder
+	if err := c.do(context.Background(), "POST", "/api/vendors/mailer/kill", map[string]string{"reason": "x"}, &o, nil); err != nil || o.State != pipeline.KillDone {
+		t.Fatalf("followed: %v %+v", err, o)
+	}
+	if want := []string{"other /api/vendors/mailer/kill", "owner /api/vendors/mailer/kill Bearer tok"}; !slices.Equal(got, want) {
+		t.Fatalf("requests %q, want %q", got, want)
+	}
+	lost := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusMisdirectedRequest)
+		_, _ = io.WriteString(w, `{"error":"no owner"}`)
+	}))
+	defer lost.Close()
+	c.base = lost.URL
+	if err := c.do(context.Background(), "POST", "/api/vendors/mailer/kill", nil, nil, nil); err == nil || !strings.Contains(err.Error(), "421") {
+		t.Fatalf("a 421 without an owner: %v", err)
 	}
 }
