@@ -48,6 +48,9 @@ var (
 	ErrNoReviver = errors.New("restore needs Vault (none is configured)")
 )
 
+// staleRun is how long a kill order may stay running before it counts as abandoned.
+const staleRun = 5 * time.Minute
+
 // KillSettings configures kill-vendor and restore (the `kill:` section).
 type KillSettings struct {
 	// SecondApprover makes a kill ordered by one user wait until another approves it.
@@ -317,8 +320,11 @@ func (k *Killer) Approve(ctx context.Context, id, by string) (KillOrder, error) 
 	if err != nil {
 		return o, err
 	}
+	// A run abandoned by a crashed instance (running for longer than any run takes) may
+	// be approved again: claims keep what it did from being done twice.
+	stale := o.State == KillRunning && k.cfg.Clock.Now().Sub(o.ApprovedAt) > staleRun
 	switch {
-	case o.State != KillPending && o.State != KillIncomplete:
+	case o.State != KillPending && o.State != KillIncomplete && !stale:
 		return o, fmt.Errorf("%w (it is %s)", ErrOrderState, o.State)
 	case k.cfg.Settings.SecondApprover && by == o.RequestedBy:
 		return o, ErrSameApprover
@@ -326,7 +332,7 @@ func (k *Killer) Approve(ctx context.Context, id, by string) (KillOrder, error) 
 	if err := k.notPaused(ctx); err != nil {
 		return o, err
 	}
-	o.State = KillRunning
+	o.State, o.ApprovedAt = KillRunning, k.cfg.Clock.Now()
 	if _, err := k.cfg.Store.Update(ctx, actions.KillsBucket, orderKey(id), mustJSON(o), rev); err != nil {
 		if errors.Is(err, actions.ErrStale) {
 			return o, fmt.Errorf("%w: someone else decided it meanwhile", ErrOrderState)

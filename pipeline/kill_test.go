@@ -382,3 +382,24 @@ func TestKillVendorShadow(t *testing.T) {
 		}
 	}
 }
+
+// An order left running by a crashed instance may be approved again once stale.
+func TestKillVendorAbandonedRun(t *testing.T) {
+	ctx := context.Background()
+	r := newKillRig(t, KillSettings{SecondApprover: true})
+	o, err := r.k.Order(ctx, "mailer", "alice", "breached")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.State, o.ApprovedAt = KillRunning, r.clk.Now()
+	if err := r.k.save(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.k.Approve(ctx, o.ID, "bob"); !errors.Is(err, ErrOrderState) {
+		t.Fatalf("approving a running order: %v", err)
+	}
+	r.clk.Advance(staleRun + time.Second)
+	if o, err = r.k.Approve(ctx, o.ID, "bob"); err != nil || o.State != KillDone {
+		t.Fatalf("approving an abandoned run: %v, state %s", err, o.State)
+	}
+}
