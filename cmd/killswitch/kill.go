@@ -51,6 +51,28 @@ func newKillCmds(getenv func(string) string) []*cobra.Command {
 	kill.Flags().BoolVar(&yes, "yes", false, "order the kill after showing the plan")
 
 	kills := apiCmd(getenv, "kills [flags]", "list the kill orders", killsHelp, cobra.NoArgs, runKills)
+	kills.AddCommand(apiCmd(getenv, "show ID [flags]", "one kill order: its plan, its actions, its restore",
+		`Shows one kill order (GET /api/kills/ID): who ordered and approved it, the plan shown before it ran,
+the state of every action, and its restore. Needs the viewer role.`,
+		wantArgs(1), func(ctx context.Context, f *apiFlags, c *apiClient, pos []string, stdout, stderr io.Writer) int {
+			var o pipeline.KillOrder
+			var raw []byte
+			if err := c.do(ctx, "GET", "/api/kills/"+url.PathEscape(pos[0]), nil, &o, &raw); err != nil {
+				return fail(stderr, "kills show", err)
+			}
+			if f.asJSON {
+				printJSON(stdout, raw)
+				return exitOK
+			}
+			printOrder(stdout, o)
+			fmt.Fprintln(stdout)
+			printPlan(stdout, o.Plan)
+			if r := o.Restore; r != nil {
+				fmt.Fprintf(stdout, "\nRestored by %s at %s (%s): complete %v, time to restore %s\n", r.By, r.RestoredAt.UTC().Format(time.RFC3339),
+					r.Reason, r.Complete, time.Duration(r.TimeToRestoreSeconds*float64(time.Second)).Round(time.Millisecond))
+			}
+			return exitOK
+		}))
 	kills.AddCommand(apiCmd(getenv, "approve ID [flags]", "approve a pending kill order: it runs now",
 		`Approves a pending (or incomplete) kill order and runs it (POST /api/kills/ID/approve).
 When kill.second_approver is set, the approver must not be who ordered it. Needs the admin role.`,

@@ -93,6 +93,15 @@ func TestKillCommands(t *testing.T) {
 			incident = f
 		}
 	}
+	order := ""
+	for _, f := range strings.Fields(out) {
+		if strings.HasPrefix(f, "kill-") {
+			order = f
+		}
+	}
+	if code, out, errOut = ks("val", "kills", "show", order); code != 0 || !strings.Contains(out, "Plan to cut mailer off") {
+		t.Fatalf("kills show %s: %d\n%s%s", order, code, out, errOut)
+	}
 	if code, _, _ = ks("ops", "restore", incident); code != exitUsage {
 		t.Fatalf("restore without a reason: %d", code)
 	}
