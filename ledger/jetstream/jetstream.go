@@ -270,7 +270,7 @@ func startStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, 
 
 // ensureStream creates or updates the ledger stream.
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
-	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return ensure(ctx, js, jetstream.StreamConfig{
 		Name:        cfg.Name,
 		Description: "Killswitch audit ledger: append-only, hash-chained",
 		Subjects:    []string{cfg.Subject},
@@ -281,16 +281,12 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		DenyDelete:  true,
 		DenyPurge:   true,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("%w: create stream %s: %w", ledger.ErrUnavailable, cfg.Name, err)
-	}
-	return st, nil
 }
 
 // ensureCheckpoints creates or updates the checkpoint stream: append-only like the
 // ledger, every checkpoint kept.
 func ensureCheckpoints(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
-	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return ensure(ctx, js, jetstream.StreamConfig{
 		Name:        cfg.Checkpoints,
 		Description: "Killswitch audit ledger: signed checkpoints of the chain's head",
 		Subjects:    []string{cfg.CheckpointSubject},
@@ -300,10 +296,40 @@ func ensureCheckpoints(ctx context.Context, js jetstream.JetStream, cfg StreamCo
 		DenyDelete:  true,
 		DenyPurge:   true,
 	})
+}
+
+// ensure returns the stream want names, creating it when missing and updating it when
+// its configuration differs. A stream already as wanted — every restart — is not
+// updated: an update is a cluster-wide operation that waits for the meta leader and
+// every peer of the stream, so a restart while a node is down would wait for nothing.
+// Transient errors (a stream or leader moving) are retried a few times.
+func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (jetstream.Stream, error) {
+	var st jetstream.Stream
+	err := retryTransient(ctx, func() (err error) {
+		st, err = js.Stream(ctx, want.Name)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			st, err = js.CreateStream(ctx, want)
+		case err == nil && !sameConfig(st.CachedInfo().Config, want):
+			st, err = js.UpdateStream(ctx, want)
+		}
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: create stream %s: %w", ledger.ErrUnavailable, cfg.Checkpoints, err)
+		return nil, fmt.Errorf("%w: create stream %s: %w", ledger.ErrUnavailable, want.Name, err)
 	}
 	return st, nil
+}
+
+// sameConfig reports whether have already is what want asks for (the fields ensure sets).
+func sameConfig(have, want jetstream.StreamConfig) bool {
+	dup := want.Duplicates
+	if dup == 0 {
+		dup = have.Duplicates // the server's default
+	}
+	return have.Description == want.Description && slices.Equal(have.Subjects, want.Subjects) && have.Storage == want.Storage &&
+		have.Replicas == max(want.Replicas, 1) && have.Retention == want.Retention && have.Duplicates == dup &&
+		have.DenyDelete == want.DenyDelete && have.DenyPurge == want.DenyPurge
 }
 
 // Queue places e at the end of the chain and returns at once; see ledger.Queuer. The

@@ -181,3 +181,30 @@ func TestReadMessagesWhileUnreachable(t *testing.T) {
 		t.Fatalf("read with NATS down took %s: retries must end with the context", took)
 	}
 }
+
+// A stream already as wanted is left alone on open; one whose configuration differs is
+// updated.
+func TestEnsureUpdatesOnlyWhatDiffers(t *testing.T) {
+	ctx := context.Background()
+	js, err := jetstream.New(testharness.Connect(t, testharness.NATS(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := jetstream.StreamConfig{Name: "T", Subjects: []string{"t"}, Storage: jetstream.FileStorage, Duplicates: time.Minute,
+		DenyDelete: true, DenyPurge: true}
+	st, err := ensure(ctx, js, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := st.CachedInfo().Created
+	if !sameConfig(st.CachedInfo().Config, want) {
+		t.Fatalf("created %+v, want %+v", st.CachedInfo().Config, want)
+	}
+	if st, err = ensure(ctx, js, want); err != nil || !st.CachedInfo().Created.Equal(created) {
+		t.Fatalf("reopened: %v", err)
+	}
+	want.Duplicates = 2 * time.Minute
+	if st, err = ensure(ctx, js, want); err != nil || st.CachedInfo().Config.Duplicates != 2*time.Minute {
+		t.Fatalf("updated: %v, duplicates %s", err, st.CachedInfo().Config.Duplicates)
+	}
+}
