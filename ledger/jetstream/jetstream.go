@@ -423,7 +423,8 @@ type position struct {
 // readRecord reads the record stored at stream sequence seq and checks that it is
 // intact (hash, and MAC with a key).
 func (s *Stream) readRecord(ctx context.Context, seq uint64) (ledger.Record, error) {
-	msg, err := s.stream.GetMsg(ctx, seq)
+	var msg *jetstream.RawStreamMsg
+	err := retryTransient(ctx, func() (err error) { msg, err = s.stream.GetMsg(ctx, seq); return err })
 	if err != nil {
 		return ledger.Record{}, fmt.Errorf("%w: read record %d: %w", ledger.ErrUnavailable, seq, err)
 	}
@@ -992,7 +993,11 @@ func (w *writer) start(ctx context.Context) error {
 			return err
 		}
 		if ok {
-			if b := w.s.checkAnchor(ctx, cp, at); b != nil {
+			b, err := w.s.checkAnchor(ctx, cp, at)
+			if err != nil {
+				return err
+			}
+			if b != nil {
 				found = append(found, *b)
 			} else {
 				w.chk = ledger.NewChecker(w.s.cfg.Key, cp.Anchor, ledger.MaxUnsealed)
@@ -1016,24 +1021,30 @@ func (w *writer) start(ctx context.Context) error {
 }
 
 // checkAnchor reports a break unless the record checkpointed in cp (found at position
-// at among the checkpoints) is still stored where the checkpoint says.
-func (s *Stream) checkAnchor(ctx context.Context, cp ledger.Checkpoint, at uint64) *ledger.Break {
+// at among the checkpoints) is still stored where the checkpoint says. A read that fails
+// for another reason than the message missing (a stream moving between servers) is an
+// error wrapping ledger.ErrUnavailable, never a break.
+func (s *Stream) checkAnchor(ctx context.Context, cp ledger.Checkpoint, at uint64) (*ledger.Break, error) {
 	if cp.Seq == 0 {
-		return nil
+		return nil, nil
 	}
 	b := &ledger.Break{Kind: ledger.BreakRewritten, Checkpoint: at, Seq: cp.Seq}
-	msg, err := s.stream.GetMsg(ctx, cp.Stream)
-	if err != nil {
+	var msg *jetstream.RawStreamMsg
+	err := retryTransient(ctx, func() (err error) { msg, err = s.stream.GetMsg(ctx, cp.Stream); return err })
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
 		b.Kind = ledger.BreakTruncated
-		b.Detail = fmt.Sprintf("record %d, checkpointed %s at stream sequence %d, cannot be read: %v", cp.Seq, cp.Time.Format(time.RFC3339), cp.Stream, err)
-		return b
+		b.Detail = fmt.Sprintf("record %d, checkpointed %s at stream sequence %d, is gone: %v", cp.Seq, cp.Time.Format(time.RFC3339), cp.Stream, err)
+		return b, nil
+	case err != nil:
+		return nil, fmt.Errorf("%w: read the checkpointed record %d (stream sequence %d): %w", ledger.ErrUnavailable, cp.Seq, cp.Stream, err)
 	}
 	r, err := ledger.DecodeRecord(msg.Data)
 	if err != nil || r.Seq != cp.Seq || r.Hash != cp.Hash {
 		b.Detail = fmt.Sprintf("stream sequence %d does not hold record %d %.12s…, checkpointed %s", cp.Stream, cp.Seq, cp.Hash, cp.Time.Format(time.RFC3339))
-		return b
+		return b, nil
 	}
-	return nil
+	return nil, nil
 }
 
 // lastCheckpoint returns the last valid checkpoint and its position among the
@@ -1298,7 +1309,14 @@ func transient(err error) bool {
 	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, context.DeadlineExceeded) || // a request's own timeout; ctx's end stops the retries
 		errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
-		errors.Is(err, jetstream.ErrConsumerLeadershipChanged)
+		errors.Is(err, jetstream.ErrConsumerLeadershipChanged) || unavailable503(err)
+}
+
+// unavailable503 reports a JetStream API error 503 ("JetStream system temporarily
+// unavailable": no leader yet).
+func unavailable503(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && api.Code == 503
 }
 
 // retryTransient runs op until it succeeds, fails permanently or ran out of retries.

@@ -148,6 +148,8 @@ func TestTransientErrors(t *testing.T) {
 		{jetstream.ErrNoHeartbeat, true},
 		{context.DeadlineExceeded, true},
 		{jetstream.ErrStreamNotFound, false},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, true},
+		{&jetstream.APIError{Code: 400, ErrorCode: 10071, Description: "wrong last sequence"}, false},
 		{errors.New("nats: permissions violation"), false},
 	} {
 		if got := transient(tc.err); got != tc.want {
