@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -79,6 +80,13 @@ func TestSoak(t *testing.T) {
 	// or a NATS node restarted, every 2–5 s.
 	var mu sync.Mutex
 	var log []string
+	t.Cleanup(func() {
+		if t.Failed() { // the chaos so far, to read the instances' logs against
+			mu.Lock()
+			defer mu.Unlock()
+			t.Logf("chaos:\n%s", strings.Join(log, "\n"))
+		}
+	})
 	note := func(format string, a ...any) {
 		mu.Lock()
 		log = append(log, fmt.Sprintf("%6.1fs ", time.Since(f.started).Seconds())+fmt.Sprintf(format, a...))
