@@ -67,8 +67,11 @@
 //     (Model, shared with cmd/nab) scores the running sum against robust baselines with
 //     hour-of-day and day-of-week offsets and envelopes of four features; the bucket
 //     must also exceed twice the most the key ever sent at that hour of the day (so a
-//     nightly batch is learned) and MinBytes. The episode ends after 70 buckets that do
-//     not fire.
+//     nightly batch is learned) and MinBytes. At or above the far line — 3× the most the
+//     key has sent in that hour of the day or a neighbouring one (on a weekend, net of
+//     the learned weekend level), never above 8× the most seen at the hour — it fires
+//     whatever the model says (see Engine.farLine; the 8× bound holds around a fleet-wide
+//     rise). The episode ends after 70 buckets that do not fire.
 //   - sustained: the model's CUSUM of robust excess over the seasonal baseline crosses
 //     its line (low and slow) and the excess since it began totals at least MinBytes.
 //     Same episode rule.

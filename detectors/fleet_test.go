@@ -3,6 +3,7 @@ package detectors
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"reflect"
@@ -126,6 +127,34 @@ func TestFleetShiftIsOneObservation(t *testing.T) {
 			}
 			if st := e.Fleet(); st.Shifts != uint64(len(e.FleetShifts())) {
 				t.Errorf("status counts %d shifts, the log holds %d", st.Shifts, len(e.FleetShifts()))
+			}
+		})
+	}
+}
+
+// TestFleetShiftFarLine: after a fleet-wide rise to a level the keys had not sent (×4),
+// the hours of the day not yet seen at the new level (the nightly batches of the night
+// after) do not cross the spike detector's far line (3× the most seen around that
+// hour) on every key at once: a key the rise took above its envelope keeps the 8×
+// bound for a day after the rise ended.
+func TestFleetShiftFarLine(t *testing.T) {
+	for _, seed := range []uint64{11, 13} {
+		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
+			cfg := scenario.Config{Seed: seed, Days: 5, Vendors: 12, EventsPerMinute: 12, Attacks: -1,
+				FleetShifts: []scenario.FleetShift{{At: 3*24*time.Hour + 10*time.Hour, Factor: 4}}}
+			evs := scenarioOf(cfg)
+			shiftAt := scenario.New(cfg).Start().Add(cfg.FleetShifts[0].At)
+			e := mustEngine(t, Config{})
+			dets := volumeAfter(ticked(e, evs, nil), shiftAt)
+			ended := false
+			for _, s := range e.FleetShifts() {
+				ended = ended || s.Factor > 1 && !s.At.Before(shiftAt) && !s.Until.IsZero()
+			}
+			if !ended {
+				t.Fatalf("fleet shifts %+v: want the rise at %s seen and ended", e.FleetShifts(), shiftAt)
+			}
+			for _, d := range dets {
+				t.Errorf("%s %s at %s after the ×4 rise: %s", d.Detector, d.Key, d.DetectedAt, d.Reason)
 			}
 		})
 	}

@@ -52,6 +52,10 @@ const (
 	flagSust     // sustained episode active
 	flagDormant  // dormant episode active
 	flagDataSeen // lastData is valid
+	// flagFleetNew: during the latest fleet-wide rise the key sent well above the most
+	// it had sent at that hour (the rise took it to a level it had not seen); cleared
+	// a day after the rise ended (see Engine.farLine).
+	flagFleetNew
 )
 
 func (k *keyState) has(f uint16) bool { return k.flags&f != 0 }

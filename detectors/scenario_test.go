@@ -72,6 +72,43 @@ func TestScenario(t *testing.T) {
 	}
 }
 
+// TestScenarioSmashAndGrabDelay: on young keys (the attacks fall on days 5 to 9,
+// weekends included), whose models' lines may sit up to 8× the most seen at the hour,
+// a smash-and-grab (40× the usual rate) is caught by the spike detector once the bucket
+// holds 3× the most the key has sent around that hour of the day: within 45 s of its
+// start. (With only the model's line and the 8× bound, these took up to 201 s.)
+func TestScenarioSmashAndGrabDelay(t *testing.T) {
+	for _, seed := range []uint64{11, 21} {
+		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
+			s := scenario.New(scenario.Config{Seed: seed, Days: 10, Vendors: 12, Attacks: 2, EventsPerMinute: 12})
+			e := mustEngine(t, Config{})
+			var dets []Detection
+			s.Events(func(ev *telemetry.Event) bool {
+				e.Process(ev, func(d Detection) { dets = append(dets, d) })
+				return true
+			})
+			for _, a := range s.Attacks() {
+				if a.Kind != scenario.SmashAndGrab {
+					continue
+				}
+				var first *Detection
+				for i, d := range dets {
+					if d.Detector == KindSpike && d.Key == (Key{Vendor: a.Vendor, Credential: a.Credential}) && !d.DetectedAt.Before(a.Start) && d.DetectedAt.Before(a.End) {
+						first = &dets[i]
+						break
+					}
+				}
+				switch {
+				case first == nil:
+					t.Errorf("%s on %s/%s at %s: no spike", a.Kind, a.Vendor, a.Credential, a.Start)
+				case first.DetectedAt.Sub(a.Start) > 45*time.Second:
+					t.Errorf("%s on %s/%s at %s: spike after %s, want within 45s: %s", a.Kind, a.Vendor, a.Credential, a.Start, first.DetectedAt.Sub(a.Start), first.Reason)
+				}
+			}
+		})
+	}
+}
+
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 // TestScenarioGolden pins the exact detections (IDs, evidence, reasons) of the

@@ -33,7 +33,11 @@ import (
 // envelope taken from the hour envelope and no weekend learned yet.
 //
 // Version 4 adds the fleet-wide shift in effect and the number observed (see
-// encodeFleet), after the counters. Older snapshots are read with no shift on.
+// encodeFleet), after the counters. Older snapshots are read with no shift on. A key's
+// flags may carry flagFleetNew (a recent fleet-wide rise took the key to a new level,
+// see Engine.farLine) in a bit older builds never set: not a format change; a snapshot
+// without it restores its keys unmarked, so for at most a day after a rise that ended
+// before the upgrade the spike's far line is at 3×, not its 8× bound.
 //
 // A Sharded snapshot is
 //

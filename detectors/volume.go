@@ -82,7 +82,7 @@ func (e *Engine) checkBucket(v *vendorState, k *keyState, b uint32, bytes, t int
 	slot := e.slotOfBucket(b)
 	x := e.volumeX(bytes) - e.fleetLift(k, k.hourLine(v, slot.Hour)) // net of a fleet-wide rise
 	sc := k.model.Score(p, x, slot)
-	if e.spikeFires(v, k, sc, x, bytes, slot) && !k.has(flagSpike) {
+	if e.spikeFires(v, k, sc, x, bytes, b) && !k.has(flagSpike) {
 		e.fireSpike(v, k, b, bytes, t, off, emit)
 	}
 	if !v.cfg.disabled.has(KindSustained) && sc.SustainedUp >= 0.5 && x > k.seenLine(slot) && !k.has(flagSust) && int64(k.cusBytes)+bytes >= e.set.minBytes {
@@ -152,7 +152,7 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
 	// (bounded, see fleetLift); the model and the envelopes learn the volume itself.
 	disc := e.fleetLift(k, k.hourLine(v, slot.Hour))
 	sc := k.model.Score(p, x-disc, slot)
-	spiked := e.spikeFires(v, k, sc, x-disc, bytes, slot)
+	spiked := e.spikeFires(v, k, sc, x-disc, bytes, b)
 	seen := x-disc <= k.seenLine(slot)
 	if k.has(flagSpike) || k.has(flagSust) {
 		ep := k.spikeEpisode()
@@ -180,6 +180,12 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
 	// the hour envelope learns the volume, only half of the excess of a spike
 	q := uint8(min(math.Ceil(x*hourQ), math.MaxUint8))
 	h := slot.Hour % 24
+	switch {
+	case e.fleet.dir > 0 && x > float64(k.hourHi[h])/hourQ+fleetNewAbove:
+		k.flags |= flagFleetNew
+	case k.has(flagFleetNew) && !e.fleetRecent(b):
+		k.flags &^= flagFleetNew
+	}
 	if q > k.hourHi[h] {
 		if spiked {
 			k.hourHi[h] += (q - k.hourHi[h] + 1) / 2
@@ -230,18 +236,67 @@ func (k *keyState) seenLine(s Slot) float64 {
 	return line
 }
 
-// spikeFires says whether a bucket of the given volume fires the spike detector. The
+// spikeFires says whether a bucket b of the given volume fires the spike detector. The
 // volume must be at least MinBytes and above the hour line (twice the most the key has
 // sent at this hour of the day), and either the volume model's upward score reaches
-// 0.5 or the volume is far above the hour line (8× the most seen at this hour): the
-// model alone has learned every jump it has seen, at any hour (a nightly batch), and the
-// hour envelope alone knows nothing of level shifts, drift or volatility.
-func (e *Engine) spikeFires(v *vendorState, k *keyState, sc Score, x float64, bytes int64, s Slot) bool {
+// 0.5 or the volume is at or above the far line (see farLine): the model alone has
+// learned every jump it has seen, at any hour (a nightly batch), and the hour envelope
+// alone knows nothing of level shifts, drift or volatility.
+func (e *Engine) spikeFires(v *vendorState, k *keyState, sc Score, x float64, bytes int64, b uint32) bool {
 	if v.cfg.disabled.has(KindSpike) || bytes < e.set.minBytes || k.model.N() < v.cfg.params.Warmup {
 		return false
 	}
-	line := k.hourLine(v, s.Hour)
-	return x >= line && (sc.SpikeUp >= 0.5 || x >= line+2*v.cfg.hourMargin)
+	s := e.slotOfBucket(b)
+	return x >= k.hourLine(v, s.Hour) && (sc.SpikeUp >= 0.5 || x >= e.farLine(v, k, b))
+}
+
+// farHigh is how far above the most a key has sent around this time of day a bucket
+// fires the spike detector whatever its volume model says (log2 units at the default
+// sensitivity: log2(3), 3×).
+const farHigh = 1.584962500721156
+
+// farLine is the volume (model scale) at or above which bucket b of key k fires the
+// spike detector whatever the volume model says: 3× the most the key has sent in this
+// hour of the day or the one before or after it (a nightly batch that starts a few
+// minutes early or late is not new), on a weekend net of the model's weekend offset
+// when it is in use; never below the hour line (2× the most seen at this hour), and
+// never above the hour line times 4 (8× the most seen at this hour: the bound before,
+// so no telemetry can make the line higher than it was). A smash-and-grab at 40× the usual rate crosses 3× within seconds, where
+// a young model's line may sit up to the 8× bound (a minute or more).
+//
+// While a fleet-wide rise is on, and for a day after it ended on a key the rise took
+// well above the most it had sent at that hour (flagFleetNew), the far line is at the
+// 8× bound: the hours of the day such a key has not yet been seen at at its new level
+// would otherwise all cross 3× at once. A return to a level already seen (the Monday
+// after a weekend, the day after a holiday) does not mark a key. A forged fleet rise
+// buys nothing the 8× bound did not already allow.
+func (e *Engine) farLine(v *vendorState, k *keyState, b uint32) float64 {
+	h := e.slotOfBucket(b).Hour % 24
+	bound := k.hourLine(v, h) + 2*v.cfg.hourMargin
+	if e.fleet.dir > 0 || k.has(flagFleetNew) && e.fleetRecent(b) {
+		return bound
+	}
+	top := float64(max(k.hourHi[(h+23)%24], k.hourHi[h], k.hourHi[(h+1)%24])) / hourQ
+	if s := e.slotOfBucket(b); s.isWeekend() {
+		if off, ok := k.model.WeekendOffset(); ok && off < 0 {
+			top += off
+		}
+	}
+	return math.Max(math.Min(top+farHigh*v.cfg.hourMargin, bound), k.hourLine(v, h))
+}
+
+// fleetNewAbove is how far above the most a key has sent at an hour (log2: 1.41×) a
+// bucket learned during a fleet-wide rise must be to mark the key (flagFleetNew).
+const fleetNewAbove = 0.5
+
+// fleetRecent says whether a fleet-wide rise is on at bucket b, or ended less than a
+// day before it.
+func (e *Engine) fleetRecent(b uint32) bool {
+	f := &e.fleet
+	if f.dir > 0 {
+		return true
+	}
+	return f.last > 0 && int64(b) < int64(f.ended)+int64(24*time.Hour/e.set.interval)
 }
 
 // triggers computes the current bucket's spike and sustained lines in bytes.
@@ -253,7 +308,7 @@ func (e *Engine) triggers(v *vendorState, k *keyState) {
 	spike, sust := k.model.Triggers(p, slot)
 	if !v.cfg.disabled.has(KindSpike) && !math.IsInf(spike, 1) { // +Inf while learning
 		line := k.hourLine(v, slot.Hour)
-		spike = math.Min(math.Max(spike, line), line+2*v.cfg.hourMargin)
+		spike = math.Min(math.Max(spike, line), e.farLine(v, k, k.cur))
 		spike += e.fleetLift(k, spike)
 		k.spikeTrig = float32(math.Max(e.volumeBytes(spike), float64(e.set.minBytes)))
 	}
@@ -285,7 +340,7 @@ func (e *Engine) fireSpike(v *vendorState, k *keyState, b uint32, bytes, t int64
 	spikeX, _ := k.model.Triggers(p, slot)
 	line := k.hourLine(v, slot.Hour)
 	seen := line - v.cfg.hourMargin
-	high := math.Max(e.volumeBytes(math.Min(math.Max(spikeX, line), line+2*v.cfg.hourMargin)), float64(e.set.minBytes))
+	high := math.Max(e.volumeBytes(math.Min(math.Max(spikeX, line), e.farLine(v, k, b))), float64(e.set.minBytes))
 	typical := math.Max(e.volumeBytes(sc.Expected), 0)
 	key := e.key(v, k)
 	start := e.bucketStart(b)
