@@ -165,4 +165,6 @@ func loginWorks(ctx context.Context, vs *vaultSetup, v *devvault.Seeded, secretI
 	return err
 }
 
-func secs(s float64) string { return time.Duration(s * float64(time.Second)).Round(time.Millisecond).String() }
+func secs(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(time.Millisecond).String()
+}

@@ -470,7 +470,7 @@ func (k *Killer) handle(ctx context.Context, o *KillOrder, approver string, ord 
 		reason += " (waiting for a second approver)"
 	}
 	d := detectors.Detection{
-		ID:       "det-" + o.ID + "-" + hashOf(stage+now.String())[:8],
+		ID:       "det-" + o.ID + "-" + hashOf(stage + now.String())[:8],
 		Detector: KindKillVendor, Key: detectors.Key{Vendor: o.Vendor}, Severity: detectors.SeverityCritical, Score: 1,
 		FirstAnomalousAt: o.RequestedAt, DetectedAt: now, Window: detectors.Window{Start: o.RequestedAt, End: now},
 		Reason: reason,

@@ -53,7 +53,9 @@ func (e fakeExec) Verify(_ context.Context, t actions.Target) (actions.Verificat
 	return actions.Verification{Dead: !e.v.alive[t.Credential], Evidence: "lookup: " + t.Credential}, nil
 }
 
-type fakeEnum struct{ extra map[string]killswitch.Credential }
+type fakeEnum struct {
+	extra map[string]killswitch.Credential
+}
 
 func (f fakeEnum) Enumerate(context.Context, string, killswitch.Vendor) (map[string]killswitch.Credential, error) {
 	return f.extra, nil
@@ -141,8 +143,8 @@ func newKillRigMode(t *testing.T, s KillSettings, mode killswitch.Mode) *killRig
 	incs := incidents.NewMemory()
 	p, err := New(Config{
 		Responder: ResponderConfig{Decider: holdDecider{}, Actor: runner, Ledger: led, Store: incs, Inventory: killInventory},
-		Kill: &KillConfig{Settings: s, Store: store, Runner: runner, Enumerator: fakeEnum{extra}, Reviver: rev, Incidents: incs},
-		Clock: clk,
+		Kill:      &KillConfig{Settings: s, Store: store, Runner: runner, Enumerator: fakeEnum{extra}, Reviver: rev, Incidents: incs},
+		Clock:     clk,
 	})
 	if err != nil {
 		t.Fatal(err)

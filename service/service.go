@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/killswitch-dev/killswitch"
 	"github.com/killswitch-dev/killswitch/actions"
 	actnats "github.com/killswitch-dev/killswitch/actions/nats"
@@ -40,7 +41,6 @@ import (
 	"github.com/killswitch-dev/killswitch/playbooks"
 	"github.com/killswitch-dev/killswitch/telemetry"
 	telnats "github.com/killswitch-dev/killswitch/telemetry/nats"
-	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
