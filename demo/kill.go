@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/vault/api"
 	"github.com/killswitch-dev/killswitch/internal/devvault"
 	"github.com/killswitch-dev/killswitch/pipeline"
+	"github.com/killswitch-dev/killswitch/replay"
 )
 
 // partnerName is the vendor the second act cuts off as a whole.
@@ -34,7 +35,7 @@ func actKill(ctx context.Context, p *printer, vs *vaultSetup, apiURL, token stri
 		return err
 	}
 	p.line("The plan, shown before anything runs (%d actions, %d found in Vault beyond the inventory, planned in %s):",
-		len(plan.Steps), plan.Enumerated, secs(plan.PlanSeconds))
+		len(plan.Steps), plan.Enumerated, replay.FormatSeconds(plan.PlanSeconds))
 	for _, s := range plan.Steps {
 		what := s.Target
 		if s.Plan != nil {
@@ -53,7 +54,7 @@ func actKill(ctx context.Context, p *printer, vs *vaultSetup, apiURL, token stri
 		return fmt.Errorf("%w: kill order %s is %s: %s", ErrNotKilled, o.ID, o.State, o.Error)
 	}
 	p.step("KILL  %s cut off: %d actions applied and verified in %s, one incident (%s), exposure window %s",
-		partnerName, len(o.Actions), secs(o.ApplySeconds), o.Incident, secs(*o.ExposureWindowSeconds))
+		partnerName, len(o.Actions), replay.FormatSeconds(o.ApplySeconds), o.Incident, replay.FormatSeconds(*o.ExposureWindowSeconds))
 	dead := 0
 	for _, t := range partner.Tokens {
 		if tokenWorks(ctx, vs, t.Token) != nil {
@@ -83,7 +84,7 @@ func actKill(ctx context.Context, p *printer, vs *vaultSetup, apiURL, token stri
 	if !n.Complete {
 		return fmt.Errorf("%w: restore incomplete: %s", ErrNotKilled, res.Error)
 	}
-	p.step("RESTORE  %s restored in %s after a false positive (time to restore: %s cut off):", partnerName, secs(n.TookSeconds), secs(n.TimeToRestoreSeconds))
+	p.step("RESTORE  %s restored in %s after a false positive (time to restore: %s cut off):", partnerName, replay.FormatSeconds(n.TookSeconds), replay.FormatSeconds(n.TimeToRestoreSeconds))
 	for _, s := range n.Steps {
 		p.line("  %-32s %-11s %s", s.Credential, s.Outcome, firstLine(s.Evidence))
 	}
@@ -163,8 +164,4 @@ func loginWorks(ctx context.Context, vs *vaultSetup, v *devvault.Seeded, secretI
 	c.SetToken("")
 	_, err = c.Logical().WriteWithContext(ctx, "auth/approle/login", map[string]any{"role_id": v.RoleID, "secret_id": secretID})
 	return err
-}
-
-func secs(s float64) string {
-	return time.Duration(s * float64(time.Second)).Round(time.Millisecond).String()
 }

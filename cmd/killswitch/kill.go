@@ -11,6 +11,7 @@ import (
 
 	"github.com/killswitch-dev/killswitch/httpapi"
 	"github.com/killswitch-dev/killswitch/pipeline"
+	"github.com/killswitch-dev/killswitch/replay"
 	"github.com/spf13/cobra"
 )
 
@@ -69,7 +70,7 @@ the state of every action, and its restore. Needs the viewer role.`,
 			printPlan(stdout, o.Plan)
 			if r := o.Restore; r != nil {
 				fmt.Fprintf(stdout, "\nRestored by %s at %s (%s): complete %v, time to restore %s\n", r.By, r.RestoredAt.UTC().Format(time.RFC3339),
-					r.Reason, r.Complete, time.Duration(r.TimeToRestoreSeconds*float64(time.Second)).Round(time.Millisecond))
+					r.Reason, r.Complete, replay.FormatSeconds(r.TimeToRestoreSeconds))
 			}
 			return exitOK
 		}))
@@ -195,7 +196,7 @@ func printOrder(w io.Writer, o pipeline.KillOrder) {
 		fmt.Fprintf(w, "%d of %d actions verified; plan %.0f ms, apply and verify %.0f ms", verified, len(o.Actions),
 			o.Plan.PlanSeconds*1000, o.ApplySeconds*1000)
 		if o.ExposureWindowSeconds != nil {
-			fmt.Fprintf(w, "; exposure window %s", time.Duration(*o.ExposureWindowSeconds*float64(time.Second)).Round(time.Millisecond))
+			fmt.Fprintf(w, "; exposure window %s", replay.FormatSeconds(*o.ExposureWindowSeconds))
 		}
 		fmt.Fprintln(w)
 		for _, a := range o.Actions {
@@ -228,7 +229,7 @@ func runKills(ctx context.Context, f *apiFlags, c *apiClient, _ []string, stdout
 	for _, o := range out.Kills {
 		exp := "-"
 		if o.ExposureWindowSeconds != nil {
-			exp = time.Duration(*o.ExposureWindowSeconds * float64(time.Second)).Round(time.Millisecond).String()
+			exp = replay.FormatSeconds(*o.ExposureWindowSeconds)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", o.ID, o.Vendor, o.State, o.RequestedBy, o.ApprovedBy, o.Incident, exp, oneLine(o.Reason, 60))
 	}
@@ -255,7 +256,7 @@ func runRestore(ctx context.Context, f *apiFlags, c *apiClient, incident, reason
 	} else {
 		n := out.Restoration.Note
 		fmt.Fprintf(stdout, "incident %s (%s) restored by %s in %.0f ms; the vendor was cut off for %s\n", incident, out.Restoration.Vendor,
-			n.By, n.TookSeconds*1000, time.Duration(n.TimeToRestoreSeconds*float64(time.Second)).Round(time.Millisecond))
+			n.By, n.TookSeconds*1000, replay.FormatSeconds(n.TimeToRestoreSeconds))
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  CREDENTIAL\tWAS\tNOW\tEVIDENCE")
 		for _, s := range n.Steps {
