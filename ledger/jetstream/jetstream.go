@@ -60,6 +60,8 @@ type StreamConfig struct {
 	// still be stored). Default 5s.
 	Timeout time.Duration
 	// MaxInFlight bounds the records published and not yet acknowledged. Default 256.
+	// On a replicated stream (Replicas above 1) one record is in flight at a time,
+	// whatever MaxInFlight says: see writer.maxInFlight.
 	MaxInFlight int
 	// Key MACs the records and the checkpoints. Without it records carry no MAC and no
 	// checkpoint is written (tests; a ledger that was never keyed).
@@ -504,6 +506,17 @@ type writer struct {
 
 	closeFailures int
 	closeErr      error
+
+	// maxInFlight is the most records published and not yet acknowledged:
+	// StreamConfig.MaxInFlight on a stream of one replica, 1 on a replicated one. A
+	// record published behind one still in flight must name it as the stream's last
+	// message (Nats-Expected-Last-Msg-Id: another writer may have got in first, and
+	// the stream's last sequence may match all the same), and a replicated stream
+	// checks that header only when its replicas apply the message: a mismatch there is
+	// a "critical write error" that stops the stream on every replica until the
+	// servers restart (nats-server 2.15). The last sequence alone, which such a stream
+	// checks before proposing the message, is enough with nothing else in flight.
+	maxInFlight int
 }
 
 type uncertainKey struct {
@@ -515,10 +528,14 @@ func newWriter(base context.Context, s *Stream) (*writer, error) {
 	nc := s.js.Conn()
 	w := &writer{
 		s: s, nc: nc, base: base, chk: ledger.NewChecker(s.cfg.Key, ledger.GenesisAnchor, ledger.MaxUnsealed),
-		inbox:     nc.NewInbox() + ".",
-		replies:   make(chan *nats.Msg, 2*s.cfg.MaxInFlight+16),
-		tokens:    make(map[string]*item),
-		uncertain: make(map[string]uint64),
+		inbox:       nc.NewInbox() + ".",
+		replies:     make(chan *nats.Msg, 2*s.cfg.MaxInFlight+16),
+		tokens:      make(map[string]*item),
+		uncertain:   make(map[string]uint64),
+		maxInFlight: s.cfg.MaxInFlight,
+	}
+	if s.stream.CachedInfo().Config.Replicas > 1 {
+		w.maxInFlight = 1
 	}
 	sub, err := nc.ChanSubscribe(w.inbox+"*", w.replies)
 	if err != nil {
@@ -566,7 +583,7 @@ func (w *writer) queueEmpty() bool {
 // canPublish reports whether another record may be published now.
 func (w *writer) canPublish() bool {
 	n := len(w.inflight)
-	return !w.troubled && !time.Now().Before(w.holdUntil) && n < w.s.cfg.MaxInFlight &&
+	return !w.troubled && !time.Now().Before(w.holdUntil) && n < w.maxInFlight &&
 		(n == 0 || !w.inflight[n-1].barrier)
 }
 
