@@ -297,6 +297,7 @@ func TestDecodeInputRejects(t *testing.T) {
 		"unknown detector": strings.Replace(good, `"detector":"spike"`, `"detector":"vibes"`, 1),
 		"wrong vendor":     strings.Replace(good, `"name":"mailer"`, `"name":"other"`, 1),
 		"action mismatch":  strings.Replace(good, `"action":"vault.destroy_secret_id"`, `"action":"vault.revoke_lease"`, 1),
+		"no vendor":        strings.Replace(strings.Replace(good, `"vendor":"mailer"`, `"vendor":""`, 1), `"name":"mailer"`, `"name":""`, 1),
 		"not json":         "detection: x",
 	}
 	if _, err := playbooks.DecodeInput(strings.NewReader(good)); err != nil {
@@ -309,6 +310,27 @@ func TestDecodeInputRejects(t *testing.T) {
 		if _, err := playbooks.DecodeInput(strings.NewReader(doc)); !errors.Is(err, playbooks.ErrInvalidInput) {
 			t.Errorf("%s: err = %v, want ErrInvalidInput", name, err)
 		}
+	}
+}
+
+// TestSensorSilenceIsDecided: a sensor silent for every vendor has no vendor; the
+// input is valid and the shipped silence playbook notifies about the sensor (before,
+// the input was refused and the decision escalated as invalid).
+func TestSensorSilenceIsDecided(t *testing.T) {
+	in := shippedInput(t, "silence")
+	in.Detection.Vendor = ""
+	in.Vendor = playbooks.NewVendorView("", nil)
+	if err := in.Validate(); err != nil {
+		t.Fatalf("a sensor's silence: %v", err)
+	}
+	res := newEngine(t, playbooks.Options{Sources: []playbooks.Source{playbooks.Shipped()}}).Evaluate(context.Background(), in)
+	if res.Escalated || len(res.Decision.Actions) != 1 || res.Decision.Actions[0].Type != killswitch.ActionNotify ||
+		!strings.HasPrefix(res.Decision.Actions[0].Message, "Killswitch: telemetry from sensor egress-gw-1 stopped") {
+		t.Fatalf("result = %+v, want one notification about sensor egress-gw-1", res)
+	}
+	in.Detection.Sensor = ""
+	if err := in.Validate(); !errors.Is(err, playbooks.ErrInvalidInput) {
+		t.Fatalf("a silence with neither vendor nor sensor: err = %v, want ErrInvalidInput", err)
 	}
 }
 

@@ -228,17 +228,17 @@ func knownKind(k detectors.Kind) bool {
 	return false
 }
 
-// Validate checks that the input is consistent: a known detector kind and severity, a
-// vendor view for the detection's vendor, and credential views whose action matches
-// their kind.
+// Validate checks that the input is consistent: a vendor (only a sensor's silence has
+// none), a known detector kind and severity, a vendor view for the detection's vendor,
+// and credential views whose action matches their kind.
 func (in *Input) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidInput}, args...)...))
 	}
 	d := in.Detection
-	if d.Vendor == "" {
-		bad("detection.vendor is empty")
+	if d.Vendor == "" && (d.Detector != detectors.KindSilence || d.Sensor == "") {
+		bad("detection.vendor is empty (only a sensor's silence has no vendor)")
 	}
 	if !knownKind(d.Detector) {
 		bad("detection.detector: unknown kind %q", d.Detector)

@@ -303,7 +303,8 @@ type item struct {
 // worker when none runs.
 func (ds *dispatcher) dispatch(ctx context.Context, m jetstream.Msg) {
 	var d detectors.Detection
-	if err := json.Unmarshal(m.Data(), &d); err != nil || d.ID == "" || d.Vendor == "" {
+	// A sensor silent for every vendor has no vendor (its subject's vendor token is "_").
+	if err := json.Unmarshal(m.Data(), &d); err != nil || d.ID == "" || d.Vendor == "" && d.Sensor == "" {
 		ds.cfg.Log.Error("a stored detection does not decode: terminated", zap.String("subject", m.Subject()), zap.Error(err))
 		ds.count("undecodable")
 		if err := m.Term(); err != nil {

@@ -59,10 +59,16 @@ notify(message) := {"type": "notify", "message": message}
 # iterated in sorted order).
 revocations := [{"type": input.vendor.credentials[name].action, "credential": name} | some name in targets]
 
-# The detection's subject for messages: vendor/credential, or the vendor alone.
+# The detection's subject for messages: vendor/credential, the vendor alone, or the
+# sensor of a detection about a sensor (a sensor silent for every vendor has no vendor).
 subject := sprintf("%s/%s", [input.detection.vendor, credential]) if credential != ""
 
-subject := input.detection.vendor if credential == ""
+subject := input.detection.vendor if {
+	credential == ""
+	input.detection.vendor != ""
+}
+
+subject := sprintf("sensor %s", [input.detection.sensor]) if input.detection.vendor == ""
 
 # Kinds of detection that are evidence of data leaving (as opposed to silence or a new
 # destination on its own).

@@ -24,6 +24,20 @@ test_notifies_only if {
 	contains(a.message, "0 of 2 sensors reporting")
 }
 
+test_notifies_when_a_sensor_is_silent_for_every_vendor if {
+	inp := json.patch(data.inputs.silence, [
+		{"op": "replace", "path": "/detection/vendor", "value": ""},
+		{"op": "replace", "path": "/vendor", "value": {"name": "", "known": false, "credentials": {}}},
+	])
+	d := silence.decision with input as inp
+	[a.type | some a in d.actions] == ["notify"]
+	some a in d.actions
+	startswith(a.message, "Killswitch: telemetry from sensor egress-gw-1 stopped")
+	d.reason == "silence from sensor egress-gw-1: alert only"
+	p := proposed with input as inp
+	p == set()
+}
+
 test_is_high_when_every_sensor_is_silent if {
 	d := silence.decision with input as data.inputs.silence
 	d.severity == "high"
