@@ -384,6 +384,7 @@ func TestSnapshotV1Migration(t *testing.T) {
 	half := len(evs) / 2
 	never := mustEngine(t, snapshotConfig)
 	detect(never, evs[:half])
+	asIfMigratedV5(never)
 	want := detect(never, evs[half:])
 
 	e := mustEngine(t, snapshotConfig)

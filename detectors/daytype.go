@@ -5,7 +5,7 @@ package detectors
 //	seenHi [24]u8 | dayGate f32 | dayOff i16 | dayN u16
 //
 // They live here, apart from the rest of the key's encoding, so that the version-3
-// additions and their migration read in one place.
+// (and, below, version-5) additions and their migrations read in one place.
 
 func encodeKeyV3(enc *encoder, k *keyState) {
 	enc.bytes(k.seenHi[:])
@@ -28,4 +28,29 @@ func decodeKeyV3(d *decoder, k *keyState) {
 	k.model.dayGate = d.f32()
 	k.model.dayOff = int16(d.u16())
 	k.model.dayN = d.u16()
+}
+
+// Snapshot fields added in version 5, per key (after the version-3 fields):
+//
+//	eventHi [24]u8 | curTop f32 | prvTop f32
+func encodeKeyV5(enc *encoder, k *keyState) {
+	enc.bytes(k.eventHi[:])
+	enc.f32(k.curTop)
+	enc.f32(k.prvTop)
+}
+
+// decodeKeyV5 reads the version-5 fields of a key, or migrates a key of an older
+// snapshot: its single-event envelope starts as its hour envelope (no event is larger
+// than the bucket it is in, so the one-event line starts at or above where the true
+// envelope would put it: at worst the rule fires later until the envelope decays to
+// the key's real events), and the open buckets' largest events as their whole volume.
+func decodeKeyV5(d *decoder, k *keyState) {
+	if d.version < 5 {
+		k.eventHi = k.hourHi
+		k.curTop, k.prvTop = float32(k.curBytes), k.prvBytes
+		return
+	}
+	copy(k.eventHi[:], d.take(len(k.eventHi)))
+	k.curTop = d.f32()
+	k.prvTop = d.f32()
 }

@@ -292,12 +292,14 @@ func TestSpike(t *testing.T) {
 }
 
 // TestSpikeCrossingExact checks that no event before the crossing one had the running
-// sum of its bucket at or above the line, and the crossing one did.
+// sum of its bucket at or above the line, and the crossing one did. The burst's events
+// (3 MiB) stay below the one-event line (3× the key's largest event, ~1.6 MiB, at the
+// hour), so it is the bucket's line that fires.
 func TestSpikeCrossingExact(t *testing.T) {
 	burstAt := day(3).Add(11*time.Hour + 30*time.Second)
 	evs := merge(
 		steadyTraffic("acme", "k1", day(0), day(4), 20<<20, 1),
-		series("acme", "k1", "203.0.113.9", burstAt, burstAt.Add(4*time.Minute), 5*time.Second, constant(8<<20)),
+		series("acme", "k1", "203.0.113.9", burstAt, burstAt.Add(4*time.Minute), 5*time.Second, constant(3<<20)),
 	)
 	e := mustEngine(t, Config{})
 	got := ofKind(run(e, evs), KindSpike)
@@ -715,5 +717,90 @@ func TestBand(t *testing.T) {
 	}
 	if _, ok := e.Band(Key{Vendor: "mailer", Credential: "other"}); ok {
 		t.Fatal("band of an unknown credential")
+	}
+}
+
+// TestSpikeOneEvent: after the warmup, one event of at least MinBytes at or above 3×
+// the largest single event the key has sent around that hour of the day fires the
+// spike on that event, before its bucket crosses its own line; an hour the key sends
+// events that large at (a nightly batch) is learned, and a spike raised on one event
+// below the key's top severity is raised again, critical, when the bucket crosses its
+// line.
+func TestSpikeOneEvent(t *testing.T) {
+	var nightly [][]telemetry.Event // 8 MiB events every 30 s from 03:00 to 03:10
+	for d := 0; d < 3; d++ {
+		at := day(d).Add(3 * time.Hour)
+		nightly = append(nightly, series("acme", "k1", "198.51.100.1", at, at.Add(10*time.Minute), 30*time.Second, constant(8<<20)))
+	}
+	// ~1.4 to 1.9 MiB per event around 11:00
+	base := merge(append(nightly, steadyTraffic("acme", "k1", day(0), day(4), 20<<20, 1))...)
+	at := day(3).Add(11*time.Hour + 2*time.Minute + 15*time.Second)
+	one := func(at time.Time, b int64) []telemetry.Event {
+		return series("acme", "k1", "203.0.113.9", at, at.Add(time.Second), time.Second, constant(b))
+	}
+	cases := []struct {
+		name     string
+		extra    []telemetry.Event
+		cfg      Config
+		rise     bool       // a fleet-wide rise is on from the first extra event
+		want     []Severity // the spikes on acme/k1, in order; the first on the first extra event
+		wantLate bool       // the second spike is the bucket's, after the first
+	}{
+		{name: "one 16 MiB event at 11:00 fires on the event", extra: one(at, 16<<20), want: []Severity{SeverityCritical}},
+		{name: "the same event at 03:04, the nightly batch's hour, does not fire", extra: one(day(3).Add(3*time.Hour+4*time.Minute), 16<<20)},
+		{name: "the same event an hour after the batch's hour does not fire either", extra: one(day(3).Add(4*time.Hour+4*time.Minute), 16<<20)},
+		{name: "the same event during the warmup does not fire", extra: one(day(0).Add(11*time.Hour+2*time.Minute), 16<<20)},
+		{name: "a 3 MiB event (below 3× the largest) does not fire", extra: one(at, 3<<20)},
+		{name: "below MinBytes never fires", extra: one(at, 16<<20), cfg: Config{Settings: Settings{MinBytes: 32 << 20}}},
+		{name: "disabled for the vendor", extra: one(at, 16<<20), cfg: Config{Vendors: killswitch.Inventory{"acme": {Disable: []string{"spike"}}}}},
+		{name: "not during a fleet-wide rise (the bucket lines alone apply)", extra: one(at, 16<<20), rise: true},
+		{
+			name:     "7 MiB events every 5 s: high on the first, critical when the bucket crosses its line",
+			extra:    series("acme", "k1", "203.0.113.9", at, at.Add(2*time.Minute), 5*time.Second, constant(7<<20)),
+			want:     []Severity{SeverityHigh, SeverityCritical},
+			wantLate: true,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			evs := merge(base, tc.extra)
+			e := mustEngine(t, tc.cfg)
+			var got []emitted
+			for i := range evs {
+				if tc.rise && evs[i].Time.Equal(tc.extra[0].Time) {
+					e.applyFleet(fleetState{dir: 1, move: 0.1, ext: 0.1, since: e.bucketOf(evs[i].Time.UnixNano())})
+				}
+				e.Process(&evs[i], func(d Detection) {
+					if d.Detector == KindSpike && d.Key == (Key{Vendor: "acme", Credential: "k1"}) {
+						got = append(got, emitted{d, i})
+					}
+				})
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("%d spikes on acme/k1, want %d: %v", len(got), len(tc.want), got)
+			}
+			if len(got) == 0 {
+				return
+			}
+			d := got[0].d
+			first := tc.extra[0].Time
+			if !d.DetectedAt.Equal(first) || !d.FirstAnomalousAt.Equal(first) {
+				t.Errorf("detected %s, first anomalous %s, want both at the event %s", d.DetectedAt, d.FirstAnomalousAt, first)
+			}
+			if d.Observed >= d.Expected.High || d.ID != DetectionIDFor(KindSpike, d.Key, "event", d.Window.Start) || !strings.Contains(d.Reason, "in one event") {
+				t.Errorf("not raised on the event: observed %g band %+v ID %s: %s", d.Observed, d.Expected, d.ID, d.Reason)
+			}
+			for i, g := range got {
+				if g.d.Severity != tc.want[i] {
+					t.Errorf("spike %d: severity %s, want %s: %s", i, g.d.Severity, tc.want[i], g.d.Reason)
+				}
+			}
+			if tc.wantLate {
+				late := got[1].d
+				if !late.DetectedAt.After(d.DetectedAt) || late.Observed < late.Expected.High || late.ID != DetectionID(KindSpike, late.Key, late.Window.Start) {
+					t.Errorf("second spike %s (first %s): observed %g band %+v ID %s", late.DetectedAt, d.DetectedAt, late.Observed, late.Expected, late.ID)
+				}
+			}
+		})
 	}
 }

@@ -71,7 +71,12 @@
 //     key has sent in that hour of the day or a neighbouring one (on a weekend, net of
 //     the learned weekend level), never above 8× the most seen at the hour — it fires
 //     whatever the model says (see Engine.farLine; the 8× bound holds around a fleet-wide
-//     rise). The episode ends after 70 buckets that do not fire.
+//     rise). One event of at least MinBytes at or above 3× the largest single event the
+//     key has sent in that hour of the day or a neighbouring one fires too, whatever
+//     the bucket holds so far (a smash-and-grab's first event; see Engine.eventLine:
+//     not while the model warms up, nor around a fleet-wide rise). Such a spike, when
+//     below the key's top severity, is raised once more, at the top severity, when the
+//     bucket crosses its own line. The episode ends after 70 buckets that do not fire.
 //   - sustained: the model's CUSUM of robust excess over the seasonal baseline crosses
 //     its line (low and slow) and the excess since it began totals at least MinBytes.
 //     Same episode rule.
@@ -112,13 +117,14 @@
 //
 // # State
 //
-// Per-key state is a fixed-size, pointer-free struct of 256 bytes kept in a chunked
+// Per-key state is a fixed-size, pointer-free struct of 296 bytes kept in a chunked
 // slab; keys are found through an open-addressing table of 32-bit slots and credential
-// names live in a byte arena, so a key costs about 250 bytes in all (see
+// names live in a byte arena, so a key costs about 325 bytes in all (see
 // BenchmarkEngineKeys100k). Destination memory is a bounded set of 30-bit fingerprints
 // per vendor (at most 16 KiB); sensors are bounded per engine. Snapshot and Restore
 // write and read the whole state in a versioned, checksummed binary format (see
-// snapshot.go; version 4 carries the fleet-wide shift, version 3 the sustained guard
-// and the day type, version 2 the observed histories and the clock guard; versions 1
-// to 3 are still read), so a restart keeps every baseline.
+// snapshot.go; version 5 carries the single-event envelope, version 4 the fleet-wide
+// shift, version 3 the sustained guard and the day type, version 2 the observed
+// histories and the clock guard; versions 1 to 4 are still read), so a restart keeps
+// every baseline.
 package detectors

@@ -382,8 +382,9 @@ func TestFleetShiftSharded(t *testing.T) {
 // TestSnapshotV3Migration: a version-3 snapshot (testdata/snapshot-v3.bin, written by
 // the version-3 format from the first half of two days of scenario seed 5) restores
 // with no fleet shift on and none observed, the engine then raises exactly the
-// detections of one that never stopped, and writes version 4 — the very snapshot of
-// the engine that never stopped.
+// detections of one that never stopped, and writes the current version — the very
+// snapshot of the engine that never stopped, once that engine's single-event envelope
+// is migrated as the restore migrates it (asIfMigratedV5).
 func TestSnapshotV3Migration(t *testing.T) {
 	v3, err := os.ReadFile("testdata/snapshot-v3.bin")
 	if err != nil {
@@ -396,6 +397,7 @@ func TestSnapshotV3Migration(t *testing.T) {
 	half := len(evs) / 2
 	never := mustEngine(t, snapshotConfig)
 	detect(never, evs[:half])
+	asIfMigratedV5(never)
 	wantSnap := snapshotBytes(t, never)
 	want := detect(never, evs[half:])
 
@@ -451,5 +453,43 @@ func TestFleetDecide(t *testing.T) {
 				t.Errorf("discount %g, want the median move 1.5", d.state.discount())
 			}
 		})
+	}
+}
+
+// TestSnapshotV4Migration: a version-4 snapshot (testdata/snapshot-v4.bin, written by
+// the version-4 format from the first half of two days of scenario seed 5) restores
+// with each key's single-event envelope taken from its hour envelope, the engine then
+// raises exactly the detections of one that never stopped but lost the same history
+// (asIfMigratedV5), and writes the current version — that engine's very snapshot.
+func TestSnapshotV4Migration(t *testing.T) {
+	v4, err := os.ReadFile("testdata/snapshot-v4.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := v4[4]; v != 4 {
+		t.Fatalf("fixture is version %d", v)
+	}
+	evs := scenarioEvents(t, 5, 2)
+	half := len(evs) / 2
+	never := mustEngine(t, snapshotConfig)
+	detect(never, evs[:half])
+	asIfMigratedV5(never)
+	wantSnap := snapshotBytes(t, never)
+	want := detect(never, evs[half:])
+
+	e := mustEngine(t, snapshotConfig)
+	if err := e.Restore(bytes.NewReader(v4)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < e.keys.len(); i++ {
+		if k := e.keys.at(uint32(i)); k.eventHi != k.hourHi || k.curTop != float32(k.curBytes) || k.prvTop != k.prvBytes {
+			t.Fatalf("key %d: migrated single-event envelope %v (hour envelope %v), tops %g/%g", i, k.eventHi, k.hourHi, k.curTop, k.prvTop)
+		}
+	}
+	if got := snapshotBytes(t, e); !bytes.Equal(got, wantSnap) || got[4] != snapshotVersion {
+		t.Fatal("the migrated engine's snapshot is not the never-stopped engine's")
+	}
+	if got := detect(e, evs[half:]); !reflect.DeepEqual(got, want) {
+		t.Fatalf("after migrating: %d detections, never-stopped engine: %d; they differ", len(got), len(want))
 	}
 }

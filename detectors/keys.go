@@ -21,11 +21,16 @@ type keyState struct {
 	curFirst uint32 // earliest event in cur, in ms after the bucket start
 	curBytes int64
 	prvBytes float32 // bucket cur-1 while it is still open (flagPrevOpen)
+	curTop   float32 // the largest single event in cur
+	prvTop   float32 // the largest single event in cur-1 while it is still open
 	// anomAt is the event (ms after the bucket start) at which cur's running sum first
 	// went above the most the key had sent at this hour of the day (unset: MaxUint32).
 	anomAt uint32
 
 	spikeTrig float32 // bytes at which cur fires a spike (+Inf: cannot)
+	// eventTrig is the size of one event at or above which it fires a spike on its own
+	// in cur (+Inf: cannot; see Engine.eventLine).
+	eventTrig float32
 	sustTrig  float32 // bytes at which cur fires a sustained detection
 	cusStart  uint32  // first bucket of the current positive CUSUM run
 	cusBytes  float32 // bytes since cusStart, excluding cur
@@ -39,6 +44,9 @@ type keyState struct {
 	// run of excess: the most the key has sent at that hour in normal operation, the
 	// sustained detector's guard (see keyState.seenLine).
 	seenHi [24]uint8
+	// eventHi is the upper envelope of the largest single event in a bucket at each
+	// hour of the day, on the same scale, learned as hourHi is (see Engine.eventLine).
+	eventHi [24]uint8
 
 	model Model
 }
@@ -56,6 +64,10 @@ const (
 	// it had sent at that hour (the rise took it to a level it had not seen); cleared
 	// a day after the rise ended (see Engine.farLine).
 	flagFleetNew
+	// flagSpikeEarly: the active spike episode was opened by one event (see
+	// Engine.eventLine) below the key's top severity; the bucket crossing its own line
+	// at that severity raises it again, once (see Engine.fireSpike).
+	flagSpikeEarly
 )
 
 func (k *keyState) has(f uint16) bool { return k.flags&f != 0 }
@@ -74,6 +86,9 @@ func (k *keyState) spikeEpisode() episode {
 
 func (k *keyState) setSpikeEpisode(e episode) {
 	k.set(flagSpike, e.active)
+	if !e.active {
+		k.flags &^= flagSpikeEarly
+	}
 	k.spikeQ = uint8(min(e.quiet, math.MaxUint8))
 }
 

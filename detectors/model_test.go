@@ -13,8 +13,8 @@ func TestStateSize(t *testing.T) {
 	if s := unsafe.Sizeof(Model{}); s != 148 {
 		t.Errorf("Model is %d bytes, want 148", s)
 	}
-	if keyStateSize != 256 {
-		t.Errorf("keyState is %d bytes, want 256", keyStateSize)
+	if keyStateSize != 296 {
+		t.Errorf("keyState is %d bytes, want 296", keyStateSize)
 	}
 }
 

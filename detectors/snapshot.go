@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Snapshot format, version 4 (all integers little-endian):
+// Snapshot format, version 5 (all integers little-endian):
 //
 //	magic "KSDS" | version u16 | reserved u16 | body | CRC-32C (Castagnoli) u32
 //
@@ -39,6 +39,12 @@ import (
 // without it restores its keys unmarked, so for at most a day after a rise that ended
 // before the upgrade the spike's far line is at 3×, not its 8× bound.
 //
+// Version 5 appends to each key the single-event envelope and the open buckets'
+// largest events (see encodeKeyV5). Older keys are migrated with the envelope taken
+// from the hour envelope. A key's flags may carry flagSpikeEarly (its spike episode
+// was opened by one event below the key's top severity, see Engine.fireSpike), a bit
+// older builds never set.
+//
 // A Sharded snapshot is
 //
 //	magic "KSSH" | version u16 | reserved u16 | shards u32 | (length u64 | engine snapshot)… | CRC-32C u32
@@ -47,7 +53,7 @@ import (
 // routed to their new shard by the same hash used for events.
 
 const (
-	snapshotVersion = 4
+	snapshotVersion = 5
 	// minSnapshotVersion is the oldest version Restore reads (and migrates).
 	minSnapshotVersion = 1
 	// MaxSnapshotBytes bounds the size of a snapshot Restore accepts (16 GiB).
@@ -397,6 +403,7 @@ func encodeKey(enc *encoder, cred string, k *keyState) {
 	}
 	enc.u16(uint16(m.qexp))
 	encodeKeyV3(enc, k)
+	encodeKeyV5(enc, k)
 }
 
 // Minimal encoded sizes, used to bound counts before looping.
@@ -644,13 +651,14 @@ func decodeKey(d *decoder, k *keyState) {
 	}
 	m.qexp = int16(d.u16())
 	decodeKeyV3(d, k)
+	decodeKeyV5(d, k)
 	if d.err == nil && (m.qexp < minQexp || m.qexp > maxQexp) {
 		d.fail("model unit exponent %d out of range", m.qexp)
 	}
 	if d.err == nil && k.has(flagPrevOpen) && k.cur == 0 {
 		d.fail("previous bucket open before bucket 0")
 	}
-	if d.err == nil && (k.curBytes < 0 || k.prvBytes < 0 || k.cusBytes < 0) {
+	if d.err == nil && (k.curBytes < 0 || k.prvBytes < 0 || k.cusBytes < 0 || k.curTop < 0 || k.prvTop < 0) {
 		d.fail("negative volume")
 	}
 }

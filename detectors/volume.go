@@ -33,7 +33,7 @@ func (e *Engine) volume(v *vendorState, k *keyState, t, bytes int64, emit func(D
 	off := uint32(min(max(t-e.bucketStart(b), 0)/int64(time.Millisecond), math.MaxUint32-1))
 	if !k.has(flagStarted) {
 		k.flags |= flagStarted
-		k.cur, k.curBytes, k.curFirst, k.anomAt = b, 0, math.MaxUint32, math.MaxUint32
+		k.cur, k.curBytes, k.curFirst, k.anomAt, k.curTop = b, 0, math.MaxUint32, math.MaxUint32, 0
 		e.triggers(v, k)
 	} else {
 		e.advance(v, k, b)
@@ -42,33 +42,41 @@ func (e *Engine) volume(v *vendorState, k *keyState, t, bytes int64, emit func(D
 	case b >= k.cur: // b > cur cannot happen after advance
 		k.curBytes += bytes
 		k.curFirst = min(k.curFirst, off)
-		if k.anomAt == math.MaxUint32 && float64(k.curBytes) > e.hourBytes[k.hourHi[e.slotOfBucket(k.cur).Hour]] {
+		k.curTop = max(k.curTop, float32(bytes))
+		if k.anomAt == math.MaxUint32 && (float64(k.curBytes) > e.hourBytes[k.hourHi[e.slotOfBucket(k.cur).Hour]] || float32(bytes) >= k.eventTrig) {
 			k.anomAt = off
 		}
 	case k.cur > 0 && b == k.cur-1 && (k.has(flagPrevOpen) || e.bucketEnd(b) > v.maxT-int64(e.set.lateness)):
 		// out of order within the allowed lateness: counted in its own bucket
 		k.flags |= flagPrevOpen
 		k.prvBytes += float32(bytes)
-		e.checkBucket(v, k, b, int64(k.prvBytes), t, off, emit)
+		k.prvTop = max(k.prvTop, float32(bytes))
+		e.checkBucket(v, k, b, int64(k.prvBytes), bytes, t, off, emit)
 		return
 	default: // late (the caller maps late events to the current time), or defensive
 		k.curBytes += bytes
+		k.curTop = max(k.curTop, float32(bytes))
 		if k.anomAt == math.MaxUint32 && float64(k.curBytes) > e.hourBytes[k.hourHi[e.slotOfBucket(k.cur).Hour]] {
 			k.anomAt = k.curFirst
 		}
 	}
-	e.checkCurrent(v, k, t, emit)
+	e.checkCurrent(v, k, bytes, t, emit)
 }
 
-// checkCurrent compares the current bucket's running sum with its triggers.
-func (e *Engine) checkCurrent(v *vendorState, k *keyState, t int64, emit func(Detection)) {
+// checkCurrent compares the current bucket's running sum, and the event of the given
+// size just counted in it, with its triggers.
+func (e *Engine) checkCurrent(v *vendorState, k *keyState, event, t int64, emit func(Detection)) {
 	x := float64(k.curBytes)
-	if x >= float64(k.spikeTrig) && !k.has(flagSpike) {
+	bucket := x >= float64(k.spikeTrig)
+	if bucket && k.has(flagSpikeEarly) || (bucket || float32(event) >= k.eventTrig) && !k.has(flagSpike) {
 		first := k.anomAt
 		if first == math.MaxUint32 {
 			first = k.curFirst
 		}
-		e.fireSpike(v, k, k.cur, k.curBytes, t, first, emit)
+		if bucket {
+			event = 0 // the bucket's line, whatever the event
+		}
+		e.fireSpike(v, k, k.cur, k.curBytes, event, t, first, emit)
 	}
 	if x >= float64(k.sustTrig) && !k.has(flagSust) && int64(k.cusBytes)+k.curBytes >= e.set.minBytes {
 		e.fireSustained(v, k, k.cur, k.curBytes, t, k.curFirst, emit)
@@ -77,13 +85,16 @@ func (e *Engine) checkCurrent(v *vendorState, k *keyState, t int64, emit func(De
 
 // checkBucket scores an open bucket other than the current one (the previous bucket,
 // reached by an out-of-order event) directly against the model.
-func (e *Engine) checkBucket(v *vendorState, k *keyState, b uint32, bytes, t int64, off uint32, emit func(Detection)) {
+func (e *Engine) checkBucket(v *vendorState, k *keyState, b uint32, bytes, event, t int64, off uint32, emit func(Detection)) {
 	p := &v.cfg.params
 	slot := e.slotOfBucket(b)
 	x := e.volumeX(bytes) - e.fleetLift(k, k.hourLine(v, slot.Hour)) // net of a fleet-wide rise
 	sc := k.model.Score(p, x, slot)
-	if e.spikeFires(v, k, sc, x, bytes, b) && !k.has(flagSpike) {
-		e.fireSpike(v, k, b, bytes, t, off, emit)
+	switch {
+	case (!k.has(flagSpike) || k.has(flagSpikeEarly)) && e.spikeFires(v, k, sc, x, bytes, b):
+		e.fireSpike(v, k, b, bytes, 0, t, off, emit)
+	case !k.has(flagSpike) && e.eventFires(v, k, event, b):
+		e.fireSpike(v, k, b, bytes, event, t, off, emit)
 	}
 	if !v.cfg.disabled.has(KindSustained) && sc.SustainedUp >= 0.5 && x > k.seenLine(slot) && !k.has(flagSust) && int64(k.cusBytes)+bytes >= e.set.minBytes {
 		e.fireSustained(v, k, b, bytes, t, off, emit)
@@ -97,17 +108,17 @@ func (e *Engine) advance(v *vendorState, k *keyState, b uint32) {
 	wm := v.maxT - int64(e.set.lateness)
 	changed := false
 	if k.has(flagPrevOpen) && (e.bucketEnd(k.cur-1) <= wm || b > k.cur) {
-		e.learn(v, k, k.cur-1, int64(k.prvBytes))
+		e.learn(v, k, k.cur-1, int64(k.prvBytes), int64(k.prvTop))
 		k.flags &^= flagPrevOpen
-		k.prvBytes = 0
+		k.prvBytes, k.prvTop = 0, 0
 		changed = true
 	}
 	if b > k.cur {
 		if b == k.cur+1 && e.bucketEnd(k.cur) > wm {
 			k.flags |= flagPrevOpen // cur stays open for late events
-			k.prvBytes = float32(k.curBytes)
+			k.prvBytes, k.prvTop = float32(k.curBytes), k.curTop
 		} else {
-			e.learn(v, k, k.cur, k.curBytes)
+			e.learn(v, k, k.cur, k.curBytes, int64(k.curTop))
 		}
 		if gap := int64(b) - int64(k.cur) - 1; gap > 0 {
 			last := b - 1
@@ -127,14 +138,14 @@ func (e *Engine) advance(v *vendorState, k *keyState, b uint32) {
 				from = max(from, int64(e.bucketOf(v.skipAt-int64(e.set.maxGap))))
 			}
 			for i := from; i <= int64(k.cur)+n; i++ {
-				e.learn(v, k, uint32(i), 0)
+				e.learn(v, k, uint32(i), 0, 0)
 			}
 			if lastOpen {
 				k.flags |= flagPrevOpen
-				k.prvBytes = 0
+				k.prvBytes, k.prvTop = 0, 0
 			}
 		}
-		k.cur, k.curBytes, k.curFirst, k.anomAt = b, 0, math.MaxUint32, math.MaxUint32
+		k.cur, k.curBytes, k.curFirst, k.anomAt, k.curTop = b, 0, math.MaxUint32, math.MaxUint32, 0
 		changed = true
 	}
 	if changed {
@@ -142,9 +153,9 @@ func (e *Engine) advance(v *vendorState, k *keyState, b uint32) {
 	}
 }
 
-// learn closes bucket b of key k with the given volume: episode bookkeeping, the model
-// update and the CUSUM run tracking.
-func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
+// learn closes bucket b of key k with the given volume and largest single event:
+// episode bookkeeping, the model update, the CUSUM run tracking and the envelopes.
+func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes, top int64) {
 	p := &v.cfg.params
 	x := e.volumeX(bytes)
 	slot := e.slotOfBucket(b)
@@ -152,7 +163,7 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
 	// (bounded, see fleetLift); the model and the envelopes learn the volume itself.
 	disc := e.fleetLift(k, k.hourLine(v, slot.Hour))
 	sc := k.model.Score(p, x-disc, slot)
-	spiked := e.spikeFires(v, k, sc, x-disc, bytes, b)
+	spiked := e.spikeFires(v, k, sc, x-disc, bytes, b) || e.eventFires(v, k, top, b)
 	seen := x-disc <= k.seenLine(slot)
 	if k.has(flagSpike) || k.has(flagSust) {
 		ep := k.spikeEpisode()
@@ -186,13 +197,8 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
 	case k.has(flagFleetNew) && !e.fleetRecent(b):
 		k.flags &^= flagFleetNew
 	}
-	if q > k.hourHi[h] {
-		if spiked {
-			k.hourHi[h] += (q - k.hourHi[h] + 1) / 2
-		} else {
-			k.hourHi[h] = q
-		}
-	}
+	k.hourHi[h] = envelope(k.hourHi[h], q, spiked)
+	k.eventHi[h] = envelope(k.eventHi[h], uint8(min(math.Ceil(e.volumeX(top)*hourQ), math.MaxUint8)), spiked)
 	// the sustained detector's guard learns the same, unless the bucket extends a
 	// run of excess (the CUSUM is up): it must not learn the drift it watches
 	if seen || k.model.cusUp <= 0 {
@@ -206,7 +212,23 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes int64) {
 			if k.seenHi[h] > 0 {
 				k.seenHi[h]--
 			}
+			if k.eventHi[h] > 0 {
+				k.eventHi[h]--
+			}
 		}
+	}
+}
+
+// envelope returns an hour envelope's value hi after a bucket at q (quantized as hi)
+// was learned: the new high, or only half of the excess of a spike.
+func envelope(hi, q uint8, spiked bool) uint8 {
+	switch {
+	case q <= hi:
+		return hi
+	case spiked:
+		return hi + (q-hi+1)/2
+	default:
+		return q
 	}
 }
 
@@ -285,6 +307,39 @@ func (e *Engine) farLine(v *vendorState, k *keyState, b uint32) float64 {
 	return math.Max(math.Min(top+farHigh*v.cfg.hourMargin, bound), k.hourLine(v, h))
 }
 
+// eventLine is the size (model scale) at or above which one event in bucket b of key k
+// fires the spike detector on its own, whatever the bucket's volume so far: 3× the
+// largest single event the key has sent in this hour of the day or the one before or
+// after it (eventHi, learned as the hour envelope is: a spike's excess only by half).
+// A smash-and-grab moves megabytes per event where the key's own events are a fraction
+// of that, so its first event can fire, where the bucket's running sum needs several
+// to cross the far line; a nightly batch of large events is learned at its hour like
+// any other. +Inf while the volume model warms up, when the spike detector is disabled,
+// and whenever the far line is at its 8× bound (a fleet-wide rise, see farLine): a
+// rise makes every event larger at once, and the bucket lines alone then apply, as
+// they did before this rule, so no telemetry can raise a line above where it was.
+// The caller also requires the event to be at least MinBytes.
+func (e *Engine) eventLine(v *vendorState, k *keyState, b uint32) float64 {
+	if v.cfg.disabled.has(KindSpike) || k.model.N() < v.cfg.params.Warmup ||
+		e.fleet.dir > 0 || k.has(flagFleetNew) && e.fleetRecent(b) {
+		return math.Inf(1)
+	}
+	return k.eventTop(e.slotOfBucket(b).Hour) + farHigh*v.cfg.hourMargin
+}
+
+// eventTop is the largest single event (model scale) key k has sent in hour h of the
+// day or the one before or after it.
+func (k *keyState) eventTop(h uint8) float64 {
+	h %= 24
+	return float64(max(k.eventHi[(h+23)%24], k.eventHi[h], k.eventHi[(h+1)%24])) / hourQ
+}
+
+// eventFires says whether one event of the given size in bucket b fires the spike
+// detector on its own (see eventLine).
+func (e *Engine) eventFires(v *vendorState, k *keyState, event int64, b uint32) bool {
+	return event >= e.set.minBytes && e.volumeX(event) >= e.eventLine(v, k, b)
+}
+
 // fleetNewAbove is how far above the most a key has sent at an hour (log2: 1.41×) a
 // bucket learned during a fleet-wide rise must be to mark the key (flagFleetNew).
 const fleetNewAbove = 0.5
@@ -302,9 +357,12 @@ func (e *Engine) fleetRecent(b uint32) bool {
 // triggers computes the current bucket's spike and sustained lines in bytes.
 func (e *Engine) triggers(v *vendorState, k *keyState) {
 	inf := float32(math.Inf(1))
-	k.spikeTrig, k.sustTrig = inf, inf
+	k.spikeTrig, k.sustTrig, k.eventTrig = inf, inf, inf
 	p := &v.cfg.params
 	slot := e.slotOfBucket(k.cur)
+	if ev := e.eventLine(v, k, k.cur); !math.IsInf(ev, 1) {
+		k.eventTrig = math.Nextafter32(float32(math.Max(e.volumeBytes(ev), float64(e.set.minBytes))), inf)
+	}
 	spike, sust := k.model.Triggers(p, slot)
 	if !v.cfg.disabled.has(KindSpike) && !math.IsInf(spike, 1) { // +Inf while learning
 		line := k.hourLine(v, slot.Hour)
@@ -328,12 +386,18 @@ func (e *Engine) triggers(v *vendorState, k *keyState) {
 	}
 }
 
-func (e *Engine) fireSpike(v *vendorState, k *keyState, b uint32, bytes, t int64, off uint32, emit func(Detection)) {
+// fireSpike raises a spike on bucket b at the given volume; event is the size of the
+// single event that fired it on its own (see eventLine), 0 when the volume crossed the
+// bucket's line. A spike raised on one event has seen little of its bucket: when its
+// severity is below the key's top severity (critical on a mature credential: the one
+// the shipped playbooks revoke on), the episode stays open to one more spike, raised
+// when a bucket crosses its own line at the top severity (flagSpikeEarly).
+func (e *Engine) fireSpike(v *vendorState, k *keyState, b uint32, bytes, event, t int64, off uint32, emit func(Detection)) {
+	escalate := k.has(flagSpike) && k.has(flagSpikeEarly)
 	ep := k.spikeEpisode()
-	if !ep.start() {
+	if escalate && event > 0 || !escalate && !ep.start() {
 		return
 	}
-	k.setSpikeEpisode(ep)
 	p := &v.cfg.params
 	slot := e.slotOfBucket(b)
 	sc := k.model.Score(p, e.volumeX(bytes), slot)
@@ -349,14 +413,40 @@ func (e *Engine) fireSpike(v *vendorState, k *keyState, b uint32, bytes, t int64
 		first = min(t, start+int64(off)*int64(time.Millisecond))
 	}
 	mag := float64(bytes) / math.Max(typical, 1)
-	sev := severity(KindSpike, key.Credential != "", mag)
-	if sev == SeverityCritical && time.Duration(k.model.N())*e.set.interval < MatureAfter {
+	if event > 0 {
+		// as far above the largest event seen around this hour as the bucket is above
+		// its typical volume: a bucket fired on its first events has no size yet
+		mag = math.Max(mag, float64(event)/math.Max(e.volumeBytes(k.eventTop(slot.Hour)), 1))
+	}
+	sev, top := severity(KindSpike, key.Credential != "", mag), severity(KindSpike, key.Credential != "", math.Inf(1))
+	if time.Duration(k.model.N())*e.set.interval < MatureAfter {
 		// A young baseline has seen each daily habit only once or twice: not enough to
 		// call anything critical (the shipped playbooks revoke on critical).
-		sev = SeverityHigh
+		sev, top = youngSeverity(sev), youngSeverity(top)
+	}
+	switch {
+	case escalate && sev.Rank() < top.Rank():
+		return
+	case escalate:
+		k.flags &^= flagSpikeEarly
+	default:
+		k.setSpikeEpisode(ep)
+		k.set(flagSpikeEarly, event > 0 && sev.Rank() < top.Rank())
+	}
+	id := DetectionID(KindSpike, key, utc(start))
+	if event > 0 {
+		id = DetectionIDFor(KindSpike, key, "event", utc(start))
+	}
+	reason := fmt.Sprintf("%s sent %s in the %s bucket starting %s: above the line of %s (typical %s, at most %s seen at this hour; %s feature)",
+		key, formatBytes(float64(bytes)), shortDuration(e.set.interval), utc(start).Format(time.RFC3339),
+		formatBytes(high), formatBytes(typical), formatBytes(e.volumeBytes(seen)), sc.UpFeature)
+	if event > 0 {
+		reason = fmt.Sprintf("%s sent %s in one event at %s: above the line of %s for one event (at most %s seen in one event around this hour); %s in the %s bucket starting %s (typical %s)",
+			key, formatBytes(float64(event)), utc(t).Format(time.RFC3339), formatBytes(math.Max(e.volumeBytes(e.eventLine(v, k, b)), float64(e.set.minBytes))),
+			formatBytes(e.volumeBytes(k.eventTop(slot.Hour))), formatBytes(float64(bytes)), shortDuration(e.set.interval), utc(start).Format(time.RFC3339), formatBytes(typical))
 	}
 	e.emit(emit, Detection{
-		ID:               DetectionID(KindSpike, key, utc(start)),
+		ID:               id,
 		Detector:         KindSpike,
 		Key:              key,
 		Severity:         sev,
@@ -368,10 +458,16 @@ func (e *Engine) fireSpike(v *vendorState, k *keyState, b uint32, bytes, t int64
 		FirstAnomalousAt: utc(first),
 		DetectedAt:       utc(t),
 		AnomalousBytes:   bytes,
-		Reason: fmt.Sprintf("%s sent %s in the %s bucket starting %s: above the line of %s (typical %s, at most %s seen at this hour; %s feature)",
-			key, formatBytes(float64(bytes)), shortDuration(e.set.interval), utc(start).Format(time.RFC3339),
-			formatBytes(high), formatBytes(typical), formatBytes(e.volumeBytes(seen)), sc.UpFeature),
+		Reason:           reason,
 	})
+}
+
+// youngSeverity is severity s on a key whose baseline is younger than MatureAfter.
+func youngSeverity(s Severity) Severity {
+	if s == SeverityCritical {
+		return SeverityHigh
+	}
+	return s
 }
 
 func (e *Engine) fireSustained(v *vendorState, k *keyState, b uint32, bytes, t int64, off uint32, emit func(Detection)) {
