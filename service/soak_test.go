@@ -51,7 +51,7 @@ func TestSoak(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, n := range all {
-				t.Logf("%s's log (tail):\n%s", n, tail(f.ks[n].Log(), 60))
+				t.Logf("%s's log (tail, debug lines left out):\n%s", n, tail(notable(f.ks[n].Log()), 80))
 			}
 		}
 	})
@@ -201,6 +201,18 @@ func TestSoak(t *testing.T) {
 }
 
 // tail returns the last n lines of s.
+// notable is log without its debug lines (one telemetry batch each, which would fill
+// any tail).
+func notable(log string) string {
+	var b strings.Builder
+	for line := range strings.Lines(log) {
+		if !strings.Contains(line, `"level":"debug"`) {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}
+
 func tail(s string, n int) string {
 	lines := 0
 	for i := len(s) - 1; i >= 0; i-- {
