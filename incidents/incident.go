@@ -90,6 +90,10 @@ type DecisionRef struct {
 	Escalated bool      `json:"escalated"`
 	// Trigger is the detection the decision was made for.
 	Trigger string `json:"trigger"`
+	// Unfinished says that carrying the decision out failed before its actions were all
+	// handed over (the ledger or the control plane unavailable, say): the trigger, when
+	// delivered again, carries it out again (see Incident.Unfinished).
+	Unfinished bool `json:"unfinished,omitempty"`
 }
 
 // ActionRef is the latest state of one action of an incident.
@@ -428,6 +432,33 @@ func (b *Book) add(in *Incident, d detectors.Detection) {
 	}
 	if d.AnomalousBytes > in.AnomalousBytes {
 		in.AnomalousBytes = d.AnomalousBytes
+	}
+}
+
+// Unfinished returns the decision made for detection trigger whose carrying out
+// failed, if any.
+func (in *Incident) Unfinished(trigger string) (DecisionRef, bool) {
+	for _, d := range in.Decisions {
+		if d.Trigger == trigger && d.Unfinished {
+			return d, true
+		}
+	}
+	return DecisionRef{}, false
+}
+
+// Finished records whether carrying out the latest decision made for detection
+// trigger succeeded (see DecisionRef.Unfinished); earlier ones for it are settled with
+// it (a playbook reload between two deliveries makes another decision).
+func (in *Incident) Finished(trigger string, ok bool) {
+	last := -1
+	for i := range in.Decisions {
+		if in.Decisions[i].Trigger == trigger {
+			in.Decisions[i].Unfinished = false
+			last = i
+		}
+	}
+	if last >= 0 {
+		in.Decisions[last].Unfinished = !ok
 	}
 }
 

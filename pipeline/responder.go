@@ -332,11 +332,16 @@ func (r *Responder) handle(ctx context.Context, d detectors.Detection, o *order)
 	if o != nil {
 		return r.command(ctx, v, d, inc, o, now, record)
 	}
-	if obs.Escalation == incidents.EscalationNone {
+	// A detection delivered again after carrying out its decision failed (the ledger or
+	// the control plane unavailable for a moment) is decided and carried out again: the
+	// decision's and the actions' IDs are the same, and the actions' claims make
+	// whatever was done before count once.
+	_, resume := inc.Unfinished(d.ID)
+	if obs.Escalation == incidents.EscalationNone && !resume {
 		return r.save(ctx, inc)
 	}
 	vendor := r.cfg.Inventory.Vendor(d.Vendor)
-	if r.cfg.Storm != nil {
+	if r.cfg.Storm != nil && !resume {
 		if storm, changed := r.cfg.Storm.Escalated(ctx, d.Vendor, stormCounts(d, vendor != nil), now); changed {
 			r.cfg.Log.Error("detection storm: destructive actions of its vendors held",
 				zap.String("vendor", d.Vendor), zap.Strings("vendors", storm.Vendors), zap.Time("until", storm.Until))
@@ -382,6 +387,7 @@ func (r *Responder) handle(ctx context.Context, d detectors.Detection, o *order)
 			r.actionUpdate(ctx, v, inc, s, now)
 		}
 	}
+	inc.Finished(d.ID, actErr == nil)
 	return errors.Join(actErr, r.save(ctx, inc))
 }
 

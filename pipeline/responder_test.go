@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -122,6 +123,56 @@ func TestResponderOneRevocationPerIncident(t *testing.T) {
 	}
 	if n[ledger.TypeDetection] != 4 || n[ledger.TypeIncident] != 4 || n[ledger.TypeDecision] != 3 {
 		t.Fatalf("ledger records %v, want 4 detections, 4 incident notes, 3 decisions", n)
+	}
+}
+
+// failingActor fails its first fails calls (the ledger unavailable, say), then acts as
+// recordingActor does.
+type failingActor struct {
+	recordingActor
+	fails int
+}
+
+func (a *failingActor) Act(ctx context.Context, req actions.Request) ([]incidents.ActionRef, error) {
+	a.mu.Lock()
+	fail := a.fails > 0
+	a.fails--
+	a.mu.Unlock()
+	if fail {
+		return nil, killswitch.Retryable(killswitch.ReasonUnavailable, errors.New("ledger unavailable"))
+	}
+	return a.recordingActor.Act(ctx, req)
+}
+
+// TestResponderResumesAfterFailedAct: when carrying out a decision fails, the detection
+// is handed back; delivered again (to this instance or, through the stored incident, to
+// another), it is decided and carried out again, once; a delivery after that does nothing.
+func TestResponderResumesAfterFailedAct(t *testing.T) {
+	ctx := context.Background()
+	actor := &failingActor{recordingActor: recordingActor{at: t0.Add(2 * time.Second)}, fails: 2}
+	led := ledger.NewMemory()
+	r := NewResponder(ResponderConfig{Decider: shipped(t), Actor: actor, Ledger: led, Inventory: inventory, Clock: clock.NewManual(t0.Add(time.Second))})
+	d := critical(0, detectors.KindSpike)
+	for i, wantErr := range []bool{true, true, false, false} {
+		if err := r.Handle(ctx, d); (err != nil) != wantErr {
+			t.Fatalf("delivery %d: err = %v, want an error: %v", i+1, err, wantErr)
+		}
+	}
+	if len(actor.reqs) != 1 {
+		t.Fatalf("%d decisions carried out, want 1 (after two failures, then nothing)", len(actor.reqs))
+	}
+	inc, ok := r.Current(d.Key)
+	if !ok || inc.State != incidents.StateContained || len(inc.Decisions) != 1 || inc.Decisions[0].Unfinished {
+		t.Fatalf("incident = %+v", inc)
+	}
+	n := 0
+	for _, rec := range led.Records() {
+		if rec.Type == ledger.TypeDecision {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d decision records, want 1", n)
 	}
 }
 
