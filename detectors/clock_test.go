@@ -2,7 +2,6 @@ package detectors
 
 import (
 	"bytes"
-	"os"
 	"reflect"
 	"testing"
 	"time"
@@ -373,30 +372,14 @@ func TestClockGuard(t *testing.T) {
 // state is not byte-identical: the version-3 guard envelope is migrated from the hour
 // envelope, see sameStateButGuard).
 func TestSnapshotV1Migration(t *testing.T) {
-	v1, err := os.ReadFile("testdata/snapshot-v1.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := v1[4]; v != 1 {
-		t.Fatalf("fixture is version %d", v)
-	}
-	evs := scenarioEvents(t, 5, 2)
-	half := len(evs) / 2
-	never := mustEngine(t, snapshotConfig)
-	detect(never, evs[:half])
-	asIfMigratedV5(never)
-	want := detect(never, evs[half:])
-
-	e := mustEngine(t, snapshotConfig)
-	if err := e.Restore(bytes.NewReader(v1)); err != nil {
-		t.Fatal(err)
-	}
+	e, never, rest := migrated(t, 1)
+	want := detect(never, rest)
 	for _, v := range e.vendors {
 		if v.act.hist != v.act.lastT-v.act.firstT {
 			t.Fatalf("vendor %s: migrated observed history %d, want %d", v.name, v.act.hist, v.act.lastT-v.act.firstT)
 		}
 	}
-	if got := detect(e, evs[half:]); !reflect.DeepEqual(got, want) {
+	if got := detect(e, rest); !reflect.DeepEqual(got, want) {
 		t.Fatalf("after migrating: %d detections, never-stopped engine: %d; they differ", len(got), len(want))
 	}
 	sameStateButGuard(t, e, never)

@@ -3,7 +3,6 @@ package detectors
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"reflect"
 	"testing"
 	"time"
@@ -54,31 +53,15 @@ func asIfMigratedV5(e *Engine) {
 // engine then raises exactly the detections of one that never stopped, and writes
 // version 3.
 func TestSnapshotV2Migration(t *testing.T) {
-	v2, err := os.ReadFile("testdata/snapshot-v2.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := v2[4]; v != 2 {
-		t.Fatalf("fixture is version %d", v)
-	}
-	evs := scenarioEvents(t, 5, 2)
-	half := len(evs) / 2
-	never := mustEngine(t, snapshotConfig)
-	detect(never, evs[:half])
-	asIfMigratedV5(never)
-	want := detect(never, evs[half:])
-
-	e := mustEngine(t, snapshotConfig)
-	if err := e.Restore(bytes.NewReader(v2)); err != nil {
-		t.Fatal(err)
-	}
+	e, never, rest := migrated(t, 2)
+	want := detect(never, rest)
 	for i := 0; i < e.keys.len(); i++ {
 		k := e.keys.at(uint32(i))
 		if k.seenHi != k.hourHi || k.model.dayN != 0 || k.model.dayOff != 0 || k.model.dayGate != 0 {
 			t.Fatalf("key %d: migrated guard %v (hour envelope %v), weekend %d/%d/%g", i, k.seenHi, k.hourHi, k.model.dayN, k.model.dayOff, k.model.dayGate)
 		}
 	}
-	if got := detect(e, evs[half:]); !reflect.DeepEqual(got, want) {
+	if got := detect(e, rest); !reflect.DeepEqual(got, want) {
 		t.Fatalf("after migrating: %d detections, never-stopped engine: %d; they differ", len(got), len(want))
 	}
 	sameStateButGuard(t, e, never)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
 	"reflect"
 	"slices"
 	"testing"
@@ -386,32 +385,16 @@ func TestFleetShiftSharded(t *testing.T) {
 // snapshot of the engine that never stopped, once that engine's single-event envelope
 // is migrated as the restore migrates it (asIfMigratedV5).
 func TestSnapshotV3Migration(t *testing.T) {
-	v3, err := os.ReadFile("testdata/snapshot-v3.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := v3[4]; v != 3 {
-		t.Fatalf("fixture is version %d", v)
-	}
-	evs := scenarioEvents(t, 5, 2)
-	half := len(evs) / 2
-	never := mustEngine(t, snapshotConfig)
-	detect(never, evs[:half])
-	asIfMigratedV5(never)
+	e, never, rest := migrated(t, 3)
 	wantSnap := snapshotBytes(t, never)
-	want := detect(never, evs[half:])
-
-	e := mustEngine(t, snapshotConfig)
-	if err := e.Restore(bytes.NewReader(v3)); err != nil {
-		t.Fatal(err)
-	}
+	want := detect(never, rest)
 	if st := e.Fleet(); st.On || st.Shifts != 0 || e.fleet != (fleetState{}) {
 		t.Fatalf("migrated fleet state %+v", st)
 	}
 	if got := snapshotBytes(t, e); !bytes.Equal(got, wantSnap) || got[4] != snapshotVersion {
 		t.Fatal("the migrated engine's snapshot is not the never-stopped engine's")
 	}
-	if got := detect(e, evs[half:]); !reflect.DeepEqual(got, want) {
+	if got := detect(e, rest); !reflect.DeepEqual(got, want) {
 		t.Fatalf("after migrating: %d detections, never-stopped engine: %d; they differ", len(got), len(want))
 	}
 }
@@ -462,25 +445,9 @@ func TestFleetDecide(t *testing.T) {
 // raises exactly the detections of one that never stopped but lost the same history
 // (asIfMigratedV5), and writes the current version — that engine's very snapshot.
 func TestSnapshotV4Migration(t *testing.T) {
-	v4, err := os.ReadFile("testdata/snapshot-v4.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := v4[4]; v != 4 {
-		t.Fatalf("fixture is version %d", v)
-	}
-	evs := scenarioEvents(t, 5, 2)
-	half := len(evs) / 2
-	never := mustEngine(t, snapshotConfig)
-	detect(never, evs[:half])
-	asIfMigratedV5(never)
+	e, never, rest := migrated(t, 4)
 	wantSnap := snapshotBytes(t, never)
-	want := detect(never, evs[half:])
-
-	e := mustEngine(t, snapshotConfig)
-	if err := e.Restore(bytes.NewReader(v4)); err != nil {
-		t.Fatal(err)
-	}
+	want := detect(never, rest)
 	for i := 0; i < e.keys.len(); i++ {
 		if k := e.keys.at(uint32(i)); k.eventHi != k.hourHi || k.curTop != float32(k.curBytes) || k.prvTop != k.prvBytes {
 			t.Fatalf("key %d: migrated single-event envelope %v (hour envelope %v), tops %g/%g", i, k.eventHi, k.hourHi, k.curTop, k.prvTop)
@@ -489,7 +456,7 @@ func TestSnapshotV4Migration(t *testing.T) {
 	if got := snapshotBytes(t, e); !bytes.Equal(got, wantSnap) || got[4] != snapshotVersion {
 		t.Fatal("the migrated engine's snapshot is not the never-stopped engine's")
 	}
-	if got := detect(e, evs[half:]); !reflect.DeepEqual(got, want) {
+	if got := detect(e, rest); !reflect.DeepEqual(got, want) {
 		t.Fatalf("after migrating: %d detections, never-stopped engine: %d; they differ", len(got), len(want))
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
+	"os"
 	"reflect"
 	"testing"
 	"time"
@@ -26,6 +28,31 @@ var snapshotConfig = Config{Vendors: killswitch.Inventory{
 	},
 	"crm": {AllowedDestinations: []string{"198.51.0.0/16"}},
 }}
+
+// migrated restores the version-v fixture testdata/snapshot-v<v>.bin (written by that
+// version's format from the first half of two days of scenario seed 5) into a new
+// engine, and returns it, an engine that never stopped and saw the same first half,
+// its state migrated as a restore migrates it (asIfMigratedV5), and the second half.
+func migrated(t *testing.T, v int) (e, never *Engine, rest []telemetry.Event) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("testdata/snapshot-v%d.bin", v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := int(b[4]); got != v {
+		t.Fatalf("fixture is version %d, want %d", got, v)
+	}
+	evs := scenarioEvents(t, 5, 2)
+	half := len(evs) / 2
+	never = mustEngine(t, snapshotConfig)
+	detect(never, evs[:half])
+	asIfMigratedV5(never)
+	e = mustEngine(t, snapshotConfig)
+	if err := e.Restore(bytes.NewReader(b)); err != nil {
+		t.Fatal(err)
+	}
+	return e, never, evs[half:]
+}
 
 func scenarioEvents(t testing.TB, seed uint64, days int) []telemetry.Event {
 	t.Helper()
