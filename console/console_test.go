@@ -152,6 +152,7 @@ func dayIncident(now time.Time) *incidents.Incident {
 			Reason: "crossed its cap", Severity: "critical"})
 	}
 	in.DetectionCount = len(in.Detections)
+	in.Decisions[len(in.Decisions)-1].Unfinished = true // carrying it out failed: retried
 	in.Actions = []incidents.ActionRef{{ID: "act-done", Type: killswitch.ActionType("vault.revoke_token_accessor"), Target: "acc-1",
 		Status: incidents.ActionVerified, At: contained}}
 	return in
@@ -315,7 +316,7 @@ func TestPages(t *testing.T) {
 		{"viewer approvals", viewer, "/ui/approvals", []string{"act-held", "act-window", "data-deadline"}, []string{"/approve", "/veto", "/pause"}, 200},
 		{"approver approvals", approver, "/ui/approvals", []string{"/ui/actions/act-held/approve", "/ui/actions/act-held/reject", "/ui/actions/act-window/veto"}, []string{"/ui/pause"}, 200},
 		{"admin status", admin, "/ui/status", []string{"/ui/pause", "ks2", "2 3", "head #42"}, nil, 200},
-		{"incident", approver, "/ui/incidents/inc-0123456789abcdef", []string{"<svg", `class="vol`, `class="band"`, "cooldown", "Ledger trail", "/ui/actions/act-held/approve"}, nil, 200},
+		{"incident", approver, "/ui/incidents/inc-0123456789abcdef", []string{"<svg", `class="vol`, `class="band"`, "cooldown", "Ledger trail", "/ui/actions/act-held/approve", "not carried out: retrying"}, nil, 200},
 		{"list filtered", viewer, "/ui/?vendor=mailer&state=contained", []string{"inc-01234567"}, nil, 200},
 		{"list filtered out", viewer, "/ui/?vendor=crm", []string{"No incident matches"}, []string{"inc-01234567"}, 200},
 		{"unknown incident", viewer, "/ui/incidents/nope", []string{"not found"}, nil, 404},
