@@ -250,6 +250,21 @@ func fail(stderr io.Writer, name string, err error) int {
 	return exitCode(err)
 }
 
+// call sends a request and decodes the answer into out. With --json it prints the
+// answer as it came, for scripts. done reports that the command is over, with its
+// exit status: after printing the JSON, or after reporting an error on stderr as name.
+func (c *apiClient) call(ctx context.Context, f *apiFlags, name, method, path string, body, out any, stdout, stderr io.Writer) (code int, done bool) {
+	var raw []byte
+	if err := c.do(ctx, method, path, body, out, &raw); err != nil {
+		return fail(stderr, name, err), true
+	}
+	if f.asJSON {
+		printJSON(stdout, raw)
+		return exitOK, true
+	}
+	return exitOK, false
+}
+
 // printJSON writes the API's answer as it came, for scripts.
 func printJSON(w io.Writer, raw []byte) {
 	w.Write(bytes.TrimSpace(raw))

@@ -17,13 +17,8 @@ const approvalsHelp = `Lists what waits on people (GET /api/approvals): held act
 // runApprovals implements `killswitch approvals`.
 func runApprovals(ctx context.Context, f *apiFlags, c *apiClient, _ []string, stdout, stderr io.Writer) int {
 	var p httpapi.Pending
-	var raw []byte
-	if err := c.do(ctx, "GET", "/api/approvals", nil, &p, &raw); err != nil {
-		return fail(stderr, "approvals", err)
-	}
-	if f.asJSON {
-		printJSON(stdout, raw)
-		return exitOK
+	if code, done := c.call(ctx, f, "approvals", "GET", "/api/approvals", nil, &p, stdout, stderr); done {
+		return code
 	}
 	section := func(title, empty, deadline string, list []httpapi.PendingAction) {
 		fmt.Fprintln(stdout, title)

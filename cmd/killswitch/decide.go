@@ -16,13 +16,8 @@ func newDecideCmd(getenv func(string) string, verb, done, short, what string) *c
 		fmt.Sprintf(`%s (POST /api/actions/ID/%s). You are the token's user: the ledger records your name.
 Needs the approver role. ID is an action's ID, as killswitch approvals lists it.`, what, verb),
 		wantArgs(1), func(ctx context.Context, f *apiFlags, c *apiClient, pos []string, stdout, stderr io.Writer) int {
-			var raw []byte
-			if err := c.do(ctx, "POST", "/api/actions/"+url.PathEscape(pos[0])+"/"+verb, map[string]string{"comment": comment}, nil, &raw); err != nil {
-				return fail(stderr, verb, err)
-			}
-			if f.asJSON {
-				printJSON(stdout, raw)
-				return exitOK
+			if code, done := c.call(ctx, f, verb, "POST", "/api/actions/"+url.PathEscape(pos[0])+"/"+verb, map[string]string{"comment": comment}, nil, stdout, stderr); done {
+				return code
 			}
 			fmt.Fprintf(stdout, "%s %s\n", done, pos[0])
 			return exitOK

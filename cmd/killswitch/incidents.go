@@ -49,13 +49,8 @@ func newIncidentsCmd(getenv func(string) string) *cobra.Command {
 // showIncidentCmd implements `killswitch incidents show ID`.
 func showIncidentCmd(ctx context.Context, f *apiFlags, c *apiClient, pos []string, stdout, stderr io.Writer) int {
 	var in incidents.Incident
-	var raw []byte
-	if err := c.do(ctx, "GET", "/api/incidents/"+url.PathEscape(pos[0]), nil, &in, &raw); err != nil {
-		return fail(stderr, "incidents show", err)
-	}
-	if f.asJSON {
-		printJSON(stdout, raw)
-		return exitOK
+	if code, done := c.call(ctx, f, "incidents show", "GET", "/api/incidents/"+url.PathEscape(pos[0]), nil, &in, stdout, stderr); done {
+		return code
 	}
 	showIncident(stdout, &in)
 	return exitOK
@@ -74,13 +69,8 @@ func listIncidents(ctx context.Context, f *apiFlags, c *apiClient, filter *incid
 	var out struct {
 		Incidents []incidents.Incident `json:"incidents"`
 	}
-	var raw []byte
-	if err := c.do(ctx, "GET", "/api/incidents?"+q.Encode(), nil, &out, &raw); err != nil {
-		return fail(stderr, "incidents", err)
-	}
-	if f.asJSON {
-		printJSON(stdout, raw)
-		return exitOK
+	if code, done := c.call(ctx, f, "incidents", "GET", "/api/incidents?"+q.Encode(), nil, &out, stdout, stderr); done {
+		return code
 	}
 	if len(out.Incidents) == 0 {
 		fmt.Fprintln(stdout, "no incidents")

@@ -57,13 +57,8 @@ func newKillCmds(getenv func(string) string) []*cobra.Command {
 the state of every action, and its restore. Needs the viewer role.`,
 		wantArgs(1), func(ctx context.Context, f *apiFlags, c *apiClient, pos []string, stdout, stderr io.Writer) int {
 			var o pipeline.KillOrder
-			var raw []byte
-			if err := c.do(ctx, "GET", "/api/kills/"+url.PathEscape(pos[0]), nil, &o, &raw); err != nil {
-				return fail(stderr, "kills show", err)
-			}
-			if f.asJSON {
-				printJSON(stdout, raw)
-				return exitOK
+			if code, done := c.call(ctx, f, "kills show", "GET", "/api/kills/"+url.PathEscape(pos[0]), nil, &o, stdout, stderr); done {
+				return code
 			}
 			printOrder(stdout, o)
 			fmt.Fprintln(stdout)
@@ -212,13 +207,8 @@ func runKills(ctx context.Context, f *apiFlags, c *apiClient, _ []string, stdout
 	var out struct {
 		Kills []pipeline.KillOrder `json:"kills"`
 	}
-	var raw []byte
-	if err := c.do(ctx, "GET", "/api/kills", nil, &out, &raw); err != nil {
-		return fail(stderr, "kills", err)
-	}
-	if f.asJSON {
-		printJSON(stdout, raw)
-		return exitOK
+	if code, done := c.call(ctx, f, "kills", "GET", "/api/kills", nil, &out, stdout, stderr); done {
+		return code
 	}
 	if len(out.Kills) == 0 {
 		fmt.Fprintln(stdout, "no kill orders")

@@ -33,13 +33,8 @@ func runResume(ctx context.Context, f *apiFlags, c *apiClient, _ []string, stdou
 // control posts a control switch and prints the status the API answers.
 func control(ctx context.Context, c *apiClient, f *apiFlags, verb string, body any, stdout, stderr io.Writer) int {
 	var st httpapi.Status
-	var raw []byte
-	if err := c.do(ctx, "POST", "/api/"+verb, body, &st, &raw); err != nil {
-		return fail(stderr, verb, err)
-	}
-	if f.asJSON {
-		printJSON(stdout, raw)
-		return exitOK
+	if code, done := c.call(ctx, f, verb, "POST", "/api/"+verb, body, &st, stdout, stderr); done {
+		return code
 	}
 	if st.Paused {
 		fmt.Fprintf(stdout, "paused by %s: every destructive action is held\n", st.PausedBy)

@@ -18,13 +18,8 @@ members; and how many actions wait on people (GET /api/approvals). Needs the vie
 // runStatus implements `killswitch status`.
 func runStatus(ctx context.Context, f *apiFlags, c *apiClient, _ []string, stdout, stderr io.Writer) int {
 	var st httpapi.Status
-	var raw []byte
-	if err := c.do(ctx, "GET", "/api/status", nil, &st, &raw); err != nil {
-		return fail(stderr, "status", err)
-	}
-	if f.asJSON {
-		printJSON(stdout, raw)
-		return exitOK
+	if code, done := c.call(ctx, f, "status", "GET", "/api/status", nil, &st, stdout, stderr); done {
+		return code
 	}
 	var p httpapi.Pending
 	pendingErr := c.do(ctx, "GET", "/api/approvals", nil, &p, nil)
