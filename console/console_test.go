@@ -83,7 +83,8 @@ func (f *fakeController) ResetBreaker(_ context.Context, who string) error {
 	return f.record("reset by " + who)
 }
 func (f *fakeController) Status(context.Context) (httpapi.Status, error) {
-	return httpapi.Status{Mode: "enforce", Ledger: &httpapi.LedgerStatus{Integrity: "ok", HeadSeq: 42},
+	return httpapi.Status{Mode: "enforce", Ledger: &httpapi.LedgerStatus{Integrity: "ok", HeadSeq: 42, Appends: "failing",
+		FailingSince: time.Date(2026, 2, 5, 10, 0, 0, 0, time.UTC), FailedAppends: 3, LastFailure: "nats: message size exceeds maximum allowed"},
 		Cluster: &httpapi.ClusterStatus{Instance: "ks1", Partitions: 4, Members: []httpapi.ClusterMember{
 			{Member: "ks1", Self: true, Alive: true, Partitions: []int{0, 1}}, {Member: "ks2", Alive: true, Partitions: []int{2, 3}}}}}, nil
 }
@@ -315,7 +316,7 @@ func TestPages(t *testing.T) {
 	}{
 		{"viewer approvals", viewer, "/ui/approvals", []string{"act-held", "act-window", "data-deadline"}, []string{"/approve", "/veto", "/pause"}, 200},
 		{"approver approvals", approver, "/ui/approvals", []string{"/ui/actions/act-held/approve", "/ui/actions/act-held/reject", "/ui/actions/act-window/veto"}, []string{"/ui/pause"}, 200},
-		{"admin status", admin, "/ui/status", []string{"/ui/pause", "ks2", "2 3", "head #42"}, nil, 200},
+		{"admin status", admin, "/ui/status", []string{"/ui/pause", "ks2", "2 3", "head #42", `id="ledger-appends">failing`, "3 entries not stored", "message size exceeds maximum", `id="ledger-failing"`}, nil, 200},
 		{"incident", approver, "/ui/incidents/inc-0123456789abcdef", []string{"<svg", `class="vol`, `class="band"`, "cooldown", "Ledger trail", "/ui/actions/act-held/approve", "not carried out: retrying"}, nil, 200},
 		{"list filtered", viewer, "/ui/?vendor=mailer&state=contained", []string{"inc-01234567"}, nil, 200},
 		{"list filtered out", viewer, "/ui/?vendor=crm", []string{"No incident matches"}, []string{"inc-01234567"}, 200},

@@ -135,6 +135,13 @@ type LedgerStatus struct {
 	// Unsealed lists the unsealed breaks (bounded); UnsealedMore counts the others.
 	Unsealed     []ledger.Break `json:"unsealed,omitempty"`
 	UnsealedMore uint64         `json:"unsealed_more,omitempty"`
+	// Appends is "ok", or "failing" while the latest entry this instance tried to store
+	// failed: FailingSince is when the first of those failed, FailedAppends counts them
+	// and LastFailure is the latest one's error.
+	Appends       string    `json:"appends"`
+	FailingSince  time.Time `json:"failing_since,omitzero"`
+	FailedAppends uint64    `json:"failed_appends,omitempty"`
+	LastFailure   string    `json:"last_failure,omitempty"`
 }
 
 // ErrDegraded is wrapped by a Config.Ready error that leaves the service ready but

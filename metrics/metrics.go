@@ -113,16 +113,21 @@ func New() *Metrics {
 }
 
 // WatchLedger registers killswitch_ledger_integrity: 1 while intact reports true (every
-// break of the ledger is sealed), 0 while it is degraded.
-func (m *Metrics) WatchLedger(intact func() bool) {
-	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "killswitch_ledger_integrity",
-		Help: "1 while the ledger chain is intact (every break sealed), 0 while degraded (see /api/status)."},
-		func() float64 {
-			if intact() {
-				return 1
-			}
-			return 0
-		}))
+// break of the ledger is sealed), 0 while it is degraded; and
+// killswitch_ledger_appends_failing: 1 while failing reports true (the latest entry this
+// instance tried to store failed), 0 otherwise.
+func (m *Metrics) WatchLedger(intact, failing func() bool) {
+	gauge := func(name, help string, f func() bool) {
+		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help},
+			func() float64 {
+				if f() {
+					return 1
+				}
+				return 0
+			}))
+	}
+	gauge("killswitch_ledger_integrity", "1 while the ledger chain is intact (every break sealed), 0 while degraded (see /api/status).", intact)
+	gauge("killswitch_ledger_appends_failing", "1 while the latest entry this instance tried to append to the ledger failed (see /api/status), 0 otherwise.", failing)
 }
 
 // VaultTokenBroad registers killswitch_vault_token_broad: 1 when the service runs on a

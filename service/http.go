@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/killswitch-dev/killswitch/actions"
 	"github.com/killswitch-dev/killswitch/config"
@@ -109,8 +110,13 @@ func (s *Service) readiness(ctx context.Context) error {
 	if _, err := s.js.AccountInfo(ctx); err != nil {
 		return fmt.Errorf("JetStream unavailable: %w", err)
 	}
-	if s.ledger.Integrity().Degraded() {
-		return fmt.Errorf("%w: ledger integrity", httpapi.ErrDegraded) // still ready: the chain goes on
+	// Still ready either way: the chain goes on, and a restart mends neither.
+	switch li := s.ledger.Integrity(); {
+	case li.Failing():
+		return fmt.Errorf("%w: ledger appends failing since %s (%d entries not stored): %s",
+			httpapi.ErrDegraded, li.FailingSince.UTC().Format(time.RFC3339), li.Failed, li.LastFailure)
+	case li.Degraded():
+		return fmt.Errorf("%w: ledger integrity", httpapi.ErrDegraded)
 	}
 	return nil
 }
@@ -235,9 +241,13 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 	}
 	li := c.s.ledger.Integrity()
 	out.Ledger = &httpapi.LedgerStatus{Integrity: "ok", HeadSeq: li.Head.Seq, BreaksSeen: li.BreaksSeen,
-		Unsealed: li.Unsealed, UnsealedMore: li.UnsealedMore}
+		Unsealed: li.Unsealed, UnsealedMore: li.UnsealedMore, Appends: "ok",
+		FailingSince: li.FailingSince, FailedAppends: li.Failed, LastFailure: li.LastFailure}
 	if li.Degraded() {
 		out.Ledger.Integrity = "degraded"
+	}
+	if li.Failing() {
+		out.Ledger.Appends = "failing"
 	}
 	switch {
 	case c.s.o.VaultExecutors != nil && c.s.o.VaultTokenBroad:

@@ -185,7 +185,8 @@ func Start(ctx context.Context, o Options) (_ *Service, err error) {
 		Log: s.log.Named("ledger"), OnBreak: func(b ledger.Break) { s.metrics.LedgerBreaks.WithLabelValues(string(b.Kind)).Inc() }}); err != nil {
 		return nil, err
 	}
-	s.metrics.WatchLedger(func() bool { return !s.ledger.Integrity().Degraded() })
+	s.metrics.WatchLedger(func() bool { return !s.ledger.Integrity().Degraded() },
+		func() bool { return s.ledger.Integrity().Failing() })
 	s.metrics.VaultTokenBroad(o.VaultTokenBroad)
 	if st := s.ledger.Integrity(); st.Degraded() {
 		s.log.Error("ledger integrity degraded: the chain holds breaks no seal covers; the service goes on from the last good record "+

@@ -78,7 +78,7 @@ type StreamConfig struct {
 	// CheckpointInterval is how often the head is checkpointed when it moved, and how
 	// often an idle writer looks for messages others stored. Default 10s.
 	CheckpointInterval time.Duration
-	// Clock dates the checkpoints. Default the wall clock.
+	// Clock dates the checkpoints and the appends' failures. Default the wall clock.
 	Clock clock.Clock
 	// Log receives the breaks found and checkpoint failures (never the key).
 	Log *zap.Logger
@@ -208,12 +208,22 @@ type Integrity struct {
 	// Checkpoint is the head last checkpointed by this process (or the checkpoint it
 	// started from).
 	Checkpoint ledger.Anchor `json:"checkpoint"`
+	// FailingSince is when the first entry failed to be stored since this process last
+	// stored one (zero while the last append stored its entry): the ledger may be
+	// unwritable (NATS down, the stream gone or stopped, permissions). Failed counts
+	// those entries and LastFailure is the latest one's error.
+	FailingSince time.Time `json:"failing_since,omitzero"`
+	Failed       uint64    `json:"failed,omitempty"`
+	LastFailure  string    `json:"last_failure,omitempty"`
 
 	cpUnsealed uint64 // unsealed breaks listed by that checkpoint
 }
 
 // Degraded reports whether some break is unsealed.
 func (i Integrity) Degraded() bool { return len(i.Unsealed) > 0 || i.UnsealedMore > 0 }
+
+// Failing reports whether the latest entry this process tried to store failed.
+func (i Integrity) Failing() bool { return !i.FailingSince.IsZero() }
 
 // Integrity returns the stream's current view of the chain's integrity.
 func (s *Stream) Integrity() Integrity {
@@ -506,6 +516,7 @@ type writer struct {
 
 	closeFailures int
 	closeErr      error
+	failing       bool // an entry failed since the last one stored (Integrity.FailingSince)
 
 	// maxInFlight is the most records published and not yet acknowledged:
 	// StreamConfig.MaxInFlight on a stream of one replica, 1 on a replicated one. A
@@ -949,6 +960,15 @@ func (w *writer) failOne(it *item, err error) {
 		if w.closeErr == nil {
 			w.closeErr = err
 		}
+	} else {
+		w.failing = true
+		w.s.mu.Lock()
+		if w.s.state.FailingSince.IsZero() {
+			w.s.state.FailingSince = w.s.cfg.Clock.Now()
+		}
+		w.s.state.Failed++
+		w.s.state.LastFailure = err.Error()
+		w.s.mu.Unlock()
 	}
 	it.resolve(ledger.Record{}, err)
 }
@@ -967,8 +987,17 @@ func (w *writer) markUncertain(key string) {
 	}
 }
 
-// settled forgets that its key had an unknown outcome: it is stored now.
-func (w *writer) settled(it *item) { delete(w.uncertain, it.key) }
+// settled forgets that its key had an unknown outcome, and ends a failure streak: it is
+// stored now.
+func (w *writer) settled(it *item) {
+	delete(w.uncertain, it.key)
+	if w.failing {
+		w.failing = false
+		w.s.mu.Lock()
+		w.s.state.FailingSince, w.s.state.Failed, w.s.state.LastFailure = time.Time{}, 0, ""
+		w.s.mu.Unlock()
+	}
+}
 
 // stop ends the writer: nothing is left in flight or queued when run returns.
 func (w *writer) stop() {

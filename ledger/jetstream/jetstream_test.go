@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/killswitch-dev/killswitch/clock"
 	"github.com/killswitch-dev/killswitch/internal/embeddednats"
 	"github.com/killswitch-dev/killswitch/internal/testharness"
 	"github.com/killswitch-dev/killswitch/ledger"
@@ -208,5 +210,55 @@ func TestEnsureUpdatesOnlyWhatDiffers(t *testing.T) {
 	want.Duplicates = 2 * time.Minute
 	if st, err = ensure(ctx, js, want); err != nil || st.CachedInfo().Config.Duplicates != 2*time.Minute {
 		t.Fatalf("updated: %v, duplicates %s", err, st.CachedInfo().Config.Duplicates)
+	}
+}
+
+// An entry the stream refuses starts a failure streak that Integrity reports (when it
+// began, how many entries failed, the latest error) until an entry is stored again.
+func TestAppendFailuresAreReported(t *testing.T) {
+	ctx := context.Background()
+	srv := testharness.NATS(t)
+	js, err := jetstream.New(testharness.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clock.NewManual(t0)
+	s := openStream(t, js, StreamConfig{Timeout: time.Second, Clock: clk})
+	appendN(t, s, "ok", 2)
+	if st := s.Integrity(); st.Failing() || st.Failed != 0 || st.LastFailure != "" {
+		t.Fatalf("after stored appends: %+v, want no failure", st)
+	}
+
+	// The stream refuses every record (none fits its largest message size).
+	limit := func(size int32) {
+		t.Helper()
+		cfg := s.stream.CachedInfo().Config
+		cfg.MaxMsgSize = size
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	limit(1)
+	if _, err := s.Append(ctx, entry(10)); !errors.Is(err, ledger.ErrUnavailable) {
+		t.Fatalf("append of a refused record = %v, want ledger.ErrUnavailable", err)
+	}
+	st := s.Integrity()
+	if !st.Failing() || !st.FailingSince.Equal(t0) || st.Failed != 1 || !strings.Contains(st.LastFailure, "message size exceeds maximum") {
+		t.Fatalf("after a refused append: %+v, want failing since %s, 1 failed, the server's reason", st, t0)
+	}
+	clk.Advance(time.Minute)
+	if _, err := s.Append(ctx, entry(11)); err == nil {
+		t.Fatal("second append of a refused record succeeded")
+	}
+	if st := s.Integrity(); !st.FailingSince.Equal(t0) || st.Failed != 2 {
+		t.Fatalf("after two refused appends: %+v, want failing since %s (the first), 2 failed", st, t0)
+	}
+
+	limit(-1)
+	if _, err := s.Append(ctx, entry(12)); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Integrity(); st.Failing() || st.Failed != 0 || st.LastFailure != "" {
+		t.Fatalf("after a stored append: %+v, want the failure streak over", st)
 	}
 }
