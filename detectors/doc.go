@@ -65,9 +65,9 @@
 //     the epoch) for a vendor or one credential. Once per window.
 //   - spike: a bucket's volume far above a learned seasonal baseline. The volume model
 //     (Model, shared with cmd/nab) scores the running sum against robust baselines with
-//     hour-of-day and day-of-week offsets and envelopes of four features; the bucket
-//     must also exceed twice the most the key ever sent at that hour of the day (so a
-//     nightly batch is learned) and MinBytes. At or above the far line — 3× the most the
+//     hour-of-day offsets and a day type (weekday or weekend) and envelopes of four
+//     features; the bucket must also exceed twice the most the key ever sent at that
+//     hour of the day (so a nightly batch is learned) and MinBytes. At or above the far line — 3× the most the
 //     key has sent in that hour of the day or a neighbouring one (on a weekend, net of
 //     the learned weekend level), never above 8× the most seen at the hour — it fires
 //     whatever the model says (see Engine.farLine; the 8× bound holds around a fleet-wide

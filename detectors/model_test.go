@@ -10,11 +10,11 @@ import (
 
 // TestStateSize pins the per-key state the memory budget is built on.
 func TestStateSize(t *testing.T) {
-	if s := unsafe.Sizeof(Model{}); s != 148 {
-		t.Errorf("Model is %d bytes, want 148", s)
+	if s := unsafe.Sizeof(Model{}); s != 132 {
+		t.Errorf("Model is %d bytes, want 132", s)
 	}
-	if keyStateSize != 296 {
-		t.Errorf("keyState is %d bytes, want 296", keyStateSize)
+	if keyStateSize != 280 {
+		t.Errorf("keyState is %d bytes, want 280", keyStateSize)
 	}
 }
 

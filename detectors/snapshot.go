@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Snapshot format, version 5 (all integers little-endian):
+// Snapshot format, version 6 (all integers little-endian):
 //
 //	magic "KSDS" | version u16 | reserved u16 | body | CRC-32C (Castagnoli) u32
 //
@@ -45,6 +45,10 @@ import (
 // was opened by one event below the key's top severity, see Engine.fireSpike), a bit
 // older builds never set.
 //
+// Version 6 drops the volume model's day-of-week offsets and their gate (the model no
+// longer has them, see Model). Older keys are read with them skipped; a key that was
+// using them (after 21 days) goes on with its hour-of-day offsets and day type alone.
+//
 // A Sharded snapshot is
 //
 //	magic "KSSH" | version u16 | reserved u16 | shards u32 | (length u64 | engine snapshot)… | CRC-32C u32
@@ -53,7 +57,7 @@ import (
 // routed to their new shard by the same hash used for events.
 
 const (
-	snapshotVersion = 5
+	snapshotVersion = 6
 	// minSnapshotVersion is the oldest version Restore reads (and migrates).
 	minSnapshotVersion = 1
 	// MaxSnapshotBytes bounds the size of a snapshot Restore accepts (16 GiB).
@@ -391,14 +395,11 @@ func encodeKey(enc *encoder, cred string, k *keyState) {
 	m := &k.model
 	enc.u32(m.n)
 	enc.u32(uint32(m.t0))
-	for _, f := range [...]float32{m.fast, m.vol, m.volMid, m.slow, m.mad, m.smad, m.wdiff, m.cusUp, m.cusDown,
+	for _, f := range [...]float32{m.fast, m.vol, m.volMid, m.slow, m.mad, m.smad, m.cusUp, m.cusDown,
 		m.innHi, m.innLo, m.lvlHi, m.lvlLo, m.volHi, m.volLo, m.resHi, m.resLo} {
 		enc.f32(f)
 	}
 	for _, s := range m.season {
-		enc.u16(uint16(s))
-	}
-	for _, s := range m.week {
 		enc.u16(uint16(s))
 	}
 	enc.u16(uint16(m.qexp))
@@ -409,7 +410,7 @@ func encodeKey(enc *encoder, cred string, k *keyState) {
 // Minimal encoded sizes, used to bound counts before looping.
 const (
 	minActivitySize = 8 + 8 + 4 + 4 + 2 + 1 + 1 + 48
-	minKeySize      = 4 + 2 + 4 + 4 + 4 + 8 + 8 + 4 + 4 + 1 + 1 + 24 + 4 + 4 + 17*4 + 31*2 + 2
+	minKeySize      = 4 + 2 + 4 + 4 + 4 + 8 + 8 + 4 + 4 + 1 + 1 + 24 + 4 + 4 + 16*4 + 24*2 + 2
 	minVendorSize   = 4 + 1 + 8 + 8 + minActivitySize + 4 + 4 + minKeySize + 4
 	capStateSize    = 5*8 + 4
 )
@@ -639,15 +640,18 @@ func decodeKey(d *decoder, k *keyState) {
 	m := &k.model
 	m.n = d.u32()
 	m.t0 = int32(d.u32())
-	for _, f := range [...]*float32{&m.fast, &m.vol, &m.volMid, &m.slow, &m.mad, &m.smad, &m.wdiff, &m.cusUp, &m.cusDown,
+	for i, f := range [...]*float32{&m.fast, &m.vol, &m.volMid, &m.slow, &m.mad, &m.smad, &m.cusUp, &m.cusDown,
 		&m.innHi, &m.innLo, &m.lvlHi, &m.lvlLo, &m.volHi, &m.volLo, &m.resHi, &m.resLo} {
+		if i == 6 && d.version < 6 {
+			d.f32() // the day-of-week offsets' gate
+		}
 		*f = d.f32()
 	}
 	for i := range m.season {
 		m.season[i] = int16(d.u16())
 	}
-	for i := range m.week {
-		m.week[i] = int16(d.u16())
+	if d.version < 6 {
+		d.take(7 * 2) // the day-of-week offsets
 	}
 	m.qexp = int16(d.u16())
 	decodeKeyV3(d, k)
