@@ -148,7 +148,7 @@ func dayIncident(now time.Time) *incidents.Incident {
 		at := first.Add(time.Duration(i) * time.Minute)
 		in.Detections = append(in.Detections, incidents.DetectionRef{ID: fmt.Sprintf("det-%d", i), Detector: detectors.KindSpike,
 			Severity: detectors.SeverityHigh, Score: 0.9, Observed: 5e6, Expected: detectors.Band{Low: 1e6, High: 3e6}, Unit: "bytes/5m",
-			FirstAnomalousAt: first, DetectedAt: at, Reason: "volume far above the baseline"})
+			FirstAnomalousAt: first, DetectedAt: at, Reason: "volume far above the baseline", Sensor: "egress-gw-7"})
 		in.Decisions = append(in.Decisions, incidents.DecisionRef{ID: fmt.Sprintf("dec-%d", i), At: at, Playbooks: []string{"killswitch.playbooks.cap"},
 			Reason: "crossed its cap", Severity: "critical"})
 	}
@@ -317,7 +317,7 @@ func TestPages(t *testing.T) {
 		{"viewer approvals", viewer, "/ui/approvals", []string{"act-held", "act-window", "data-deadline"}, []string{"/approve", "/veto", "/pause"}, 200},
 		{"approver approvals", approver, "/ui/approvals", []string{"/ui/actions/act-held/approve", "/ui/actions/act-held/reject", "/ui/actions/act-window/veto"}, []string{"/ui/pause"}, 200},
 		{"admin status", admin, "/ui/status", []string{"/ui/pause", "ks2", "2 3", "head #42", `id="ledger-appends">failing`, "3 entries not stored", "message size exceeds maximum", `id="ledger-failing"`}, nil, 200},
-		{"incident", approver, "/ui/incidents/inc-0123456789abcdef", []string{"<svg", `class="vol`, `class="band"`, "cooldown", "Ledger trail", "/ui/actions/act-held/approve", "not carried out: retrying"}, nil, 200},
+		{"incident", approver, "/ui/incidents/inc-0123456789abcdef", []string{"<svg", `class="vol`, `class="band"`, "cooldown", "Ledger trail", `<td class="mono">egress-gw-7</td>`, "/ui/actions/act-held/approve", "not carried out: retrying"}, nil, 200},
 		{"list filtered", viewer, "/ui/?vendor=mailer&state=contained", []string{"inc-01234567"}, nil, 200},
 		{"list filtered out", viewer, "/ui/?vendor=crm", []string{"No incident matches"}, []string{"inc-01234567"}, 200},
 		{"unknown incident", viewer, "/ui/incidents/nope", []string{"not found"}, nil, 404},

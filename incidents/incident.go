@@ -77,6 +77,8 @@ type DetectionRef struct {
 	FirstAnomalousAt time.Time          `json:"first_anomalous_at"`
 	DetectedAt       time.Time          `json:"detected_at"`
 	Reason           string             `json:"reason"`
+	// Sensor is the sensor of the crossing event, or the silent sensor.
+	Sensor string `json:"sensor,omitempty"`
 }
 
 // DecisionRef is what an incident keeps of each playbook decision.
@@ -313,6 +315,10 @@ const (
 	EscalationDetector Escalation = "new_detector"
 	// EscalationAfterContainment: traffic was detected after the incident was contained.
 	EscalationAfterContainment Escalation = "after_containment"
+	// EscalationSensor: a sensor went silent that had not before in the incident. The
+	// silences of every sensor that stops for all vendors share one incident (they have
+	// no vendor): each sensor that goes dark is news, not a repeat.
+	EscalationSensor Escalation = "new_sensor"
 )
 
 // Observation is what one detection did to the incidents.
@@ -390,6 +396,8 @@ func (b *Book) Observe(d detectors.Detection) Observation {
 	}
 	newKind := !slices.Contains(in.Detectors, d.Detector)
 	higher := d.Severity.Rank() > in.Severity.Rank()
+	newSensor := d.Detector == detectors.KindSilence && d.Sensor != "" && !slices.ContainsFunc(in.Detections,
+		func(r DetectionRef) bool { return r.Detector == detectors.KindSilence && r.Sensor == d.Sensor })
 	// Traffic detected after the verified revocation means it did not stop the vendor
 	// (or another credential is in use); detections of traffic from before it are late news.
 	contained := in.State == StateContained && in.ContainedAt != nil && d.DetectedAt.After(*in.ContainedAt)
@@ -402,6 +410,8 @@ func (b *Book) Observe(d detectors.Detection) Observation {
 		o.Escalation = EscalationSeverity
 	case newKind:
 		o.Escalation = EscalationDetector
+	case newSensor:
+		o.Escalation = EscalationSensor
 	}
 	return o
 }
@@ -412,7 +422,7 @@ func (b *Book) add(in *Incident, d detectors.Detection) {
 		in.Detections = append(in.Detections, DetectionRef{
 			ID: d.ID, Detector: d.Detector, Severity: d.Severity, Score: d.Score,
 			Observed: d.Observed, Expected: d.Expected, Unit: d.Unit,
-			FirstAnomalousAt: d.FirstAnomalousAt, DetectedAt: d.DetectedAt, Reason: d.Reason,
+			FirstAnomalousAt: d.FirstAnomalousAt, DetectedAt: d.DetectedAt, Reason: d.Reason, Sensor: d.Sensor,
 		})
 	}
 	if !slices.Contains(in.Detectors, d.Detector) {

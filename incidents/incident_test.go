@@ -213,3 +213,29 @@ func TestMemoryStore(t *testing.T) {
 		t.Fatalf("incidents %+v, want the newest first", all)
 	}
 }
+
+// TestSilentSensorsEscalate: sensor-level silences (no vendor) share one incident, and
+// each sensor that goes silent for the first time in it escalates (new_sensor).
+func TestSilentSensorsEscalate(t *testing.T) {
+	silence := func(sensor string, at time.Duration) detectors.Detection {
+		return detectors.Detection{ID: sensor + at.String(), Detector: detectors.KindSilence, Severity: detectors.SeverityMedium,
+			Sensor: sensor, FirstAnomalousAt: t0.Add(at - time.Minute), DetectedAt: t0.Add(at)}
+	}
+	b := NewBook(Settings{})
+	for i, st := range []struct {
+		d    detectors.Detection
+		want Escalation
+	}{
+		{silence("gw-1", 0), EscalationNew},
+		{silence("gw-2", time.Minute), EscalationSensor},
+		{silence("gw-1", 2*time.Minute), EscalationNone},
+		{silence("gw-3", 3*time.Minute), EscalationSensor},
+	} {
+		if o := b.Observe(st.d); o.Escalation != st.want {
+			t.Errorf("step %d: escalation %q, want %q", i, o.Escalation, st.want)
+		}
+	}
+	if b.Len() != 1 {
+		t.Fatalf("%d incidents, want the one of every silent sensor", b.Len())
+	}
+}

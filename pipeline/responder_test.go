@@ -314,3 +314,36 @@ func TestClosedIncidentsAreSaved(t *testing.T) {
 		t.Fatalf("%d incident-closed records, want 2", closedNotes)
 	}
 }
+
+// TestResponderEachSilentSensorIsNews: the silences of sensors that stop for every
+// vendor share one incident (they have no vendor), but each sensor that goes dark is
+// decided and notified on its own; a sensor's silence seen again is not news.
+func TestResponderEachSilentSensorIsNews(t *testing.T) {
+	ctx := context.Background()
+	actor := &recordingActor{at: t0.Add(time.Second)}
+	r := NewResponder(ResponderConfig{Decider: shipped(t), Actor: actor, Ledger: ledger.NewMemory(), Inventory: inventory,
+		Clock: clock.NewManual(t0.Add(time.Hour))})
+	silent := func(sensor string, at time.Duration) detectors.Detection {
+		return detectors.Detection{ID: "det-silence-" + sensor + "-" + at.String(), Detector: detectors.KindSilence,
+			Severity: detectors.SeverityMedium, Sensor: sensor, FirstAnomalousAt: t0.Add(at - 10*time.Minute), DetectedAt: t0.Add(at),
+			Reason: "no telemetry from sensor " + sensor + " (for any vendor)"}
+	}
+	for _, d := range []detectors.Detection{silent("gw-1", 0), silent("gw-2", 5*time.Minute), silent("gw-1", 20*time.Minute)} {
+		if err := r.Handle(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(actor.reqs) != 2 {
+		t.Fatalf("%d decisions carried out, want 2 (gw-1, then gw-2; gw-1 again is no news)", len(actor.reqs))
+	}
+	for i, sensor := range []string{"gw-1", "gw-2"} {
+		acts := actor.reqs[i].Result.Decision.Actions
+		if len(acts) != 1 || acts[0].Type != killswitch.ActionNotify || !strings.Contains(acts[0].Message, "sensor "+sensor+" stopped") {
+			t.Fatalf("decision %d = %+v, want a notification about sensor %s", i+1, actor.reqs[i].Result.Decision, sensor)
+		}
+	}
+	inc, ok := r.Current(detectors.Key{})
+	if !ok || inc.DetectionCount != 3 || inc.Detections[1].Sensor != "gw-2" {
+		t.Fatalf("incident = %+v, want one incident with the three silences", inc)
+	}
+}
