@@ -399,33 +399,45 @@ func waitDrained(ctx context.Context, js jetstream.JetStream, n uint64) error {
 
 // exactlyOnce checks that the attack on the stolen credential (the incidents detected
 // since it started; the history may have had its own) has one incident with one verified
-// revocation of it.
+// revocation of it. The verified action is announced on the event stream before its
+// incident is stored, so it reads the stored incidents until they show the revocation
+// (5 s at most); a second incident or revocation fails at once.
 func exactlyOnce(ctx context.Context, via *instance, victim *credential, attack time.Time) error {
-	var body struct {
-		Incidents []incidents.Incident `json:"incidents"`
-	}
-	if err := via.get(ctx, "/api/incidents", &body); err != nil {
-		return err
-	}
-	var ins []incidents.Incident
-	for _, in := range body.Incidents {
-		if in.Vendor == victim.vendor && in.Credential == victim.cred && !in.LastDetectionAt.Before(attack) {
-			ins = append(ins, in)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var body struct {
+			Incidents []incidents.Incident `json:"incidents"`
 		}
-	}
-	revoked := 0
-	for _, in := range ins {
-		for _, a := range in.Actions {
-			if a.Credential == victim.cred && a.Type.Destructive() && a.Status == incidents.ActionVerified {
-				revoked++
+		if err := via.get(ctx, "/api/incidents", &body); err != nil {
+			return err
+		}
+		var ins []incidents.Incident
+		for _, in := range body.Incidents {
+			if in.Vendor == victim.vendor && in.Credential == victim.cred && !in.LastDetectionAt.Before(attack) {
+				ins = append(ins, in)
 			}
 		}
+		revoked := 0
+		for _, in := range ins {
+			for _, a := range in.Actions {
+				if a.Credential == victim.cred && a.Type.Destructive() && a.Status == incidents.ActionVerified {
+					revoked++
+				}
+			}
+		}
+		switch {
+		case len(ins) == 1 && revoked == 1:
+			return nil
+		case len(ins) > 1 || revoked > 1 || time.Now().After(deadline):
+			return fmt.Errorf("%w exactly once: %d incidents, %d verified revocations of %s/%s", ErrNotContained, len(ins), revoked,
+				victim.vendor, victim.cred)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	if len(ins) != 1 || revoked != 1 {
-		return fmt.Errorf("%w exactly once: %d incidents, %d verified revocations of %s/%s", ErrNotContained, len(ins), revoked,
-			victim.vendor, victim.cred)
-	}
-	return nil
 }
 
 // problems returns the warnings and errors the instances logged (the last 20 of each),

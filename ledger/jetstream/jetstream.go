@@ -526,7 +526,9 @@ type writer struct {
 	// checks that header only when its replicas apply the message: a mismatch there is
 	// a "critical write error" that stops the stream on every replica until the
 	// servers restart (nats-server 2.15). The last sequence alone, which such a stream
-	// checks before proposing the message, is enough with nothing else in flight.
+	// checks before proposing the message, is enough with nothing else in flight. It
+	// follows the stream's replica count, read again at every look at the stream (at
+	// least every CheckpointInterval): another instance may raise it while this one runs.
 	maxInFlight int
 }
 
@@ -539,15 +541,12 @@ func newWriter(base context.Context, s *Stream) (*writer, error) {
 	nc := s.js.Conn()
 	w := &writer{
 		s: s, nc: nc, base: base, chk: ledger.NewChecker(s.cfg.Key, ledger.GenesisAnchor, ledger.MaxUnsealed),
-		inbox:       nc.NewInbox() + ".",
-		replies:     make(chan *nats.Msg, 2*s.cfg.MaxInFlight+16),
-		tokens:      make(map[string]*item),
-		uncertain:   make(map[string]uint64),
-		maxInFlight: s.cfg.MaxInFlight,
+		inbox:     nc.NewInbox() + ".",
+		replies:   make(chan *nats.Msg, 2*s.cfg.MaxInFlight+16),
+		tokens:    make(map[string]*item),
+		uncertain: make(map[string]uint64),
 	}
-	if s.stream.CachedInfo().Config.Replicas > 1 {
-		w.maxInFlight = 1
-	}
+	w.follow(s.stream.CachedInfo().Config.Replicas)
 	sub, err := nc.ChanSubscribe(w.inbox+"*", w.replies)
 	if err != nil {
 		return nil, fmt.Errorf("%w: subscribe for acknowledgements: %w", ledger.ErrUnavailable, err)
@@ -642,8 +641,12 @@ func (w *writer) wait(deadline time.Time, wake bool) {
 		w.onConnectionLost(st)
 	case <-woken:
 	case <-w.s.poke:
-		if len(w.inflight) == 0 && !w.stopping {
+		switch {
+		case w.stopping:
+		case len(w.inflight) == 0:
 			w.idleSync()
+		case w.maxInFlight > 1:
+			w.refreshReplicas()
 		}
 	case <-closing:
 		w.stopping = true
@@ -1126,6 +1129,7 @@ func (w *writer) sync(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: stream info: %w", ledger.ErrUnavailable, err)
 	}
+	w.follow(info.Config.Replicas)
 	last := info.State.LastSeq
 	if last < w.last {
 		// The stream holds fewer messages than were examined: it was recreated. The
@@ -1153,6 +1157,24 @@ func (w *writer) sync(ctx context.Context) error {
 	w.last = last
 	w.publishState()
 	return nil
+}
+
+// follow sets how many records may be in flight on a stream of the given replicas.
+func (w *writer) follow(replicas int) {
+	w.maxInFlight = w.s.cfg.MaxInFlight
+	if replicas > 1 {
+		w.maxInFlight = 1
+	}
+}
+
+// refreshReplicas reads the stream's replica count while records are in flight: the
+// stream may have been made replicated since the writer last looked (see maxInFlight).
+func (w *writer) refreshReplicas() {
+	ctx, cancel := context.WithTimeout(w.base, w.s.cfg.Timeout)
+	defer cancel()
+	if info, err := w.s.stream.Info(ctx); err == nil {
+		w.follow(info.Config.Replicas)
+	}
 }
 
 // idleSync looks for messages others stored while this writer had nothing to publish,

@@ -188,6 +188,41 @@ func TestQueueTwoWritersOnCluster(t *testing.T) {
 	}
 }
 
+// TestQueueStreamMadeReplicatedWhileWriting: an instance started with replicas: 3
+// raises a one-replica ledger to R3 while another instance, which opened it at R1,
+// pipelines records. Within a checkpoint interval the running writer follows the
+// stream to one record in flight, so the two writing at once never make the
+// replicated stream mismatch a message ID (a critical write error stops it).
+func TestQueueStreamMadeReplicatedWhileWriting(t *testing.T) {
+	c := testharness.NATSCluster(t, 3)
+	js0, err := jetstream.New(testharness.Connect(t, c.Node(0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := openStream(t, js0, StreamConfig{CheckpointInterval: 50 * time.Millisecond})
+	if _, err := old.Append(context.Background(), named("before", 0)); err != nil {
+		t.Fatal(err)
+	}
+	js1, err := jetstream.New(testharness.Connect(t, c.Node(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	upgraded := openStream(t, js1, StreamConfig{Replicas: 3})
+	if r := upgraded.stream.CachedInfo().Config.Replicas; r != 3 {
+		t.Fatalf("the stream has %d replicas after an R3 instance opened it, want 3", r)
+	}
+	time.Sleep(300 * time.Millisecond) // a few of the old writer's checkpoint intervals
+	twoWriters(t, []*Stream{old, upgraded}, []load{{goroutines: 4, groups: 10, groupSize: 8}, {goroutines: 1, groups: 200, groupSize: 1}})
+	for i, s := range []*Stream{old, upgraded} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := s.Append(ctx, named(fmt.Sprintf("after-%d", i), 0))
+		cancel()
+		if err != nil {
+			t.Fatalf("writer %d cannot append after the race: %v", i, err)
+		}
+	}
+}
+
 // load is what one writer appends in twoWriters: from each of goroutines goroutines,
 // groups groups of groupSize entries queued at once.
 type load struct{ goroutines, groups, groupSize int }
