@@ -399,9 +399,16 @@ type timeline struct {
 	window    string
 	done      bool
 	contained chan struct{}
+	// history holds the IDs of the detections and incidents announced while the
+	// history streamed: after a failover the partition's new owner handles the last
+	// unacknowledged stretch of it again and announces them again.
+	history map[string]bool
+	again   int // announcements of the history skipped since the attack began
 }
 
-func newTimeline(p *printer) *timeline { return &timeline{p: p, contained: make(chan struct{})} }
+func newTimeline(p *printer) *timeline {
+	return &timeline{p: p, contained: make(chan struct{}), history: make(map[string]bool)}
+}
 
 func (t *timeline) live(v *credential) { t.mu.Lock(); t.victim = v; t.mu.Unlock() }
 
@@ -431,29 +438,63 @@ func (t *timeline) at() string {
 	return fmt.Sprintf("+%6.3fs", time.Since(t.t0).Seconds())
 }
 
+// fromHistory reports whether a detection or incident ID belongs to the history: while
+// the history streams it is remembered (nothing is narrated then), and announced again
+// after the attack began it is counted, not narrated.
+func (t *timeline) fromHistory(id string) bool {
+	if t.victim == nil {
+		t.history[id] = true
+		return true
+	}
+	if t.history[id] {
+		if t.again++; t.again == 1 {
+			t.p.tl(t.at(), "AGAIN  ", "history the killed instance had not acknowledged is handled again; what it raised before is not narrated")
+		}
+		return true
+	}
+	return false
+}
+
+// ofHistory reports whether every detection of an incident announced since the attack
+// began belongs to the history (a new owner's incident for history handled again).
+func (t *timeline) ofHistory(in incidents.Incident) bool {
+	if len(in.Detections) == 0 {
+		return false
+	}
+	for _, d := range in.Detections {
+		if !t.history[d.ID] {
+			return false
+		}
+	}
+	t.again++
+	return true
+}
+
 // event prints one service event (killswitch.events.<kind>.<vendor>).
 func (t *timeline) event(m *nats.Msg) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.victim == nil || t.done {
-		return // history: not narrated
+	if t.done {
+		return
 	}
 	kind := strings.SplitN(strings.TrimPrefix(m.Subject, "killswitch.events."), ".", 2)[0]
 	switch kind {
 	case "detection":
 		var d detectors.Detection
-		if json.Unmarshal(m.Data, &d) == nil {
-			t.p.tl(t.at(), "DETECT ", "%s %s on %s: %s observed, line %s (score %.2f)", d.Severity, d.Detector,
-				d.Key, human(int64(d.Observed)), human(int64(d.Expected.High)), d.Score)
+		if json.Unmarshal(m.Data, &d) != nil || t.fromHistory(d.ID) {
+			return
 		}
+		t.p.tl(t.at(), "DETECT ", "%s %s on %s: %s observed, line %s (score %.2f)", d.Severity, d.Detector,
+			d.Key, human(int64(d.Observed)), human(int64(d.Expected.High)), d.Score)
 	case "incident":
 		var in incidents.Incident
-		if json.Unmarshal(m.Data, &in) == nil {
-			t.p.tl(t.at(), "INCIDENT", "%s opened for %s", in.ID, in.Key())
+		if json.Unmarshal(m.Data, &in) != nil || t.fromHistory(in.ID) || t.ofHistory(in) {
+			return
 		}
+		t.p.tl(t.at(), "INCIDENT", "%s opened for %s", in.ID, in.Key())
 	case "decision":
 		var r playbooks.Result
-		if json.Unmarshal(m.Data, &r) == nil {
+		if json.Unmarshal(m.Data, &r) == nil && !t.fromHistory(r.DetectionID) {
 			by := ""
 			if len(r.Matched) > 0 {
 				by = "playbooks " + strings.Join(r.Matched, ", ") + ", "
@@ -462,7 +503,7 @@ func (t *timeline) event(m *nats.Msg) {
 		}
 	case "action":
 		var a incidents.ActionRef
-		if json.Unmarshal(m.Data, &a) != nil {
+		if t.victim == nil || json.Unmarshal(m.Data, &a) != nil {
 			return
 		}
 		t.p.tl(t.at(), "ACT    ", "%s %s: %s %s", a.Type, a.Target, strings.ToUpper(string(a.Status)), firstLine(a.Detail))
