@@ -447,12 +447,18 @@ func (t *timeline) fromHistory(id string) bool {
 		return true
 	}
 	if t.history[id] {
-		if t.again++; t.again == 1 {
-			t.p.tl(t.at(), "AGAIN  ", "history the killed instance had not acknowledged is handled again; what it raised before is not narrated")
-		}
+		t.skip()
 		return true
 	}
 	return false
+}
+
+// skip counts an announcement of the history handled again; the first one is narrated
+// as such.
+func (t *timeline) skip() {
+	if t.again++; t.again == 1 {
+		t.p.tl(t.at(), "AGAIN  ", "history the killed instance had not acknowledged is handled again; what it raised before is not narrated")
+	}
 }
 
 // ofHistory reports whether every detection of an incident announced since the attack
@@ -466,7 +472,7 @@ func (t *timeline) ofHistory(in incidents.Incident) bool {
 			return false
 		}
 	}
-	t.again++
+	t.skip()
 	return true
 }
 

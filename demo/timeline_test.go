@@ -41,11 +41,11 @@ func TestTimelineSkipsHistoryHandledAgain(t *testing.T) {
 
 	tl.live(&credential{vendor: "mailer", cred: "mailer-key-1"})
 	tl.first(time.Now())
-	announce(t, tl, "detection", "crm", old)
-	announce(t, tl, "incident", "crm", oldInc)
-	// the new owner's own incident for the same history detection
+	// the new owner's own incident for a history detection, first
 	announce(t, tl, "incident", "crm", incidents.Incident{ID: "inc-new-owner", Vendor: "crm", Credential: "crm-key-1",
 		Detections: []incidents.DetectionRef{{ID: old.ID}}})
+	announce(t, tl, "detection", "crm", old)
+	announce(t, tl, "incident", "crm", oldInc)
 	announce(t, tl, "decision", "crm", playbooks.Result{ID: "dec-history", DetectionID: old.ID})
 	announce(t, tl, "action", "crm", incidents.ActionRef{ID: "act-crm", Type: "notify", Target: "crm", Status: incidents.ActionApplied})
 	attack := detectors.Detection{ID: "det-attack", Detector: detectors.KindSpike, Severity: detectors.SeverityCritical,
