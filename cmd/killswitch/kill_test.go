@@ -148,3 +148,22 @@ func TestClientFollowsMisdirected(t *testing.T) {
 		t.Fatalf("a 421 without an owner: %v", err)
 	}
 }
+
+// `status` shows a ledger whose appends fail: since when, how many, the server's reason.
+func TestStatusShowsFailingAppends(t *testing.T) {
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/status":
+			_, _ = io.WriteString(w, `{"mode":"enforce","ledger":{"integrity":"ok","head_seq":7,"breaks_seen":0,"appends":"failing",`+
+				`"failing_since":"2026-02-05T10:00:00Z","failed_appends":3,"last_failure":"nats: message size exceeds maximum allowed"}}`)
+		default:
+			_, _ = io.WriteString(w, `{"approvals":[],"veto_windows":[]}`)
+		}
+	}))
+	defer api.Close()
+	t.Setenv(config.EnvAPIToken, "tok")
+	code, out, errOut := dispatch3(context.Background(), "status", "--api", api.URL)
+	if code != exitOK || !strings.Contains(out, "FAILING since 2026-02-05T10:00:00Z: 3 entries not stored; last error: nats: message size exceeds maximum allowed") {
+		t.Fatalf("status: exit %d\n%s%s", code, out, errOut)
+	}
+}

@@ -12,7 +12,7 @@ import (
 )
 
 const statusHelp = `Prints the service's state (GET /api/status): mode (and why dry-run), pause, breaker,
-ledger integrity, a detection storm's hold, the Vault token's scope, the cluster's
+ledger integrity (and appends failing), a detection storm's hold, the Vault token's scope, the cluster's
 members; and how many actions wait on people (GET /api/approvals). Needs the viewer role.`
 
 // runStatus implements `killswitch status`.
@@ -40,8 +40,12 @@ func runStatus(ctx context.Context, f *apiFlags, c *apiClient, _ []string, stdou
 	} else {
 		row("breaker", "closed")
 	}
-	if st.Ledger != nil {
-		row("ledger", fmt.Sprintf("%s (head %d)", st.Ledger.Integrity, st.Ledger.HeadSeq))
+	if l := st.Ledger; l != nil {
+		row("ledger", fmt.Sprintf("%s (head %d)", l.Integrity, l.HeadSeq))
+		if l.Appends == "failing" {
+			row("ledger appends", fmt.Sprintf("FAILING since %s: %d entries not stored; last error: %s",
+				l.FailingSince.UTC().Format(time.RFC3339), l.FailedAppends, l.LastFailure))
+		}
 	}
 	if st.Storm != nil {
 		row("storm", fmt.Sprintf("holding %s until %s (%d held)", strings.Join(st.Storm.Vendors, ", "),
