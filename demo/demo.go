@@ -403,7 +403,7 @@ type timeline struct {
 	// history streamed: after a failover the partition's new owner handles the last
 	// unacknowledged stretch of it again and announces them again.
 	history map[string]bool
-	again   int // announcements of the history skipped since the attack began
+	again   bool // the AGAIN line was printed
 }
 
 func newTimeline(p *printer) *timeline {
@@ -453,10 +453,11 @@ func (t *timeline) fromHistory(id string) bool {
 	return false
 }
 
-// skip counts an announcement of the history handled again; the first one is narrated
-// as such.
+// skip passes over an announcement of the history handled again; the first one is
+// narrated as such.
 func (t *timeline) skip() {
-	if t.again++; t.again == 1 {
+	if !t.again {
+		t.again = true
 		t.p.tl(t.at(), "AGAIN  ", "history the killed instance had not acknowledged is handled again; what it raised before is not narrated")
 	}
 }

@@ -643,7 +643,7 @@ func decodeKey(d *decoder, k *keyState) {
 	for i, f := range [...]*float32{&m.fast, &m.vol, &m.volMid, &m.slow, &m.mad, &m.smad, &m.cusUp, &m.cusDown,
 		&m.innHi, &m.innLo, &m.lvlHi, &m.lvlLo, &m.volHi, &m.volLo, &m.resHi, &m.resLo} {
 		if i == 6 && d.version < 6 {
-			d.f32() // the day-of-week offsets' gate
+			d.f32() // the day-of-week offsets' gate, stored between smad and cusUp
 		}
 		*f = d.f32()
 	}

@@ -217,11 +217,7 @@ func TestEnsureUpdatesOnlyWhatDiffers(t *testing.T) {
 // began, how many entries failed, the latest error) until an entry is stored again.
 func TestAppendFailuresAreReported(t *testing.T) {
 	ctx := context.Background()
-	srv := testharness.NATS(t)
-	js, err := jetstream.New(testharness.Connect(t, srv))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connect(t, testharness.NATS(t))
 	clk := clock.NewManual(t0)
 	s := openStream(t, js, StreamConfig{Timeout: time.Second, Clock: clk})
 	appendN(t, s, "ok", 2)

@@ -195,19 +195,11 @@ func TestQueueTwoWritersOnCluster(t *testing.T) {
 // replicated stream mismatch a message ID (a critical write error stops it).
 func TestQueueStreamMadeReplicatedWhileWriting(t *testing.T) {
 	c := testharness.NATSCluster(t, 3)
-	js0, err := jetstream.New(testharness.Connect(t, c.Node(0)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := openStream(t, js0, StreamConfig{CheckpointInterval: 50 * time.Millisecond})
+	old := openStream(t, connect(t, c.Node(0)), StreamConfig{CheckpointInterval: 50 * time.Millisecond})
 	if _, err := old.Append(context.Background(), named("before", 0)); err != nil {
 		t.Fatal(err)
 	}
-	js1, err := jetstream.New(testharness.Connect(t, c.Node(1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	upgraded := openStream(t, js1, StreamConfig{Replicas: 3})
+	upgraded := openStream(t, connect(t, c.Node(1)), StreamConfig{Replicas: 3})
 	if r := upgraded.stream.CachedInfo().Config.Replicas; r != 3 {
 		t.Fatalf("the stream has %d replicas after an R3 instance opened it, want 3", r)
 	}
