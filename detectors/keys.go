@@ -32,8 +32,12 @@ type keyState struct {
 	// in cur (+Inf: cannot; see Engine.eventLine).
 	eventTrig float32
 	sustTrig  float32 // bytes at which cur fires a sustained detection
-	cusStart  uint32  // first bucket of the current positive CUSUM run
+	cusStart  uint32  // first bucket of the current run of excess (see Engine.learn)
 	cusBytes  float32 // bytes since cusStart, excluding cur
+	// envRun is the sustained detector's second statistic: a CUSUM of how far the
+	// closed buckets went above the most the key has sent around their hour of the day
+	// (model scale, see Engine.envelopeRun).
+	envRun float32
 
 	spikeQ uint8 // quiet buckets of the spike episode
 	sustQ  uint8 // quiet buckets of the sustained episode

@@ -254,6 +254,27 @@ func (m *Model) WeekendOffset() (float64, bool) {
 	return m.weekendOff(), m.dayN > 0 && m.dayGate < 0
 }
 
+// seenComparableDay reports whether the model's history (since its first observation)
+// includes slot s's hour of the day on an earlier day of the same day type (a weekday
+// for a weekday, a weekend day for a weekend day).
+func (m *Model) seenComparableDay(s Slot) bool {
+	if m.n == 0 {
+		return false
+	}
+	today := floorDiv(s.Minute, 1440)
+	first := floorDiv(int64(m.t0), 1440)
+	if int64(m.t0) >= first*1440+int64(s.Hour%24+1)*60 {
+		first++ // the first day began after this hour
+	}
+	weekend := s.isWeekend()
+	for d := today - 1; d >= max(first, today-7); d-- {
+		if (Slot{Weekday: uint8(floorMod(d+4, 7))}).isWeekend() == weekend {
+			return true
+		}
+	}
+	return false
+}
+
 // N returns the number of observations the model has learned.
 func (m *Model) N() int { return int(m.n) }
 

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Snapshot format, version 6 (all integers little-endian):
+// Snapshot format, version 7 (all integers little-endian):
 //
 //	magic "KSDS" | version u16 | reserved u16 | body | CRC-32C (Castagnoli) u32
 //
@@ -49,6 +49,10 @@ import (
 // longer has them, see Model). Older keys are read with them skipped; a key that was
 // using them (after 21 days) goes on with its hour-of-day offsets and day type alone.
 //
+// Version 7 appends to each key the sustained detector's envelope run (f32, see
+// Engine.envelopeRun). Older keys are read with no run open: a low-and-slow run that
+// was open when the snapshot was taken starts counting again.
+//
 // A Sharded snapshot is
 //
 //	magic "KSSH" | version u16 | reserved u16 | shards u32 | (length u64 | engine snapshot)… | CRC-32C u32
@@ -57,7 +61,7 @@ import (
 // routed to their new shard by the same hash used for events.
 
 const (
-	snapshotVersion = 6
+	snapshotVersion = 7
 	// minSnapshotVersion is the oldest version Restore reads (and migrates).
 	minSnapshotVersion = 1
 	// MaxSnapshotBytes bounds the size of a snapshot Restore accepts (16 GiB).
@@ -405,6 +409,7 @@ func encodeKey(enc *encoder, cred string, k *keyState) {
 	enc.u16(uint16(m.qexp))
 	encodeKeyV3(enc, k)
 	encodeKeyV5(enc, k)
+	enc.f32(k.envRun)
 }
 
 // Minimal encoded sizes, used to bound counts before looping.
@@ -656,6 +661,9 @@ func decodeKey(d *decoder, k *keyState) {
 	m.qexp = int16(d.u16())
 	decodeKeyV3(d, k)
 	decodeKeyV5(d, k)
+	if d.version >= 7 {
+		k.envRun = d.f32()
+	}
 	if d.err == nil && (m.qexp < minQexp || m.qexp > maxQexp) {
 		d.fail("model unit exponent %d out of range", m.qexp)
 	}
@@ -664,6 +672,9 @@ func decodeKey(d *decoder, k *keyState) {
 	}
 	if d.err == nil && (k.curBytes < 0 || k.prvBytes < 0 || k.cusBytes < 0 || k.curTop < 0 || k.prvTop < 0) {
 		d.fail("negative volume")
+	}
+	if d.err == nil && !(k.envRun >= 0 && k.envRun <= math.MaxFloat32) {
+		d.fail("envelope run %g out of range", k.envRun)
 	}
 }
 

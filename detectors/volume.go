@@ -96,7 +96,8 @@ func (e *Engine) checkBucket(v *vendorState, k *keyState, b uint32, bytes, event
 	case !k.has(flagSpike) && e.eventFires(v, k, event, b):
 		e.fireSpike(v, k, b, bytes, event, t, off, emit)
 	}
-	if !v.cfg.disabled.has(KindSustained) && sc.SustainedUp >= 0.5 && x > k.seenLine(slot) && !k.has(flagSust) && int64(k.cusBytes)+bytes >= e.set.minBytes {
+	sust := sc.SustainedUp >= 0.5 && x > k.seenLine(slot) || x >= e.envelopeTrigger(v, k, b)
+	if !v.cfg.disabled.has(KindSustained) && sust && !k.has(flagSust) && int64(k.cusBytes)+bytes >= e.set.minBytes {
 		e.fireSustained(v, k, b, bytes, t, off, emit)
 	}
 }
@@ -173,12 +174,15 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes, top int64) 
 		ep.observe(sc.SustainedUp >= 0.5 && !seen, p.Quiet)
 		k.setSustEpisode(ep)
 	}
-	before := k.model.cusUp
+	before := k.model.cusUp > 0 || k.envRun > 0
 	k.model.update(p, x, slot, seen, disc)
+	k.envRun = e.envelopeRun(v, k, x-disc, b)
+	// The run of excess the sustained detector reports (its window and bytes) lasts
+	// while either of its statistics is up.
 	switch {
-	case k.model.cusUp <= 0:
+	case k.model.cusUp <= 0 && k.envRun <= 0:
 		k.cusBytes = 0
-	case before <= 0 || k.cusBytes == 0:
+	case !before || k.cusBytes == 0:
 		// A run starts with the first bucket that moved bytes: buckets of no volume
 		// (an idle key's seasonal residue) are not anomalous traffic.
 		k.cusStart, k.cusBytes = b, float32(bytes)
@@ -188,7 +192,9 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes, top int64) 
 	default:
 		k.cusBytes += float32(bytes)
 	}
-	// the hour envelope learns the volume, only half of the excess of a spike
+	// the hour envelope learns the volume, only half of the excess of a spike, and
+	// nothing of a bucket that leaves the envelope run up (the run must not teach
+	// the envelope the drift it watches; a spike is an incident of its own)
 	q := uint8(min(math.Ceil(x*hourQ), math.MaxUint8))
 	h := slot.Hour % 24
 	switch {
@@ -197,7 +203,9 @@ func (e *Engine) learn(v *vendorState, k *keyState, b uint32, bytes, top int64) 
 	case k.has(flagFleetNew) && !e.fleetRecent(b):
 		k.flags &^= flagFleetNew
 	}
-	k.hourHi[h] = envelope(k.hourHi[h], q, spiked)
+	if spiked || k.envRun <= 0 {
+		k.hourHi[h] = envelope(k.hourHi[h], q, spiked)
+	}
 	k.eventHi[h] = envelope(k.eventHi[h], uint8(min(math.Ceil(e.volumeX(top)*hourQ), math.MaxUint8)), spiked)
 	// the sustained detector's guard learns the same, unless the bucket extends a
 	// run of excess (the CUSUM is up): it must not learn the drift it watches
@@ -256,6 +264,80 @@ func (k *keyState) seenLine(s Slot) float64 {
 		}
 	}
 	return line
+}
+
+// The envelope run is the sustained detector's second statistic. The volume model's
+// CUSUM judges a bucket against the key's learned baseline, which (with its scale)
+// follows a rise that lasts hours: in the busiest hours of the day, a steady rise to
+// twice the peak ebbs out of the CUSUM before it crosses its line, and never reaches
+// the spike's hour line (twice the most seen at this hour). The envelope run judges
+// each closed bucket against the most the key has sent around its hour of the day
+// (the hour envelope at the hour or the one before or after it, on any day): a CUSUM
+// of the excess in log2 units, envSlack allowed and at most envCap counted per bucket
+// (above twice the most seen is the spike's range), firing at envLine. At the default
+// sensitivity (the three scale with it, as the hour margin does) a steady 1.9× the
+// most seen fires in its third bucket, 1.5× in its fifth, 1.11× never. Growth is
+// learned: the hour envelope learns every bucket that leaves no run open, so a key
+// that grows by less than envSlack per bucket moves its envelope with it.
+const (
+	envSlack = 0.15 // log2: 1.11×
+	envCap   = 1.0  // log2: 2×
+	envLine  = 2.0
+	// envAfter is how much history the envelope run needs: every hour of the day
+	// seen on two days (and on a day of the same type, see envelopeTop).
+	envAfter = 48 * time.Hour
+)
+
+// envelopeTop returns the envelope bucket b of key k is judged against by the
+// envelope run (model scale), and false when the run is off: the sustained detector
+// disabled; less than envAfter of history; the hour never seen on an earlier day of
+// the same type (a weekday for a weekday: the first Monday of a key first seen on a
+// Friday afternoon knows its Monday-morning hours only from the quiet weekend);
+// nothing ever sent around this hour; during a fleet-wide rise, and for a day after
+// it on a key the rise took to a new level (as for the spike's far line: the hours
+// not yet seen at the new level would all be above their envelope at once).
+func (e *Engine) envelopeTop(v *vendorState, k *keyState, b uint32) (float64, bool) {
+	slot := e.slotOfBucket(b)
+	if v.cfg.disabled.has(KindSustained) || k.model.N() < v.cfg.params.Warmup ||
+		time.Duration(k.model.N())*e.set.interval < envAfter || !k.model.seenComparableDay(slot) ||
+		e.fleet.dir > 0 || k.has(flagFleetNew) && e.fleetRecent(b) {
+		return 0, false
+	}
+	h := slot.Hour % 24
+	top := max(k.hourHi[(h+23)%24], k.hourHi[h], k.hourHi[(h+1)%24])
+	if top == 0 {
+		return 0, false
+	}
+	return float64(top) / hourQ, true
+}
+
+// envelopeRun returns key k's envelope run after bucket b closed at volume x (model
+// scale, net of a fleet-wide rise). A run that reaches its line restarts: the bucket
+// fired the sustained detector on its way (see Engine.triggers), and the guard
+// envelope may learn again.
+func (e *Engine) envelopeRun(v *vendorState, k *keyState, x float64, b uint32) float32 {
+	top, ok := e.envelopeTop(v, k, b)
+	if !ok {
+		return 0
+	}
+	m := v.cfg.hourMargin
+	r := math.Max(0, float64(k.envRun)+math.Min(x-top, envCap*m)-envSlack*m)
+	if r >= envLine*m {
+		return 0
+	}
+	return float32(r)
+}
+
+// envelopeTrigger returns the volume (model scale) at or above which bucket b of key
+// k brings its envelope run to the line, +Inf when none can.
+func (e *Engine) envelopeTrigger(v *vendorState, k *keyState, b uint32) float64 {
+	top, ok := e.envelopeTop(v, k, b)
+	m := v.cfg.hourMargin
+	need := envLine*m - float64(k.envRun) + envSlack*m
+	if !ok || need > envCap*m {
+		return math.Inf(1)
+	}
+	return top + need
 }
 
 // spikeFires says whether a bucket b of the given volume fires the spike detector. The
@@ -371,7 +453,7 @@ func (e *Engine) triggers(v *vendorState, k *keyState) {
 		k.spikeTrig = float32(math.Max(e.volumeBytes(spike), float64(e.set.minBytes)))
 	}
 	if !v.cfg.disabled.has(KindSustained) {
-		sust = math.Max(sust, k.seenLine(slot))
+		sust = math.Min(math.Max(sust, k.seenLine(slot)), e.envelopeTrigger(v, k, k.cur))
 		if !math.IsInf(sust, 1) {
 			sust += e.fleetLift(k, sust)
 		}
@@ -480,9 +562,14 @@ func (e *Engine) fireSustained(v *vendorState, k *keyState, b uint32, bytes, t i
 	slot := e.slotOfBucket(b)
 	sc := k.model.Score(p, e.volumeX(bytes), slot)
 	_, sustX := k.model.Triggers(p, slot)
+	envX := e.envelopeTrigger(v, k, b)
+	byEnvelope := e.volumeX(bytes) >= envX
+	if byEnvelope {
+		sustX = envX
+	}
 	startB := b
 	total := bytes
-	if k.model.cusUp > 0 && k.cusStart < b {
+	if (k.model.cusUp > 0 || k.envRun > 0) && k.cusStart < b {
 		startB = k.cusStart
 		total += int64(k.cusBytes)
 	}
@@ -493,6 +580,15 @@ func (e *Engine) fireSustained(v *vendorState, k *keyState, b uint32, bytes, t i
 		first = min(t, start+int64(off)*int64(time.Millisecond))
 	}
 	typical := math.Max(e.volumeBytes(sc.Expected), 0)
+	reason := fmt.Sprintf("%s has sent more than its learned baseline (typical %s per %s) for %s in a row; %s in total since %s",
+		key, formatBytes(typical), shortDuration(e.set.interval),
+		time.Duration(e.bucketEnd(b)-start).String(), formatBytes(float64(total)), utc(start).Format(time.RFC3339))
+	if byEnvelope {
+		top, _ := e.envelopeTop(v, k, b)
+		reason = fmt.Sprintf("%s has sent more than the most it had sent around this hour of the day (at most %s per %s) for %s in a row; %s in total since %s",
+			key, formatBytes(e.volumeBytes(top)), shortDuration(e.set.interval),
+			time.Duration(e.bucketEnd(b)-start).String(), formatBytes(float64(total)), utc(start).Format(time.RFC3339))
+	}
 	e.emit(emit, Detection{
 		ID:               DetectionID(KindSustained, key, utc(start)),
 		Detector:         KindSustained,
@@ -506,9 +602,7 @@ func (e *Engine) fireSustained(v *vendorState, k *keyState, b uint32, bytes, t i
 		FirstAnomalousAt: utc(first),
 		DetectedAt:       utc(t),
 		AnomalousBytes:   total,
-		Reason: fmt.Sprintf("%s has sent more than its learned baseline (typical %s per %s) for %s in a row; %s in total since %s",
-			key, formatBytes(typical), shortDuration(e.set.interval),
-			time.Duration(e.bucketEnd(b)-start).String(), formatBytes(float64(total)), utc(start).Format(time.RFC3339)),
+		Reason:           reason,
 	})
 }
 
