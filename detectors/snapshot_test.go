@@ -33,8 +33,8 @@ var snapshotConfig = Config{Vendors: killswitch.Inventory{
 // version's format from the first half of two days of scenario seed 5) into a new
 // engine, and returns it, an engine that never stopped and saw the same first half,
 // its state migrated as a restore migrates it (asIfMigratedV5, for versions before 5;
-// version 6 only drops the day-of-week offsets, which two days never use), and the
-// second half.
+// version 6 only drops the day-of-week offsets, which two days never use, and version
+// 7 only adds the envelope run, which two days never open), and the second half.
 func migrated(t *testing.T, v int) (e, never *Engine, rest []telemetry.Event) {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("testdata/snapshot-v%d.bin", v))
