@@ -30,7 +30,8 @@ const (
 	SmashAndGrab AttackKind = "smash_and_grab"
 	// NewDestination is exfiltration at a modest rate to a destination never used before.
 	NewDestination AttackKind = "new_destination"
-	// LowAndSlow is a few times the normal rate for hours, at night.
+	// LowAndSlow is a few times the normal rate for hours: at night for a scenario
+	// that starts at midnight (every attack's time of day counts from Start's).
 	LowAndSlow AttackKind = "low_and_slow"
 	// DormantWakeup is a credential idle for more than a week starting to move data.
 	DormantWakeup AttackKind = "dormant_wakeup"
@@ -57,6 +58,8 @@ type Config struct {
 	// Seed makes the scenario deterministic.
 	Seed uint64
 	// Start is the first instant (truncated to the hour). Default 2026-02-02T00:00:00Z (a Monday).
+	// The attacks' times of day count from it: a start at midnight puts the
+	// low-and-slow at 22:00, a start at noon at 10:00, in the busiest hours.
 	Start time.Time
 	// Days of telemetry. Default 14.
 	Days int
@@ -262,8 +265,9 @@ func (s *Scenario) injectAttacks(r *rand.Rand) {
 				a.End = a.Start.Add(30 * time.Minute)
 				a.Bytes = int64(0.5 * perMin * 30)
 			case LowAndSlow:
-				// 22:00 to 05:00 the next day at ~1.5 times the daytime peak rate, far above
-				// the night-time baseline yet small next to the daily total
+				// 22:00 to 05:00 the next day (for a start at midnight) at ~1.5 times the
+				// daytime peak rate, far above the night-time baseline yet small next to the
+				// daily total
 				a.Start = day(0).Add(22 * time.Hour)
 				a.End = a.Start.Add(7 * time.Hour)
 				a.Bytes = int64(1.5 * perMin * 7 * 60)
