@@ -673,8 +673,8 @@ func decodeKey(d *decoder, k *keyState) {
 	if d.err == nil && (k.curBytes < 0 || k.prvBytes < 0 || k.cusBytes < 0 || k.curTop < 0 || k.prvTop < 0) {
 		d.fail("negative volume")
 	}
-	if d.err == nil && !(k.envRun >= 0 && k.envRun <= math.MaxFloat32) {
-		d.fail("envelope run %g out of range", k.envRun)
+	if d.err == nil && k.envRun < 0 {
+		d.fail("negative envelope run %g", k.envRun)
 	}
 }
 

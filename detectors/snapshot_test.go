@@ -151,6 +151,8 @@ func TestRestoreRejectsBadInput(t *testing.T) {
 	badVersion := bytes.Clone(good)
 	badVersion[4] = 9
 	trailing := resum(append(bytes.Clone(good[:len(good)-4]), 0, 0, 0, 0, 0))
+	src.keys.at(0).envRun = -1
+	badRun := snapshotBytes(t, src) // written as it is, CRC and all
 	cases := []struct {
 		name string
 		data []byte
@@ -166,6 +168,7 @@ func TestRestoreRejectsBadInput(t *testing.T) {
 		{"trailing bytes", trailing, snapshotConfig},
 		{"another interval", good, Config{Settings: Settings{Interval: time.Minute}}},
 		{"a sharded snapshot", append([]byte("KSSH"), good[4:]...), snapshotConfig},
+		{"a negative envelope run", badRun, snapshotConfig},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
