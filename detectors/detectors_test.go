@@ -764,18 +764,16 @@ func TestSpikeOneEvent(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			evs := merge(base, tc.extra)
-			e := mustEngine(t, tc.cfg)
-			var got []emitted
-			for i := range evs {
-				if tc.rise && evs[i].Time.Equal(tc.extra[0].Time) {
-					e.applyFleet(fleetState{dir: 1, move: 0.1, ext: 0.1, since: e.bucketOf(evs[i].Time.UnixNano())})
-				}
-				e.Process(&evs[i], func(d Detection) {
-					if d.Detector == KindSpike && d.Key == (Key{Vendor: "acme", Credential: "k1"}) {
-						got = append(got, emitted{d, i})
-					}
-				})
+			var riseAt time.Time
+			if tc.rise {
+				riseAt = tc.extra[0].Time
 			}
+			var got []emitted
+			runRising(mustEngine(t, tc.cfg), evs, riseAt, func(i int, d Detection) {
+				if d.Detector == KindSpike && d.Key == (Key{Vendor: "acme", Credential: "k1"}) {
+					got = append(got, emitted{d, i})
+				}
+			})
 			if len(got) != len(tc.want) {
 				t.Fatalf("%d spikes on acme/k1, want %d: %v", len(got), len(tc.want), got)
 			}

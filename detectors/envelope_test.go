@@ -46,21 +46,19 @@ func TestEnvelopeRun(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			evs := merge(base, tc.extra)
-			e := mustEngine(t, tc.cfg)
-			var got []Detection
-			for i := range evs {
-				if tc.rise && evs[i].Time.Equal(tc.extra[0].Time) {
-					e.applyFleet(fleetState{dir: 1, move: 0.1, ext: 0.1, since: e.bucketOf(evs[i].Time.UnixNano())})
-				}
-				e.Process(&evs[i], func(d Detection) {
-					if d.Detector == KindSpike {
-						t.Errorf("a spike: %s", d.Reason)
-					}
-					if byEnvelope(d) {
-						got = append(got, d)
-					}
-				})
+			var riseAt time.Time
+			if tc.rise {
+				riseAt = tc.extra[0].Time
 			}
+			var got []Detection
+			runRising(mustEngine(t, tc.cfg), evs, riseAt, func(_ int, d Detection) {
+				if d.Detector == KindSpike {
+					t.Errorf("a spike: %s", d.Reason)
+				}
+				if byEnvelope(d) {
+					got = append(got, d)
+				}
+			})
 			if !tc.want {
 				if len(got) > 0 {
 					t.Fatalf("the envelope run fired: %s", got[0].Reason)
@@ -181,13 +179,7 @@ func TestScenarioLowAndSlowDaytime(t *testing.T) {
 		{34, day(4).Add(13 * time.Hour)}, // Friday 13:00: attacks at 11:00 on a weekend
 	} {
 		t.Run(fmt.Sprint("seed ", tc.seed), func(t *testing.T) {
-			s := scenario.New(scenario.Config{Seed: tc.seed, Days: 10, Vendors: 12, Attacks: 2, EventsPerMinute: 12, Start: tc.start})
-			e := mustEngine(t, Config{})
-			var dets []Detection
-			s.Events(func(ev *telemetry.Event) bool {
-				e.Process(ev, func(d Detection) { dets = append(dets, d) })
-				return true
-			})
+			s, dets := scenarioDetections(t, scenario.Config{Seed: tc.seed, Days: 10, Vendors: 12, Attacks: 2, EventsPerMinute: 12, Start: tc.start})
 			attacks := s.Attacks()
 			for _, a := range attacks {
 				if a.Kind != scenario.LowAndSlow {

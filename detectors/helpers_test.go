@@ -61,6 +61,18 @@ func run(e *Engine, evs []telemetry.Event) []emitted {
 	return out
 }
 
+// runRising runs evs through e, calling emit with the index of the event being
+// processed and each detection. When riseAt is not zero, a fleet-wide rise is put in
+// effect just before the first event at riseAt.
+func runRising(e *Engine, evs []telemetry.Event, riseAt time.Time, emit func(i int, d Detection)) {
+	for i := range evs {
+		if !riseAt.IsZero() && evs[i].Time.Equal(riseAt) {
+			e.applyFleet(fleetState{dir: 1, move: 0.1, ext: 0.1, since: e.bucketOf(evs[i].Time.UnixNano())})
+		}
+		e.Process(&evs[i], func(d Detection) { emit(i, d) })
+	}
+}
+
 func ofKind(es []emitted, k Kind) []emitted {
 	var out []emitted
 	for _, e := range es {

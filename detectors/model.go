@@ -142,10 +142,14 @@ func slotOfUnix(sec int64) Slot {
 	days := floorDiv(sec, 86400)
 	return Slot{
 		Hour:    uint8(floorDiv(sec, 3600) - days*24),
-		Weekday: uint8(floorMod(days+4, 7)), // 1970-01-01 was a Thursday
+		Weekday: weekdayOf(days),
 		Minute:  floorDiv(sec, 60),
 	}
 }
+
+// weekdayOf returns the day of the week, 0 (Sunday) – 6, of the day days after the
+// Unix epoch.
+func weekdayOf(days int64) uint8 { return uint8(floorMod(days+4, 7)) } // 1970-01-01 was a Thursday
 
 func floorDiv(a, b int64) int64 {
 	q := a / b
@@ -268,7 +272,7 @@ func (m *Model) seenComparableDay(s Slot) bool {
 	}
 	weekend := s.isWeekend()
 	for d := today - 1; d >= max(first, today-7); d-- {
-		if (Slot{Weekday: uint8(floorMod(d+4, 7))}).isWeekend() == weekend {
+		if (Slot{Weekday: weekdayOf(d)}).isWeekend() == weekend {
 			return true
 		}
 	}

@@ -30,13 +30,7 @@ func TestScenario(t *testing.T) {
 	}
 	for _, seed := range []uint64{1, 2, 3} {
 		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
-			s := scenario.New(scenario.Config{Seed: seed, Days: 14})
-			e := mustEngine(t, Config{})
-			var dets []Detection
-			s.Events(func(ev *telemetry.Event) bool {
-				e.Process(ev, func(d Detection) { dets = append(dets, d) })
-				return true
-			})
+			s, dets := scenarioDetections(t, scenario.Config{Seed: seed, Days: 14})
 			attacks := s.Attacks()
 			explained := make([]bool, len(dets))
 			for _, a := range attacks {
@@ -81,13 +75,7 @@ func TestScenario(t *testing.T) {
 func TestScenarioSmashAndGrabDelay(t *testing.T) {
 	for _, seed := range []uint64{11, 13, 21} {
 		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
-			s := scenario.New(scenario.Config{Seed: seed, Days: 10, Vendors: 12, Attacks: 2, EventsPerMinute: 12})
-			e := mustEngine(t, Config{})
-			var dets []Detection
-			s.Events(func(ev *telemetry.Event) bool {
-				e.Process(ev, func(d Detection) { dets = append(dets, d) })
-				return true
-			})
+			s, dets := scenarioDetections(t, scenario.Config{Seed: seed, Days: 10, Vendors: 12, Attacks: 2, EventsPerMinute: 12})
 			for _, a := range s.Attacks() {
 				if a.Kind != scenario.SmashAndGrab {
 					continue
@@ -112,18 +100,27 @@ func TestScenarioSmashAndGrabDelay(t *testing.T) {
 	}
 }
 
+// scenarioDetections runs the scenario cfg through a zero-configuration engine and
+// returns the scenario and every detection raised.
+func scenarioDetections(t *testing.T, cfg scenario.Config) (*scenario.Scenario, []Detection) {
+	t.Helper()
+	s := scenario.New(cfg)
+	e := mustEngine(t, Config{})
+	var dets []Detection
+	s.Events(func(ev *telemetry.Event) bool {
+		e.Process(ev, func(d Detection) { dets = append(dets, d) })
+		return true
+	})
+	return s, dets
+}
+
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 // TestScenarioGolden pins the exact detections (IDs, evidence, reasons) of the
 // zero-configuration engine on one seed of the scenario. Run with -update after an
 // intended change to the detectors and review the diff.
 func TestScenarioGolden(t *testing.T) {
-	e := mustEngine(t, Config{})
-	var dets []Detection
-	scenario.New(scenario.Config{Seed: 1, Days: 14}).Events(func(ev *telemetry.Event) bool {
-		e.Process(ev, func(d Detection) { dets = append(dets, d) })
-		return true
-	})
+	_, dets := scenarioDetections(t, scenario.Config{Seed: 1, Days: 14})
 	got, err := json.MarshalIndent(dets, "", "  ")
 	if err != nil {
 		t.Fatal(err)

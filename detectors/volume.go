@@ -96,8 +96,8 @@ func (e *Engine) checkBucket(v *vendorState, k *keyState, b uint32, bytes, event
 	case !k.has(flagSpike) && e.eventFires(v, k, event, b):
 		e.fireSpike(v, k, b, bytes, event, t, off, emit)
 	}
-	sust := sc.SustainedUp >= 0.5 && x > k.seenLine(slot) || x >= e.envelopeTrigger(v, k, b)
-	if !v.cfg.disabled.has(KindSustained) && sust && !k.has(flagSust) && int64(k.cusBytes)+bytes >= e.set.minBytes {
+	if !v.cfg.disabled.has(KindSustained) && !k.has(flagSust) && int64(k.cusBytes)+bytes >= e.set.minBytes &&
+		(sc.SustainedUp >= 0.5 && x > k.seenLine(slot) || x >= e.envelopeTrigger(v, k, b)) {
 		e.fireSustained(v, k, b, bytes, t, off, emit)
 	}
 }
